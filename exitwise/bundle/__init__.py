@@ -1,0 +1,60 @@
+"""The bundle: the self-describing directory that is the only contract between training,
+calibration, export and serving."""
+
+from .calibration import (
+    CALIBRATION_FORMAT_VERSION,
+    AnytimeExit,
+    Calibration,
+    OperatingPoint,
+    SplitResult,
+    SweepPoint,
+)
+from .manifest import (
+    CALIBRATION_FILE,
+    FORMAT_VERSION,
+    HELDOUT_FILE,
+    MANIFEST_FILE,
+    ONNX_DIR,
+    WEIGHTS_FILE,
+    ExitInfo,
+    HeldOutSplit,
+    Manifest,
+    TrainingSummary,
+    WeightsInfo,
+)
+from .store import (
+    Bundle,
+    indices_sha256,
+    load_bundle,
+    read_calibration,
+    save_bundle,
+    utc_now,
+    write_calibration,
+)
+
+__all__ = [
+    "CALIBRATION_FILE",
+    "CALIBRATION_FORMAT_VERSION",
+    "FORMAT_VERSION",
+    "HELDOUT_FILE",
+    "MANIFEST_FILE",
+    "ONNX_DIR",
+    "WEIGHTS_FILE",
+    "AnytimeExit",
+    "Bundle",
+    "Calibration",
+    "ExitInfo",
+    "HeldOutSplit",
+    "Manifest",
+    "OperatingPoint",
+    "SplitResult",
+    "SweepPoint",
+    "TrainingSummary",
+    "WeightsInfo",
+    "indices_sha256",
+    "load_bundle",
+    "read_calibration",
+    "save_bundle",
+    "utc_now",
+    "write_calibration",
+]

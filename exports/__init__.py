@@ -1,0 +1,1 @@
+"""Exports: per-stage ONNX graphs with parity checks, and their onnxruntime loader."""

@@ -1,0 +1,27 @@
+"""Shared test configuration: folder-based markers and CUDA skipping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+_FOLDER_MARKS = {"unit", "integration", "e2e"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    has_cuda = torch.cuda.is_available()
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        parts = set(Path(str(item.fspath)).parts)
+        for mark in _FOLDER_MARKS & parts:
+            item.add_marker(getattr(pytest.mark, mark))
+        if "cuda" in item.keywords and not has_cuda:
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads() -> None:
+    # Two-core CI machines: keep intra-op threads at 2 so timings and results are stable.
+    torch.set_num_threads(min(2, torch.get_num_threads()))
