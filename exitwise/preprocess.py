@@ -145,7 +145,7 @@ def to_uint8(img: Image.Image | np.ndarray, spec: Preprocessing) -> np.ndarray:
             )
         left, top = (w - spec.crop) // 2, (h - spec.crop) // 2
         img = img.crop((left, top, left + spec.crop, top + spec.crop))
-    arr = np.asarray(img, dtype=np.uint8)
+    arr = np.array(img, dtype=np.uint8)  # a writable copy, whatever PIL shares
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return np.ascontiguousarray(arr)
 
