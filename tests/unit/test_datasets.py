@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import pickle
 from pathlib import Path
 
@@ -23,29 +22,12 @@ from exitwise.datasets import (
 from exitwise.errors import ExitwiseError
 from exitwise.preprocess import normalize, preprocess
 
-
-def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape
-    )
-    data = header + array.astype(np.uint8).tobytes()
-    if compress:
-        path = path.with_name(path.name + ".gz")
-        data = gzip.compress(data)
-    path.write_bytes(data)
-
-
-def write_fashion_mnist(root: Path, n_train: int = 40, n_test: int = 10, gz: bool = True) -> None:
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), gz)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)), gz)
+from ..helpers import write_fashion_mnist
 
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_fashion_mnist_idx(tmp_path: Path, gz: bool) -> None:
-    write_fashion_mnist(tmp_path, gz=gz)
+    write_fashion_mnist(tmp_path, n_train=40, n_test=10, gz=gz)
     train = open_dataset("fashion-mnist", "train", tmp_path)
     test = open_dataset("fashion-mnist", "test", tmp_path)
     assert len(train) == 40 and len(test) == 10
@@ -169,4 +151,21 @@ def test_eval_images_match_the_serving_path(tmp_path: Path) -> None:
     assert torch.equal(batch[1:], single)
     assert view.labels.tolist() == [train.labels[5], train.labels[7]]
     with pytest.raises(InvalidDatasetError, match="out of range"):
-        EvalImages(train, spec, indices=[400])
+        EvalImages(train, spec, indices=[4000])
+
+
+def test_tiny_bundle_helper_learns(tmp_path: Path) -> None:
+    """The shared helper trains a tiny model that really classifies the fake images."""
+    from exitwise.bundle import load_bundle
+
+    from ..helpers import make_bundle
+
+    root = write_fashion_mnist(tmp_path / "data")
+    bundle = make_bundle(tmp_path / "bundle", root)
+    model = load_bundle(bundle.path).load_model()
+    test = open_dataset("fashion-mnist", "test", root)
+    view = EvalImages(test, default_preprocessing("fashion-mnist"))
+    x = normalize(torch.stack([view[i][0] for i in range(len(view))]), view.preprocessing)
+    with torch.no_grad():
+        last = model(x)[-1].argmax(1).numpy()
+    assert (last == view.labels).mean() > 0.7
