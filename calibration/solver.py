@@ -5,8 +5,9 @@ the quota vector floor(n p_k(q)). It rises with q overall (a larger q moves the 
 to later exits) but floors and ties can make single steps go backwards. The solver therefore
 
 1. evaluates a fixed log-spaced grid of q from 1e-15 (everyone leaves at exit 1) to 1e15 (everyone
-   reaches the last exit) and takes the highest grid interval whose ends straddle the target,
-2. bisects that interval in log q down to a relative width of 1e-12, and
+   reaches the last exit), 20 points per decade between 1e-4 and 1e4,
+2. bisects, in log q down to a relative width of 1e-12, every grid interval whose ends straddle
+   the target (one where the curve is monotone, several where ties make it wiggle), and
 3. returns, among every q it evaluated for this target (grid and bisection), the one with the
    largest expected cost that does not exceed the target.
 
@@ -17,6 +18,7 @@ those tried). Results for a target do not depend on which other targets were sol
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +30,11 @@ from .thresholds import ThresholdRule, Walk
 
 Q_MIN = 1e-15
 Q_MAX = 1e15
-_GRID = np.logspace(math.log10(Q_MIN), math.log10(Q_MAX), 121)
+# Dense where exit distributions are mixed (20 points per decade over 1e-4..1e4), sparse towards
+# the ends, where nearly every image leaves at the first or reaches the last exit.
+_GRID = np.unique(
+    np.concatenate([np.logspace(-15, -4, 12), np.logspace(-4, 4, 161), np.logspace(4, 15, 12)])
+)
 _BISECT_RTOL = 1e-12
 # A target may exceed the exact cost range by this relative amount (rounding in "fraction 1.0").
 _RANGE_RTOL = 1e-7
@@ -104,23 +110,11 @@ class BudgetSolver:
         target = check_target(target_mflops, self.exit_mflops)
         grid = self.grid()
         tried = list(grid)
-        # The highest grid interval that straddles the target.
-        bracket = None
-        for i in range(len(grid) - 1, 0, -1):
-            if grid[i - 1][2] <= target < grid[i][2]:
-                bracket = (grid[i - 1][0], grid[i][0])
-                break
-        if bracket is not None:
-            lo, hi = math.log(bracket[0]), math.log(bracket[1])
-            while hi - lo > _BISECT_RTOL:
-                mid = (lo + hi) / 2
-                q = math.exp(mid)
-                walk, cost = self.evaluate(q)
-                tried.append((q, walk, cost))
-                if cost <= target:
-                    lo = mid
-                else:
-                    hi = mid
+        # Every grid interval whose ends straddle the target holds a step across it; where
+        # the curve is monotone there is exactly one.
+        for (q_lo, _, c_lo), (q_hi, _, c_hi) in itertools.pairwise(grid):
+            if c_lo <= target < c_hi:
+                tried += self._bisect(q_lo, q_hi, target)
         feasible = [t for t in tried if t[2] <= target]
         if not feasible:  # only with pathological ties: nothing as cheap as the target
             raise BudgetError(
@@ -130,3 +124,18 @@ class BudgetSolver:
         # Largest cost; among equal costs the smallest q, so the answer is deterministic.
         q, walk, cost = max(feasible, key=lambda t: (t[2], -t[0]))
         return Solution(target_mflops=float(target_mflops), q=q, walk=walk, achieved_mflops=cost)
+
+    def _bisect(self, q_lo: float, q_hi: float, target: float) -> list[tuple[float, Walk, float]]:
+        """Bisect in log q between a feasible and an infeasible end; every point tried."""
+        tried = []
+        lo, hi = math.log(q_lo), math.log(q_hi)
+        while hi - lo > _BISECT_RTOL:
+            mid = (lo + hi) / 2
+            q = math.exp(mid)
+            walk, cost = self.evaluate(q)
+            tried.append((q, walk, cost))
+            if cost <= target:
+                lo = mid
+            else:
+                hi = mid
+        return tried

@@ -40,12 +40,13 @@ def parse_numbers(text: str | None, what: str) -> list[float]:
     return out
 
 
-def _name(prefix: str, value: float, taken: set[str]) -> str:
+def _digits(values: Sequence[float]) -> int:
+    """The fewest decimals (at least 2) that keep distinct values' names distinct."""
+    distinct = sorted(set(values))
     for digits in range(2, 10):
-        name = f"{prefix}-{value:.{digits}f}"
-        if name not in taken:
-            return name
-    return f"{prefix}-{value!r}"
+        if len({f"{v:.{digits}f}" for v in distinct}) == len(distinct):
+            return digits
+    return 12
 
 
 def plan_targets(
@@ -74,15 +75,14 @@ def plan_targets(
         for f in DEFAULT_FRACTIONS:
             f = max(f, low / high)
             wanted.append(("fraction", min(max(f * high, low), high), f))
-    targets: list[Target] = []
-    seen: set[tuple[str, float]] = set()
-    taken: set[str] = set()
-    for kind, mflops, fraction in sorted(wanted, key=lambda w: (w[1], w[0])):
-        label = mflops if fraction is None else fraction
-        if (kind, label) in seen:
-            continue
-        seen.add((kind, label))
-        name = _name(kind, label, taken)
-        taken.add(name)
-        targets.append(Target(name=name, mflops=mflops, fraction=fraction))
-    return targets
+    unique = sorted(set(wanted), key=lambda w: (w[1], w[0]))
+    digits = {
+        kind: _digits([w[1] if w[2] is None else w[2] for w in unique if w[0] == kind])
+        for kind in ("budget", "fraction")
+    }
+    targets: dict[str, Target] = {}
+    for kind, mflops, fraction in unique:
+        name = f"{kind}-{(mflops if fraction is None else fraction):.{digits[kind]}f}"
+        # Values equal to 9 decimals are the same operating point: the first one is kept.
+        targets.setdefault(name, Target(name=name, mflops=mflops, fraction=fraction))
+    return list(targets.values())

@@ -84,6 +84,7 @@ class ThresholdRule:
         # [K, N] so that one exit's column is contiguous; descending confidence, stable on ties.
         self._order = np.argsort(-conf.T, axis=1, kind="stable")
         self._sorted = np.take_along_axis(conf.T, self._order, axis=1)
+        self._negated = -self._sorted  # ascending, for searchsorted
 
     def walk(self, quota: Sequence[int] | np.ndarray) -> Walk:
         """Thresholds and exit counts for ``quota`` (images wanted at exits 1..K-1)."""
@@ -102,22 +103,18 @@ class ThresholdRule:
             want = int(quota[k])
             if want <= 0 or want > left:
                 continue  # the seed leaves T_k at "never": nobody exits here
-            order = self._order[k]
-            if left == self.n:  # nobody has left yet: exit k's sorted column as it is
-                values = self._sorted[k]
-            else:
-                # Positions (in exit k's descending order) of the images still running.
-                pos = np.flatnonzero(remaining[order])
-                values = self._sorted[k, pos]
-                order = order[pos]
-            boundary = values[want - 1]
-            # Every remaining image tied with the boundary leaves too.
-            taken = int(np.searchsorted(-values, -boundary, side="right"))
-            below = values[taken] if taken < left else None
+            # Positions, in exit k's descending order, of the images still running.
+            pos = np.arange(self.n) if left == self.n else np.flatnonzero(remaining[self._order[k]])
+            boundary = self._sorted[k, pos[want - 1]]
+            # Every remaining image tied with the boundary leaves too: those before the first
+            # position (over all images) whose confidence is below the boundary.
+            first_below = int(np.searchsorted(self._negated[k], -boundary, side="right"))
+            taken = int(np.searchsorted(pos, first_below))
+            below = self._sorted[k, pos[taken]] if taken < left else None
             thresholds[k] = boundary if below is None else midpoint(float(below), float(boundary))
             boundaries[k] = boundary
             counts[k] = taken
-            remaining[order[:taken]] = False
+            remaining[self._order[k, pos[:taken]]] = False
             left -= taken
         counts[-1] = left
         return Walk(thresholds=thresholds, counts=counts, boundaries=boundaries)
