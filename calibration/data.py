@@ -122,6 +122,11 @@ def open_splits(bundle: Bundle, data_root: str | os.PathLike[str] | None) -> lis
             f"{bundle.path}: the held-out split is from {m.heldout.dataset!r} but the bundle's "
             f"data set is {name!r}"
         )
+    if m.heldout.source_split not in ("train", "test"):
+        raise CalibrationError(
+            f"{bundle.path}: the held-out split points into an unknown split "
+            f"{m.heldout.source_split!r} (expected 'train')"
+        )
     indices = bundle.heldout_indices()
     source = open_dataset(name, m.heldout.source_split, data_root)
     check_dataset(bundle, source)

@@ -22,7 +22,6 @@ class ReportContext:
     test_images: int | None
     command: str | None = None
     default_chosen: bool = True  # False when the user named the default
-    notes: Sequence[str] = ()
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -92,7 +91,6 @@ def render_report(
         ),
         f"- created {cal.created}" + (f" by `{ctx.command}`" if ctx.command else ""),
         f"- default operating point: **{cal.default_operating_point}** ({default_why})",
-        *[f"- {note}" for note in ctx.notes],
         "",
         "## Operating points",
         "",

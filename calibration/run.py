@@ -80,7 +80,9 @@ def split_scores(
     key = cache_key(bundle, split)
     if options.use_cache:
         cached, why = load_cached(bundle.path, key, need_logits=options.keep_logits)
-        if cached is not None and labels_match(cached, split.view.labels):
+        if cached is not None and not labels_match(cached, split.view.labels):
+            cached, why = None, "its labels differ from the data set's"
+        if cached is not None:
             log(f"{bundle.name}: {_HUMAN[split.name]} scores ({split.images} images) {why}")
             return cached, model
         if why != "no cache":

@@ -149,6 +149,15 @@ def test_cache_is_used_and_invalidated(bundle: Path, data: Path, tmp_path: Path)
     assert sum("running the network" in m for m in messages) == 2
 
 
+@pytest.mark.cuda
+def test_cuda_scores_match_cpu(bundle: Path, data: Path) -> None:
+    cpu = run_calibration(bundle, CalibrateOptions(data_root=data, device="cpu", use_cache=False))
+    gpu = run_calibration(bundle, CalibrateOptions(data_root=data, device="cuda", use_cache=False))
+    np.testing.assert_allclose(gpu.heldout.confidence, cpu.heldout.confidence, atol=1e-4)
+    agree = (gpu.test.prediction == cpu.test.prediction).mean()
+    assert agree > 0.99
+
+
 def test_keep_logits(bundle: Path, data: Path) -> None:
     messages: list[str] = []
     plain = CalibrateOptions(data_root=data, budgets=[2.0])

@@ -6,12 +6,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from calibration.build import build_calibration, choose_default
 from calibration.curves import Curve, curve
 from calibration.errors import CalibrationError
 from calibration.evaluate import SWEEP_QS, anytime, evaluate_thresholds
 from calibration.plot import render_curve
+from calibration.probabilities import resolve_device
 from calibration.report import ReportContext, render_report
 from calibration.synthetic import synthetic_scores
 from calibration.targets import plan_targets
@@ -126,3 +128,14 @@ def test_curve_interpolation() -> None:
     assert c.accuracy_at(2.0) == pytest.approx(85.0)
     assert c.accuracy_at(0.5) is None and c.accuracy_at(3.5) is None
     assert np.isclose(c.accuracy_at(3.0), 90.0)  # type: ignore[arg-type]
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("tpu", "mps", "cuda:x"):
+        with pytest.raises(CalibrationError):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(CalibrationError, match="no CUDA GPU"):
+            resolve_device("cuda")
