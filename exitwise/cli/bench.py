@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from . import bench_calibration
+
 app = typer.Typer(
     help="Benchmarks: training step, engine, HTTP, backends, calibration.", no_args_is_help=True
 )
+bench_calibration.register(app)
