@@ -32,6 +32,14 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def _default_mode() -> int:
+    """The mode ``open()`` would give a new file (0666 minus the umask); mkstemp's is 0600,
+    which would hide bundles from a server running as another user."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _fsync_dir(directory: Path) -> None:
     # Not every platform lets a directory be opened for fsync; the rename is atomic regardless.
     with contextlib.suppress(OSError):
@@ -58,6 +66,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     except BaseException:

@@ -244,3 +244,13 @@ def test_interrupted_bundle_save_keeps_the_old_bundle(
     with pytest.raises(BundleError, match="sha256 does not match"):
         load_bundle(bundle.path).load_model()
     assert not [p for p in bundle.path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path: Path) -> None:
+    """Files are readable by others as with open(), not 0600 as mkstemp makes them."""
+    umask = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "f", b"x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
