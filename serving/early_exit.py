@@ -1,0 +1,94 @@
+"""One batch through the network, stage by stage, really stopping the images that exit.
+
+After each stage the exit rule (:func:`exitwise.policy.stops_here`, the same function
+calibration's simulation uses) decides, with each image's own thresholds and cap, which rows
+stop; those rows are dropped from the state (:func:`exitwise.models.select_rows`) before the
+next stage runs, so later stages do less work. Images with different budgets share a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from exitwise.models import select_rows
+from exitwise.policy import confidence_and_prediction, stops_here
+from exitwise.runtime import StageRunner
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """Per row of the batch (CPU numpy), plus how many rows entered each stage that ran."""
+
+    exit_index: np.ndarray  # int64 [B], 0-based
+    class_id: np.ndarray  # int64 [B]
+    confidence: np.ndarray  # float64 [B]
+    top_ids: np.ndarray  # int64 [B, top_k]
+    top_probs: np.ndarray  # float64 [B, top_k]
+    stage_rows: list[int]
+
+
+@torch.inference_mode()
+def run_early_exit(
+    runner: StageRunner,
+    images: Tensor,
+    thresholds: Tensor,
+    max_index: Tensor,
+    top_k: int = 0,
+) -> BatchOutcome:
+    """Run ``images`` ``[B, C, H, W]`` (normalised) until every row has exited.
+
+    ``thresholds``: float64 ``[B, K]`` (each row's own); ``max_index``: int64 ``[B]`` 0-based caps.
+    ``top_k``: how many (class, probability) pairs to keep per row (0 for none).
+    """
+    batch = images.shape[0]
+    k_total = runner.num_exits
+    if thresholds.shape != (batch, k_total) or max_index.shape != (batch,):
+        raise ValueError("one threshold row and one cap per image are required")
+    device = runner.device
+    thr = thresholds.to(device=device, dtype=torch.float64)
+    cap = max_index.to(device=device, dtype=torch.int64)
+
+    exit_index = torch.full((batch,), -1, dtype=torch.int64, device=device)
+    class_id = torch.zeros(batch, dtype=torch.int64, device=device)
+    confidence = torch.zeros(batch, dtype=torch.float64, device=device)
+    top_ids = torch.zeros((batch, top_k), dtype=torch.int64, device=device)
+    top_probs = torch.zeros((batch, top_k), dtype=torch.float64, device=device)
+
+    alive = torch.arange(batch, device=device)  # batch positions of the rows still running
+    state = runner.initial_state(images)
+    stage_rows: list[int] = []
+    for index in range(k_total):
+        stage_rows.append(int(alive.numel()))
+        state, logits = runner.run_stage(index, state)
+        conf, pred = confidence_and_prediction(logits)
+        stop = stops_here(conf, thr[alive, index], index, k_total, cap[alive])
+        n_stop = int(stop.sum())  # the one host sync per stage
+        if n_stop:
+            rows = alive[stop]
+            exit_index[rows] = index
+            class_id[rows] = pred[stop]
+            confidence[rows] = conf[stop]
+            if top_k:
+                probs = torch.softmax(logits[stop].double(), dim=-1)
+                values, ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+                top_probs[rows, : values.shape[1]] = values
+                top_ids[rows, : ids.shape[1]] = ids
+        if n_stop == alive.numel():
+            break
+        if n_stop:
+            keep = ~stop
+            state = select_rows(state, keep)
+            alive = alive[keep]
+
+    return BatchOutcome(
+        exit_index=exit_index.cpu().numpy(),
+        class_id=class_id.cpu().numpy(),
+        confidence=confidence.cpu().numpy(),
+        top_ids=top_ids.cpu().numpy(),
+        top_probs=top_probs.cpu().numpy(),
+        stage_rows=stage_rows,
+    )
