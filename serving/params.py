@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import InvalidParameterError
 
-NAMES = ("budget_mflops", "max_exit", "top_k")
+NAMES = ("budget_mflops", "max_exit", "top_k", "timeout_ms")
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,7 @@ class RequestParams:
     budget_mflops: float | None = None
     max_exit: int | None = None
     top_k: int | None = None
+    timeout_s: float | None = None  # the client's deadline, if shorter than the server's
 
 
 def _number(name: str, raw: Any) -> float:
@@ -44,18 +45,31 @@ def _integer(name: str, raw: Any) -> int:
         raise InvalidParameterError(f"{name} must be an integer, not {raw!r}") from None
 
 
-def parse_params(values: Mapping[str, Any]) -> RequestParams:
-    """Typed parameters from strings (query, form) or JSON values; "" counts as absent."""
+def parse_params(
+    values: Mapping[str, Any], timeout_key: str = "timeout_ms", timeout_unit: float = 1e-3
+) -> RequestParams:
+    """Typed parameters from strings (query, form) or JSON values; "" counts as absent.
+
+    The client's timeout is ``values[timeout_key]`` in ``timeout_unit`` seconds (REST v1:
+    ``timeout_ms``; v2: Triton's ``timeout`` in microseconds).
+    """
 
     def get(name: str) -> Any:
         raw = values.get(name)
         return None if raw is None or (isinstance(raw, str) and not raw.strip()) else raw
 
     budget, max_exit, top_k = get("budget_mflops"), get("max_exit"), get("top_k")
+    timeout = get(timeout_key)
+    timeout_s = None
+    if timeout is not None:
+        timeout_s = _number(timeout_key, timeout) * timeout_unit
+        if timeout_s <= 0:
+            raise InvalidParameterError(f"{timeout_key} must be positive, not {timeout!r}")
     return RequestParams(
         budget_mflops=None if budget is None else _number("budget_mflops", budget),
         max_exit=None if max_exit is None else _integer("max_exit", max_exit),
         top_k=None if top_k is None else _integer("top_k", top_k),
+        timeout_s=timeout_s,
     )
 
 

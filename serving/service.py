@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -136,19 +136,25 @@ class ModelService:
         if n > limit:
             raise PayloadTooLargeError(f"{n} images in one request; the limit is {limit}")
 
-    def deadline(self, started: float | None = None) -> float:
-        return (started or time.monotonic()) + self.settings.request_timeout_s
+    def deadline(self, started: float, client_timeout_s: float | None = None) -> float:
+        """The request's deadline: the server's limit, or the client's if that is shorter."""
+        timeout = self.settings.request_timeout_s
+        if client_timeout_s is not None:
+            timeout = min(timeout, client_timeout_s)
+        return started + timeout
+
+    async def within(self, awaitable: Awaitable[T], deadline: float, doing: str) -> T:
+        """``awaitable``'s result, or a 504 when ``deadline`` passes first."""
+        try:
+            return await asyncio.wait_for(awaitable, max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise DeadlineExceededError(f"the request deadline passed while {doing}") from None
 
     async def _off_loop(self, fn: Callable[[], T], deadline: float) -> T:
         loop = asyncio.get_running_loop()
-        try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self._executor, fn), max(0.0, deadline - time.monotonic())
-            )
-        except asyncio.TimeoutError:
-            raise DeadlineExceededError(
-                "the request deadline passed while decoding the images"
-            ) from None
+        return await self.within(
+            loop.run_in_executor(self._executor, fn), deadline, "decoding the images"
+        )
 
     async def classify_encoded(
         self,

@@ -179,10 +179,17 @@ def served_bundle(tmp_path_factory: pytest.TempPathFactory) -> Served:
     if "tiny" not in _SERVED:
         root = tmp_path_factory.mktemp("serving")
         data = write_fashion_mnist(root / "data")
-        bundle = make_bundle(root / "bundle", data)
-        heldout = load_split(bundle, data, "heldout")
-        test = load_split(bundle, data, "test")
-        write_test_calibration(bundle, heldout, test)
+        # One intra-op thread: on a busy 2-core machine two spinning threads make this tiny
+        # training run ten times slower, not faster.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            bundle = make_bundle(root / "bundle", data)
+            heldout = load_split(bundle, data, "heldout")
+            test = load_split(bundle, data, "test")
+            write_test_calibration(bundle, heldout, test)
+        finally:
+            torch.set_num_threads(threads)
         _SERVED["tiny"] = Served(bundle=bundle, data_root=data, heldout=heldout, test=test)
     return _SERVED["tiny"]
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -79,22 +80,26 @@ def render(service_name: str, result: Classification, filenames: list[str] | Non
 
 @router.post("/v1/classify", dependencies=[Authorized, InFlight])
 async def classify(request: Request, service: Service) -> JSONResponse:
-    deadline = service.deadline()
+    started = time.monotonic()
+    deadline = service.deadline(started)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     form_fields: list[tuple[str, str]] = []
     filenames: list[str] | None = None
+    reading = "reading the request body"
     if media == "multipart/form-data":
-        blobs, filenames, form_fields = await _read_multipart(
-            request, service.settings.max_images_per_request
+        limit = service.settings.max_images_per_request
+        blobs, filenames, form_fields = await service.within(
+            _read_multipart(request, limit), deadline, reading
         )
     elif media.startswith("image/") or media == "application/octet-stream":
-        blobs = [await request.body()]
+        blobs = [await service.within(request.body(), deadline, reading)]
     else:
         raise UnsupportedMediaTypeError(
             f"unsupported content type {media or '(none)'!r}: send multipart/form-data with "
             "image files, or one image as the body with an image/* content type"
         )
     params = parse_params(merge_fields(request.query_params.multi_items(), form_fields))
+    deadline = service.deadline(started, params.timeout_s)
     plan = service.resolve(params.budget_mflops, params.max_exit)
     top_k = service.check_top_k(params.top_k)
     result = await service.classify_encoded(blobs, plan, top_k, deadline, filenames)

@@ -13,6 +13,7 @@ Outputs: ``class_id`` INT64, ``class_name`` BYTES, ``confidence`` FP64, ``exit``
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 import numpy as np
@@ -130,14 +131,18 @@ async def infer_version(request: Request, service: Service, name: str, version: 
 async def _infer(
     request: Request, service: ModelService, name: str, version: str | None
 ) -> Response:
-    deadline = service.deadline()
+    started = time.monotonic()
     _check_model(service, name, version)
-    body = await request.body()
+    body = await service.within(
+        request.body(), service.deadline(started), "reading the request body"
+    )
     req, data = parse_request(body, request.headers.get(HEADER_LENGTH))
     if len(req.inputs) != 1:
         raise BadRequestError("send exactly one input: 'input' (FP32) or 'image' (BYTES)")
     tensor, values = req.inputs[0], data[0]
-    params = parse_params(req.parameters)
+    # Triton's convention: the client's `timeout` parameter is in microseconds.
+    params = parse_params(req.parameters, timeout_key="timeout", timeout_unit=1e-6)
+    deadline = service.deadline(started, params.timeout_s)
     plan = service.resolve(params.budget_mflops, params.max_exit)
     result: Classification
     if tensor.name == "input":
