@@ -1,4 +1,4 @@
-"""REST v1 and v2 through the app (TestClient): fidelity to calibration, real early exit, metrics."""
+"""REST v1 and v2 through the app (TestClient): fidelity to calibration, early exit, metrics."""
 
 from __future__ import annotations
 
@@ -64,7 +64,9 @@ def classify(
     return results
 
 
-def test_model_description(client: TestClient, served: Served, points: list[OperatingPoint]) -> None:
+def test_model_description(
+    client: TestClient, served: Served, points: list[OperatingPoint]
+) -> None:
     body = client.get("/v1/model").json()
     assert body["name"] == "tiny" and body["arch"] == "msdnet" and body["calibrated"]
     assert [e["mflops"] for e in body["exits"]] == served.bundle.manifest.exit_mflops
@@ -99,7 +101,8 @@ def test_served_exits_equal_calibrations_simulation(
     realised = float(np.mean([r["mflops"] for r in got]))
     expected = point.test.mflops if split == "test" else point.expected_mflops  # type: ignore[union-attr]
     assert realised == pytest.approx(expected, rel=0.03)
-    assert realised == pytest.approx(float(np.mean(np.array(served.bundle.manifest.exit_mflops)[exits])))
+    costs = np.array(served.bundle.manifest.exit_mflops)
+    assert realised == pytest.approx(float(np.mean(costs[exits])))
 
 
 def test_anytime_and_capped_budgets(
@@ -161,12 +164,15 @@ def test_later_stages_see_fewer_rows(served: Served, points: list[OperatingPoint
     ]
     assert rows == [float((exits >= k).sum()) for k in range(4)]
     assert rows[0] == 100 and rows[3] < rows[1] < rows[0]
-    counts = [registry.get_sample_value("exitwise_exits_total", {"exit": str(k)}) for k in range(1, 5)]
+    get = registry.get_sample_value
+    counts = [get("exitwise_exits_total", {"exit": str(k)}) for k in range(1, 5)]
     assert counts == [float((exits == k).sum()) for k in range(4)]
 
 
 def test_metrics_exposes_every_documented_series(client: TestClient) -> None:
-    client.post("/v1/classify?max_exit=1", content=b"not an image", headers={"content-type": "image/png"})
+    client.post(
+        "/v1/classify?max_exit=1", content=b"not an image", headers={"content-type": "image/png"}
+    )
     text = client.get("/metrics").text
     for name in (
         "exitwise_requests_total",
@@ -184,7 +190,8 @@ def test_metrics_exposes_every_documented_series(client: TestClient) -> None:
         assert name in text, name
     assert 'exitwise_requests_total{code="400",route="/v1/classify"}' in text
     assert 'le="0.0005"' in text  # buckets start below 1 ms
-    assert 'exitwise_model_info{backend="torch",device="cpu",model="tiny",provider="torch-cpu"} 1.0' in text
+    info = 'exitwise_model_info{backend="torch",device="cpu",model="tiny",provider="torch-cpu"}'
+    assert f"{info} 1.0" in text
 
 
 def test_many_clients_at_once(client: TestClient, served: Served, reference: dict) -> None:
@@ -221,8 +228,12 @@ def test_v2_health_and_metadata(client: TestClient) -> None:
     meta = client.get("/v2/models/tiny").json()
     assert meta["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 1, 32, 32]}
     assert [o["name"] for o in meta["outputs"]] == [
-        "class_id", "class_name", "confidence", "exit", "mflops"
-    ]  # fmt: skip
+        "class_id",
+        "class_name",
+        "confidence",
+        "exit",
+        "mflops",
+    ]
     assert client.get("/v2/models/other").status_code == 404
     assert client.get("/v2/models/tiny/versions/2").status_code == 404
 
@@ -237,15 +248,27 @@ def test_v2_tensor_and_base64_inputs_agree_with_v1(
     tensor_req = {
         "id": "r1",
         "parameters": {"budget_mflops": budget},
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
-                    "data": x.ravel().tolist()}],
-    }  # fmt: skip
+        "inputs": [
+            {
+                "name": "input",
+                "datatype": "FP32",
+                "shape": list(x.shape),
+                "data": x.ravel().tolist(),
+            }
+        ],
+    }
     bytes_req = {
         "parameters": {"budget_mflops": budget},
-        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [8],
-                    "data": [base64.b64encode(png(p)).decode() for p in pixels]}],
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [8],
+                "data": [base64.b64encode(png(p)).decode() for p in pixels],
+            }
+        ],
         "outputs": [{"name": "exit"}, {"name": "class_name"}],
-    }  # fmt: skip
+    }
     a = client.post("/v2/models/tiny/infer", json=tensor_req).json()
     assert a["id"] == "r1" and a["model_name"] == "tiny"
     assert a["parameters"]["operating_point"] == points[1].name
@@ -265,9 +288,15 @@ def test_v2_binary_extension_both_ways(client: TestClient, served: Served) -> No
     head = json.dumps(
         {
             "parameters": {"max_exit": 2, "binary_data_output": True},
-            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [3, 1],
-                        "parameters": {"binary_data_size": len(blob)}}],
-        }  # fmt: skip
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [3, 1],
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            ],
+        }
     ).encode()
     r = client.post(
         "/v2/models/tiny/infer",

@@ -244,5 +244,10 @@ def test_metrics_follow_the_batches() -> None:
     assert get("exitwise_batch_size_sum") == 32 and get("exitwise_queue_depth") == 0
     assert get("exitwise_queue_wait_seconds_count") == 32
     assert get("exitwise_compute_seconds_count") == 1
-    assert get("exitwise_model_info", {"model": "m", "backend": "fake", "device": "cpu",
-                                       "provider": "fake-cpu"}) == 1  # fmt: skip
+    assert (
+        get(
+            "exitwise_model_info",
+            {"model": "m", "backend": "fake", "device": "cpu", "provider": "fake-cpu"},
+        )
+        == 1
+    )
