@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from . import bench_engine, bench_http
+
 app = typer.Typer(
     help="Benchmarks: training step, engine, HTTP, backends, calibration.", no_args_is_help=True
 )
+
+bench_engine.register(app)
+bench_http.register(app)
