@@ -150,11 +150,10 @@ class ModelService:
         except asyncio.TimeoutError:
             raise DeadlineExceededError(f"the request deadline passed while {doing}") from None
 
-    async def _off_loop(self, fn: Callable[[], T], deadline: float) -> T:
+    async def off_loop(self, fn: Callable[[], T], deadline: float, doing: str) -> T:
+        """Run CPU-bound ``fn`` (decoding, parsing) in the decode pool, never on the loop."""
         loop = asyncio.get_running_loop()
-        return await self.within(
-            loop.run_in_executor(self._executor, fn), deadline, "decoding the images"
-        )
+        return await self.within(loop.run_in_executor(self._executor, fn), deadline, doing)
 
     async def classify_encoded(
         self,
@@ -171,8 +170,10 @@ class ModelService:
         # While decoding, the engine knows these images are coming and may hold a batch open
         # for them (at most max_wait_ms).
         with self.engine.expecting():
-            images = await self._off_loop(
-                lambda: decode_images(blobs, spec, max_pixels, labels), deadline
+            images = await self.off_loop(
+                lambda: decode_images(blobs, spec, max_pixels, labels),
+                deadline,
+                "decoding the images",
             )
         decode_seconds = time.monotonic() - start
         return await self._classify(images, plan, top_k, deadline, decode_seconds)
@@ -183,7 +184,10 @@ class ModelService:
         """An already normalised FP32 ``[N, C, H, W]`` batch."""
         self.check_count(int(array.shape[0]) if array.ndim else 0)
         start = time.monotonic()
-        images = tensor_images(array, self.preprocessing)
+        spec = self.preprocessing
+        images = await self.off_loop(
+            lambda: tensor_images(array, spec), deadline, "checking the input tensor"
+        )
         return await self._classify(images, plan, top_k, deadline, time.monotonic() - start)
 
     async def _classify(

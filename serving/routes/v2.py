@@ -136,7 +136,13 @@ async def _infer(
     body = await service.within(
         request.body(), service.deadline(started), "reading the request body"
     )
-    req, data = parse_request(body, request.headers.get(HEADER_LENGTH))
+    header_length = request.headers.get(HEADER_LENGTH)
+    # A JSON tensor can hold millions of numbers: parse it off the event loop.
+    req, data = await service.off_loop(
+        lambda: parse_request(body, header_length),
+        service.deadline(started),
+        "parsing the request",
+    )
     if len(req.inputs) != 1:
         raise BadRequestError("send exactly one input: 'input' (FP32) or 'image' (BYTES)")
     tensor, values = req.inputs[0], data[0]
