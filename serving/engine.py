@@ -206,8 +206,14 @@ class Engine:
             items = self._next_batch()
             if items is None:
                 return
-            if items:
+            if not items:
+                continue
+            try:
                 self._run(items)
+            except Exception:  # a bug after the network ran: fail the batch, keep serving
+                log.exception("failed to deliver a batch of %d images", len(items))
+                for job in {id(job): job for job, _ in items}.values():
+                    self._fail(job, EngineFailureError("inference failed"))
 
     def _next_batch(self) -> list[tuple[_Job, int]] | None:
         with self._cond:

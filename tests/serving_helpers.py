@@ -53,7 +53,7 @@ class Served:
     """A calibrated tiny bundle, the fake data it was trained on, and its two splits."""
 
     bundle: Bundle
-    data_root: Path
+    data_root: Path | None
     heldout: Split
     test: Split
 
@@ -62,7 +62,7 @@ class Served:
         return self.bundle.path
 
 
-def load_split(bundle: Bundle, data_root: Path, split: str) -> Split:
+def load_split(bundle: Bundle, data_root: Path | None, split: str) -> Split:
     if split == "heldout":
         view = EvalImages(
             open_dataset("fashion-mnist", "train", data_root),
@@ -78,14 +78,22 @@ def load_split(bundle: Bundle, data_root: Path, split: str) -> Split:
 
 
 @torch.no_grad()
-def all_confidences(bundle: Bundle, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Float64 ``[N, K]`` confidences and ``[N, K]`` predictions from ONE full forward pass."""
+def all_confidences(
+    bundle: Bundle, pixels: np.ndarray, chunk: int = 2000
+) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 ``[N, K]`` confidences and ``[N, K]`` predictions from full forward passes (one
+    batch for up to ``chunk`` images)."""
     model = bundle.load_model()
-    logits = model(normalize(torch.from_numpy(pixels), bundle.manifest.preprocessing))
-    pairs = [confidence_and_prediction(out) for out in logits]
-    conf = torch.stack([c for c, _ in pairs], dim=1).numpy()
-    pred = torch.stack([p for _, p in pairs], dim=1).numpy()
-    return conf, pred
+    confs, preds = [], []
+    for start in range(0, len(pixels), chunk):
+        x = torch.from_numpy(pixels[start : start + chunk])
+        pairs = [
+            confidence_and_prediction(out)
+            for out in model(normalize(x, bundle.manifest.preprocessing))
+        ]
+        confs.append(torch.stack([c for c, _ in pairs], dim=1).numpy())
+        preds.append(torch.stack([p for _, p in pairs], dim=1).numpy())
+    return np.concatenate(confs), np.concatenate(preds)
 
 
 def simulate(
@@ -265,3 +273,78 @@ def running_server(bundle: Path, log: Path, *args: str, **kw: object) -> Iterato
         yield server
     finally:
         stop_server(server)
+
+
+# --- a demo-sized bundle for the benchmarks ---------------------------------------------------
+
+
+def train_demo_bundle(
+    path: Path, data_root: Path | None, steps: int = 1500, heldout_size: int = 5000, seed: int = 0
+) -> Served:
+    """``msdnet-fmnist`` (full preset) on real Fashion-MNIST: plain SGD on the sum of the exit
+    losses, ``steps`` batches of 64 (no augmentation, no L2W), then the test calibration.
+
+    Only for benchmarking the server on a model of the demo's size and speed; the real recipe
+    is ``exitwise train --config configs/demo.yaml`` followed by ``exitwise calibrate``.
+    """
+    import torch.nn.functional as F
+
+    from exitwise.bundle import HeldOutSplit, indices_sha256, save_bundle
+    from exitwise.datasets import heldout_split, train_indices
+    from exitwise.datasets.readers import FASHION_MNIST_CLASSES
+    from exitwise.models import create_model
+    from exitwise.preprocess import FASHION_MNIST
+
+    torch.manual_seed(seed)
+    train = open_dataset("fashion-mnist", "train", data_root)
+    held = heldout_split(len(train), heldout_size, seed)
+    view = EvalImages(train, FASHION_MNIST, train_indices(len(train), held))
+    loader = torch.utils.data.DataLoader(view, batch_size=64, shuffle=True, drop_last=True)
+    model = create_model("msdnet-fmnist")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps)
+    model.train()
+    done = 0
+    while done < steps:
+        for x, y in loader:
+            logits = model(normalize(x, FASHION_MNIST))
+            loss = sum(F.cross_entropy(out, y) for out in logits)
+            opt.zero_grad()
+            loss.backward()  # type: ignore[union-attr]
+            opt.step()
+            sched.step()
+            done += 1
+            if done >= steps:
+                break
+    model.eval()
+    split = HeldOutSplit(
+        dataset="fashion-mnist", size=heldout_size, seed=seed, sha256=indices_sha256(held)
+    )
+    bundle = save_bundle(
+        path,
+        model,
+        name="msdnet-fmnist-bench",
+        class_names=FASHION_MNIST_CLASSES,
+        preprocessing=FASHION_MNIST,
+        preset="msdnet-fmnist",
+        dataset="fashion-mnist",
+        heldout=(split, held),
+        training={"weighting": "uniform", "seed": seed, "steps": steps, "batch_size": 64},
+    )
+    root = Path(data_root) if data_root is not None else None
+    heldout = load_split(bundle, root, "heldout")
+    test = load_split(bundle, root, "test")
+    write_test_calibration(bundle, heldout, test, qs=(0.25, 0.5, 1.0, 2.0))
+    return Served(bundle=bundle, data_root=root, heldout=heldout, test=test)
+
+
+if __name__ == "__main__":  # python -m tests.serving_helpers OUT [STEPS]
+    out = Path(sys.argv[1])
+    made = train_demo_bundle(out, None, steps=int(sys.argv[2]) if len(sys.argv) > 2 else 1500)
+    for p in made.bundle.calibration().operating_points:
+        print(
+            p.name,
+            round(p.expected_mflops, 3),
+            p.heldout.accuracy,
+            p.test.accuracy if p.test else None,
+        )

@@ -78,7 +78,37 @@ def render(service_name: str, result: Classification, filenames: list[str] | Non
     }
 
 
-@router.post("/v1/classify", dependencies=[Authorized, InFlight])
+_PARAMS = [
+    {"name": "budget_mflops", "in": "query", "schema": {"type": "number", "exclusiveMinimum": 0},
+     "description": "Average MFLOPs per image: the calibrated operating point with the largest "
+                    "expected cost not above it."},
+    {"name": "max_exit", "in": "query", "schema": {"type": "integer", "minimum": 1},
+     "description": "Hard cap on the exit (1-based); alone, every image runs to this exit."},
+    {"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 0},
+     "description": "Classes with probabilities to return per image (default 5)."},
+    {"name": "timeout_ms", "in": "query", "schema": {"type": "number", "exclusiveMinimum": 0},
+     "description": "A deadline shorter than the server's."},
+]  # fmt: skip
+_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"image": {"type": "array", "items": {"type": "string",
+                                                                    "format": "binary"}}},
+            }
+        },
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    },
+}  # fmt: skip
+
+
+@router.post(
+    "/v1/classify",
+    dependencies=[Authorized, InFlight],
+    openapi_extra={"parameters": _PARAMS, "requestBody": _BODY},
+)
 async def classify(request: Request, service: Service) -> JSONResponse:
     started = time.monotonic()
     deadline = service.deadline(started)
