@@ -57,6 +57,13 @@ class InferOutcome:
 
 
 @dataclass(eq=False)
+class Arrival:
+    """A request announced by :meth:`Engine.expecting`; ``arrived`` once it is queued."""
+
+    arrived: bool = False
+
+
+@dataclass(eq=False)
 class _Job:
     images: Tensor  # [n, C, H, W] float32, CPU
     thresholds: np.ndarray  # float64 [K]
@@ -105,8 +112,8 @@ class Engine:
         k = self.runner.num_exits
         for n in batch_sizes or (1, self.max_batch_size):
             x = torch.zeros((n, *input_shape), dtype=torch.float32)
-            thr = torch.full((n, k), float("inf"), dtype=torch.float64)
-            run_early_exit(self.runner, x, thr, torch.full((n,), k - 1, dtype=torch.int64))
+            thr = np.full((n, k), np.inf, dtype=np.float64)
+            run_early_exit(self.runner, x, thr, np.full(n, k - 1, dtype=np.int64))
 
     def start(self) -> None:
         if self._thread is not None:
@@ -131,20 +138,31 @@ class Engine:
         return len(self._queue)
 
     @contextlib.contextmanager
-    def expecting(self) -> Iterator[None]:
-        """Marks a request on its way to :meth:`submit` (being read or decoded)."""
+    def expecting(self) -> Iterator[Arrival]:
+        """Marks a request on its way (being read or decoded) until it is submitted with the
+        yielded :class:`Arrival`, or the block ends (it failed before reaching the queue)."""
+        arrival = Arrival()
         with self._cond:
             self._incoming += 1
         try:
-            yield
+            yield arrival
         finally:
             with self._cond:
-                self._incoming -= 1
-                self._cond.notify_all()
+                if not arrival.arrived:
+                    arrival.arrived = True
+                    self._incoming -= 1
+                    self._cond.notify_all()
 
     # --- requests (called on an event loop) ---------------------------------------------------
 
-    def submit(self, images: Tensor, plan: ExitPlan, top_k: int, deadline: float) -> _Job:
+    def submit(
+        self,
+        images: Tensor,
+        plan: ExitPlan,
+        top_k: int,
+        deadline: float,
+        arrival: Arrival | None = None,
+    ) -> _Job:
         n = int(images.shape[0])
         loop = asyncio.get_running_loop()
         job = _Job(
@@ -168,15 +186,24 @@ class Engine:
                     "retry later"
                 )
             self._queue.extend((job, row) for row in range(n))
+            if arrival is not None and not arrival.arrived:
+                # In the same critical section as the images: a waiting worker sees them at once.
+                arrival.arrived = True
+                self._incoming -= 1
             self._set_depth()
             self._cond.notify_all()
         return job
 
     async def infer(
-        self, images: Tensor, plan: ExitPlan, top_k: int, deadline: float
+        self,
+        images: Tensor,
+        plan: ExitPlan,
+        top_k: int,
+        deadline: float,
+        arrival: Arrival | None = None,
     ) -> InferOutcome:
         """Queue ``images`` and wait for all of them, at most until ``deadline``."""
-        job = self.submit(images, plan, top_k, deadline)
+        job = self.submit(images, plan, top_k, deadline, arrival)
         try:
             return await asyncio.wait_for(job.future, max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
@@ -247,9 +274,9 @@ class Engine:
         start = time.monotonic()
         jobs = list({id(job): job for job, _ in items}.values())
         try:
-            images = torch.stack([job.images[row] for job, row in items])
-            thresholds = torch.from_numpy(np.stack([job.thresholds for job, _ in items]))
-            caps = torch.tensor([job.max_index for job, _ in items], dtype=torch.int64)
+            images = _gather(items)
+            thresholds = np.stack([job.thresholds for job, _ in items])
+            caps = np.array([job.max_index for job, _ in items], dtype=np.int64)
             top_k = max(job.top_k for job in jobs)
             out = run_early_exit(self.runner, images, thresholds, caps, top_k)
         except Exception:
@@ -305,3 +332,17 @@ class Engine:
         # A closed loop (RuntimeError) means nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
             job.loop.call_soon_threadsafe(callback)
+
+
+def _gather(items: list[tuple[_Job, int]]) -> Tensor:
+    """The batch's images: slices of each request's tensor (no copy for a single request)."""
+    parts: list[Tensor] = []
+    i = 0
+    while i < len(items):
+        job, first = items[i]
+        j = i + 1
+        while j < len(items) and items[j][0] is job and items[j][1] == first + (j - i):
+            j += 1
+        parts.append(job.images[first : first + (j - i)])
+        i = j
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

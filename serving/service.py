@@ -20,7 +20,7 @@ from torch import Tensor
 from exitwise import __version__
 
 from .budgets import ExitPlan
-from .engine import Engine
+from .engine import Arrival, Engine
 from .errors import (
     BadRequestError,
     DeadlineExceededError,
@@ -169,14 +169,14 @@ class ModelService:
         spec, max_pixels = self.preprocessing, self.settings.max_image_pixels
         # While decoding, the engine knows these images are coming and may hold a batch open
         # for them (at most max_wait_ms).
-        with self.engine.expecting():
+        with self.engine.expecting() as arrival:
             images = await self.off_loop(
                 lambda: decode_images(blobs, spec, max_pixels, labels),
                 deadline,
                 "decoding the images",
             )
-        decode_seconds = time.monotonic() - start
-        return await self._classify(images, plan, top_k, deadline, decode_seconds)
+            decode_seconds = time.monotonic() - start
+            return await self._classify(images, plan, top_k, deadline, decode_seconds, arrival)
 
     async def classify_tensor(
         self, array: np.ndarray, plan: ExitPlan, top_k: int, deadline: float
@@ -191,9 +191,15 @@ class ModelService:
         return await self._classify(images, plan, top_k, deadline, time.monotonic() - start)
 
     async def _classify(
-        self, images: Tensor, plan: ExitPlan, top_k: int, deadline: float, decode_seconds: float
+        self,
+        images: Tensor,
+        plan: ExitPlan,
+        top_k: int,
+        deadline: float,
+        decode_seconds: float,
+        arrival: Arrival | None = None,
     ) -> Classification:
-        outcome = await self.engine.infer(images, plan, top_k, deadline)
+        outcome = await self.engine.infer(images, plan, top_k, deadline, arrival)
         names = self.class_names
         predictions = [
             Prediction(

@@ -78,7 +78,7 @@ def test_stage_loop_is_the_exit_rule_with_per_image_thresholds() -> None:
     choice = rng.integers(0, len(PLANS), 64)
     thr = np.stack([PLANS[c].thresholds for c in choice])
     cap = np.array([PLANS[c].max_index for c in choice])
-    out = run_early_exit(runner, images, torch.from_numpy(thr), torch.from_numpy(cap), top_k=2)
+    out = run_early_exit(runner, images, thr, cap, top_k=2)
     conf, pred = _all_confidences(images)
     exits = decide_exits(conf, thr, cap)
     np.testing.assert_array_equal(out.exit_index, exits)
@@ -206,12 +206,17 @@ def test_batch_waits_only_for_requests_on_their_way() -> None:
             await engine.infer(_images(1), PLANS[0], 0, start + 30)
             assert time.monotonic() - start < 2.5  # nobody else coming: no 5 s wait
             runner.calls.clear()
-            with engine.expecting():  # another request is being decoded
+            with engine.expecting() as arrival:  # another request is being decoded
                 first = engine.submit(_images(1, 1), PLANS[0], 0, start + 30)
                 await asyncio.sleep(0.05)
-            second = engine.submit(_images(1, 2), PLANS[1], 0, start + 30)
+                second = engine.submit(_images(1, 2), PLANS[1], 0, start + 30, arrival)
             await first.future, await second.future
             assert runner.calls[0] == (0, 2)  # one batch of both
+            with engine.expecting():
+                pass  # a request that failed before reaching the queue is forgotten
+            again = time.monotonic()
+            await engine.infer(_images(1), PLANS[0], 0, again + 30)
+            assert time.monotonic() - again < 2.5
         finally:
             engine.stop()
 
