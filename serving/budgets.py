@@ -108,11 +108,13 @@ class BudgetResolver:
         fitting = [p for p in self.points if p.expected_mflops <= budget]
         if not fitting:
             lo, hi = self.points[0].expected_mflops, self.points[-1].expected_mflops
+            # Rounded up, so that the figure the message gives is itself a valid budget.
+            floor = math.ceil(lo * 1000) / 1000
             raise InvalidParameterError(
                 f"budget_mflops {budget:g} is below the cheapest operating point "
-                f"({lo:.4g} MFLOPs); valid budgets are >= {lo:.4g} (operating points span "
-                f"{lo:.4g} to {hi:.4g} MFLOPs; exit 1 alone costs "
-                f"{self.exit_mflops[0]:.4g}, use max_exit=1 for that)"
+                f"({lo:.6g} MFLOPs); valid budgets are >= {floor:g} (operating points span "
+                f"{lo:.6g} to {hi:.6g} MFLOPs; exit 1 alone costs "
+                f"{self.exit_mflops[0]:.6g}, use max_exit=1 for that)"
             )
         return fitting[-1]
 

@@ -1,4 +1,8 @@
-"""Typed dependencies shared by the routers: the service, the API key check, in-flight tracking."""
+"""Typed dependencies shared by the routers: the service, the API key check, in-flight tracking.
+
+All are ``async def``: FastAPI runs plain ``def`` dependencies in a thread pool, a thread hop per
+dependency per request that costs more than these functions themselves.
+"""
 
 from __future__ import annotations
 
@@ -15,24 +19,24 @@ from .service import ModelService
 from .settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_lifecycle(request: Request) -> Lifecycle:
+async def get_lifecycle(request: Request) -> Lifecycle:
     lifecycle: Lifecycle = request.app.state.lifecycle
     return lifecycle
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_service(request: Request) -> ModelService:
+async def get_service(request: Request) -> ModelService:
     """The loaded model; 503 before warm-up has finished or after shutdown has begun."""
-    lifecycle = get_lifecycle(request)
+    lifecycle: Lifecycle = request.app.state.lifecycle
     service: ModelService | None = getattr(request.app.state, "service", None)
     if service is None or not lifecycle.serving or not service.engine.accepting:
         raise NotReadyError(f"the model is not ready ({lifecycle.phase.value})")
@@ -48,9 +52,9 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def check_api_key(request: Request) -> None:
+async def check_api_key(request: Request) -> None:
     """When an API key is configured, require it as ``Authorization: Bearer`` or ``X-API-Key``."""
-    settings = get_settings(request)
+    settings: Settings = request.app.state.settings
     if settings.api_key is None:
         return
     presented = _presented_key(request)
@@ -63,13 +67,14 @@ def check_api_key(request: Request) -> None:
         raise UnauthorizedError("invalid API key")
 
 
-def check_metrics_key(request: Request) -> None:
-    if get_settings(request).metrics_require_key:
-        check_api_key(request)
+async def check_metrics_key(request: Request) -> None:
+    if request.app.state.settings.metrics_require_key:
+        await check_api_key(request)
 
 
 async def track_inflight(request: Request) -> AsyncIterator[None]:
-    with get_metrics(request).inflight.track_inprogress():
+    metrics: Metrics = request.app.state.metrics
+    with metrics.inflight.track_inprogress():
         yield
 
 

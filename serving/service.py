@@ -57,9 +57,14 @@ class Classification:
     def mean_mflops(self) -> float:
         return float(np.mean([p.mflops for p in self.predictions]))
 
-    def server_timing(self) -> str:
-        """A ``Server-Timing`` header value (milliseconds): where the request's time went."""
+    def server_timing(self, started: float) -> str:
+        """A ``Server-Timing`` header value (milliseconds): where the request's time went.
+
+        ``app`` is the whole handler since ``started`` (``time.monotonic()``: body, decoding,
+        queue, compute), ``compute`` the batch (or batches) the images ran in.
+        """
         parts = (
+            ("app", time.monotonic() - started),
             ("decode", self.decode_seconds),
             ("queue", self.queue_seconds),
             ("compute", self.compute_seconds),

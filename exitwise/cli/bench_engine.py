@@ -30,7 +30,7 @@ def bench_engine(
     images: int = typer.Option(2000, help="Test images for the batched runs."),
     batch1_images: int = typer.Option(300, help="Test images for the batch-1 runs."),
     batch_sizes: str = typer.Option("1,32", help="Comma-separated batch sizes."),
-    repeats: int = typer.Option(3, min=1, help="Runs per workload (median reported)."),
+    repeats: int = typer.Option(3, min=1, help="Runs per workload (interleaved; mean reported)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     backend: str = typer.Option("torch", help="torch or onnx."),
     threads: int | None = typer.Option(None, help="torch intra-op threads."),

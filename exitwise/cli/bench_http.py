@@ -18,8 +18,11 @@ def register(app: typer.Typer) -> None:
 def bench_http(
     url: str = typer.Option(..., help="Server base URL, e.g. http://127.0.0.1:8000."),
     concurrency: str = typer.Option("8", help="Concurrent clients; a comma list runs each."),
-    requests: int = typer.Option(400, min=1, help="Requests per workload (upper bound)."),
-    duration: float = typer.Option(60.0, min=0.1, help="Seconds per workload (upper bound)."),
+    requests: int = typer.Option(400, min=1, help="Requests per workload and round (upper bound)."),
+    duration: float = typer.Option(60.0, min=0.1, help="Seconds per workload and round (bound)."),
+    rounds: int = typer.Option(
+        1, min=1, help="Run the workloads this many times, interleaved, and pool the results."
+    ),
     budgets: str | None = typer.Option(
         None, help="Comma list of MFLOPs budgets or exitM [every operating point]."
     ),
@@ -61,23 +64,33 @@ def bench_http(
     oracle_times = _oracle(oracle) if oracle else None
     all_rows: list[dict[str, Any]] = []
     for c in levels:
+        pooled: dict[str, Any] = {}
+        for _ in range(rounds):  # interleaved, so machine-load drift hits every workload alike
+            for w in loads:
+                result = asyncio.run(
+                    run_load(
+                        url.rstrip("/"),
+                        images,
+                        w,
+                        concurrency=c,
+                        requests=requests,
+                        duration_s=duration,
+                        images_per_request=images_per_request,
+                        headers=headers,
+                    )
+                )
+                if w.label in pooled:
+                    pooled[w.label].merge(result)
+                else:
+                    pooled[w.label] = result
         rows = []
         for w in loads:
-            result = asyncio.run(
-                run_load(
-                    url.rstrip("/"),
-                    images,
-                    w,
-                    concurrency=c,
-                    requests=requests,
-                    duration_s=duration,
-                    images_per_request=images_per_request,
-                    headers=headers,
+            summary = pooled[w.label].summary()
+            if summary["ok"] == 0:
+                raise ExitwiseError(
+                    f"workload {w.label!r}: no successful request ({summary['first_error']})"
                 )
-            )
-            rows.append(result.summary())
-        if rows[0]["ok"] == 0:
-            raise ExitwiseError(f"no successful request at the last exit: {rows[0]['statuses']}")
+            rows.append(summary)
         key = _oracle_key(oracle_times, 1 if c == 1 else info["limits"]["max_batch_size"])
         add_ratios(rows, oracle_times[key] if oracle_times and key else None)
         all_rows.extend(rows)

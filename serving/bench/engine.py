@@ -3,8 +3,9 @@
 For each batch size and each workload (every calibrated operating point, and the last exit
 alone as the baseline) the test images go through the real :class:`~serving.engine.Engine`
 (queue, worker thread, stage loop with row removal): at batch 1 one image at a time, batched
-with the whole set queued so the worker forms full batches. Workloads are interleaved over the
-repeats so that a change in machine load hits all of them alike; the median is reported.
+with the whole set queued so the worker forms full batches. Workloads and the oracle's
+measurements are interleaved over the repeats so that a change in machine load hits all of them
+alike; times are means over the repeats.
 
 Definitions (DESIGN.md "Benchmarks"):
 
@@ -54,23 +55,24 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def oracle_seconds(runner: StageRunner, images: Tensor, batch: int, repeats: int) -> list[float]:
-    """Per image: seconds to run stages 1..k (blocks and heads) on a full batch, for each k."""
+def oracle_samples(runner: StageRunner, images: Tensor, batch: int, rounds: int) -> np.ndarray:
+    """Seconds per image to run stages 1..k (blocks and heads) on a full batch: ``[rounds, K]``.
+
+    The exits alternate within each round, so a change in machine load hits them alike.
+    """
     x = images[:batch]
     if x.shape[0] < batch:
         raise ValueError(f"need at least {batch} images")
-    out = []
-    for k in range(runner.num_exits):
-        samples = []
-        for _ in range(repeats):
+    out = np.zeros((rounds, runner.num_exits))
+    for r in range(rounds):
+        for k in range(runner.num_exits):
             _sync(runner.device)
             t0 = time.perf_counter()
             state = runner.initial_state(x)
             for j in range(k + 1):
                 state, logits = runner.run_stage(j, state)
             logits.cpu()
-            samples.append(time.perf_counter() - t0)
-        out.append(statistics.median(samples) / batch)
+            out[r, k] = (time.perf_counter() - t0) / batch
     return out
 
 
@@ -117,19 +119,24 @@ def run_engine_bench(
         )
         engine.warm_up(tuple(images.shape[1:]), (batch,))  # type: ignore[arg-type]
         engine.start()
+        # Enough oracle rounds to weigh about as much machine time as one workload run.
+        rounds = max(5, min(200, len(subset) // (2 * batch)))
         try:
-            oracle[str(batch)] = oracle_seconds(runner, images, batch, repeats=max(3, repeats))
             samples: dict[str, list[dict[str, Any]]] = {w.label: [] for w in loads}
+            oracle_runs = []
             for _ in range(repeats):
-                for w in loads:  # interleaved, so load drift hits every workload alike
+                # Oracle and workloads interleaved, so load drift hits all of them alike.
+                oracle_runs.append(oracle_samples(runner, images, batch, rounds))
+                for w in loads:
                     samples[w.label].append(asyncio.run(_measure(engine, subset, w.plan, batch)))
+            oracle[str(batch)] = np.concatenate(oracle_runs).mean(axis=0).tolist()
         finally:
             engine.stop()
         base_time: float | None = None
         base_mflops = 0.0
         for w in loads:
             runs = samples[w.label]
-            wall = statistics.median(r["wall"] for r in runs)
+            wall = statistics.fmean(r["wall"] for r in runs)
             exits = runs[0]["exits"]
             n = len(exits)
             mean_mflops = float(exit_mflops[exits].mean())

@@ -45,11 +45,26 @@ class LoadResult:
     mflops: list[float] = field(default_factory=list)  # per image served
     compute: list[float] = field(default_factory=list)  # Server-Timing compute, seconds
     overhead: list[float] = field(default_factory=list)  # 1 - compute / latency, per request
+    server_overhead: list[float] = field(default_factory=list)  # 1 - compute / handler time
     transport_errors: int = 0
+    first_error: str | None = None  # the first non-200 answer, to say why a workload failed
 
     @property
     def images(self) -> int:
         return len(self.mflops)
+
+    def merge(self, other: LoadResult) -> None:
+        """Add another run of the same workload (rounds interleaved with other workloads)."""
+        self.wall_seconds += other.wall_seconds
+        self.latencies += other.latencies
+        self.statuses.update(other.statuses)
+        self.exits.update(other.exits)
+        self.mflops += other.mflops
+        self.compute += other.compute
+        self.overhead += other.overhead
+        self.server_overhead += other.server_overhead
+        self.transport_errors += other.transport_errors
+        self.first_error = self.first_error or other.first_error
 
     def summary(self) -> dict[str, Any]:
         lat = np.array(self.latencies) * 1000 if self.latencies else np.array([np.nan])
@@ -62,6 +77,7 @@ class LoadResult:
             "ok": self.statuses.get(200, 0),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "transport_errors": self.transport_errors,
+            "first_error": self.first_error,
             "wall_s": self.wall_seconds,
             "images_per_s": self.images / self.wall_seconds if self.wall_seconds else 0.0,
             "p50_ms": float(np.percentile(lat, 50)),
@@ -74,6 +90,9 @@ class LoadResult:
             else float("nan"),
             "overhead_fraction_p50": float(np.median(self.overhead))
             if self.overhead
+            else float("nan"),
+            "server_overhead_fraction_p50": float(np.median(self.server_overhead))
+            if self.server_overhead
             else float("nan"),
         }
 
@@ -108,13 +127,14 @@ def load_images(
     return [encode_png(ds.image(i)) for i in range(min(count, len(ds)))]
 
 
-def _compute_seconds(header: str | None) -> float | None:
-    """The ``compute`` entry of a Server-Timing header, in seconds."""
+def _timings(header: str | None) -> dict[str, float]:
+    """The entries of a Server-Timing header, in seconds."""
+    out = {}
     for part in (header or "").split(","):
         name, _, rest = part.strip().partition(";")
-        if name == "compute" and rest.startswith("dur="):
-            return float(rest[4:]) / 1000
-    return None
+        if rest.startswith("dur="):
+            out[name] = float(rest[4:]) / 1000
+    return out
 
 
 def _multipart(images: list[bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -167,15 +187,20 @@ async def run_load(
             elapsed = time.perf_counter() - t0
             result.statuses[r.status_code] += 1
             if r.status_code != 200:
+                if result.first_error is None:
+                    result.first_error = f"{r.status_code}: {r.text[:300]}"
                 continue
             result.latencies.append(elapsed)
             for item in r.json()["results"]:
                 result.exits[int(item["exit"])] += 1
                 result.mflops.append(float(item["mflops"]))
-            compute = _compute_seconds(r.headers.get("server-timing"))
-            if compute is not None:
+            timing = _timings(r.headers.get("server-timing"))
+            if "compute" in timing:
+                compute = timing["compute"]
                 result.compute.append(compute)
                 result.overhead.append(max(0.0, 1.0 - compute / elapsed))
+                if timing.get("app"):
+                    result.server_overhead.append(max(0.0, 1.0 - compute / timing["app"]))
 
     async with httpx.AsyncClient(
         base_url=url, headers=headers, limits=limits, timeout=timeout_s
@@ -241,7 +266,7 @@ def add_ratios(rows: list[dict[str, Any]], oracle: list[float] | None) -> None:
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = (
         "| workload | conc. | img/req | images/s | p50 ms | p95 ms | p99 ms | mean MFLOPs | "
-        "speed-up | MFLOPs ratio | MFLOPs-eff. | oracle eff. | overhead p50 | exits |"
+        "speed-up | MFLOPs ratio | MFLOPs-eff. | oracle eff. | overhead p50 (server) | exits |"
     )
     lines = [head, "|" + "---|" * 14]
     for r in rows:
@@ -253,6 +278,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{r['p99_ms']:.2f} | {r['mean_mflops']:.3f} | {r['speedup']:.2f} | "
             f"{r['mflops_ratio']:.2f} | {r['mflops_efficiency']:.2f} | "
             f"{'-' if oracle is None else f'{oracle:.2f}'} | "
-            f"{r['overhead_fraction_p50']:.0%} | {exits} |"
+            f"{r['overhead_fraction_p50']:.0%} ({r['server_overhead_fraction_p50']:.0%}) | "
+            f"{exits} |"
         )
     return "\n".join(lines)

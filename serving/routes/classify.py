@@ -135,5 +135,5 @@ async def classify(request: Request, service: Service) -> JSONResponse:
     result = await service.classify_encoded(blobs, plan, top_k, deadline, filenames)
     return JSONResponse(
         render(service.name, result, filenames),
-        headers={"Server-Timing": result.server_timing()},
+        headers={"Server-Timing": result.server_timing(started)},
     )

@@ -167,7 +167,7 @@ async def _infer(
         raise BadRequestError(
             f"unknown input {tensor.name!r}; inputs: 'input' (FP32), 'image' (BYTES)"
         )
-    return _respond(service, req.id, req.parameters, req.outputs, result)
+    return _respond(service, req.id, req.parameters, req.outputs, result, started)
 
 
 def _respond(
@@ -176,6 +176,7 @@ def _respond(
     parameters: dict[str, Any],
     requested: Any,
     result: Classification,
+    started: float,
 ) -> Response:
     preds = result.predictions
     values: dict[str, Any] = {
@@ -202,7 +203,7 @@ def _respond(
         "mean_mflops": result.mean_mflops
     }
     body, json_length = encode_response(header, [(n, OUTPUTS[n], values[n]) for n in names], binary)
-    headers = {"Server-Timing": result.server_timing()}
+    headers = {"Server-Timing": result.server_timing(started)}
     if json_length is None:
         return Response(body, media_type="application/json", headers=headers)
     headers["Inference-Header-Content-Length"] = str(json_length)

@@ -141,7 +141,9 @@ def test_raw_body_and_defaults(client: TestClient, served: Served) -> None:
     assert body["operating_point"]["source"] == "calibration-default"
     assert body["operating_point"]["operating_point"] == "q1"
     assert len(body["results"][0]["top_k"]) == 5 and "filename" not in body["results"][0]
-    assert r.headers["server-timing"].startswith("decode;dur=")
+    timing = dict(part.strip().split(";dur=") for part in r.headers["server-timing"].split(","))
+    assert set(timing) == {"app", "decode", "queue", "compute"}
+    assert float(timing["app"]) >= float(timing["compute"]) > 0
     form = client.post(
         "/v1/classify",
         data={"max_exit": "3", "top_k": "0"},
