@@ -79,3 +79,9 @@ def create_app(
     for router in (health.router, classify.router, model.router, v2.router):
         app.include_router(router)
     return app
+
+
+def app_from_env() -> FastAPI:
+    """For ASGI servers that take a factory (``uvicorn --factory serving.app:app_from_env``):
+    the settings come from ``EXITWISE_*`` environment variables when it is called."""
+    return create_app(Settings())  # type: ignore[call-arg]  # bundle comes from the environment

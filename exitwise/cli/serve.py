@@ -20,7 +20,9 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    bundle: Path = typer.Argument(..., help="The bundle directory to serve."),
+    bundle: Path | None = typer.Argument(
+        None, help="The bundle directory to serve [EXITWISE_BUNDLE]."
+    ),
     host: str | None = typer.Option(None, help="Interface to bind [127.0.0.1]."),
     port: int | None = typer.Option(None, help="TCP port [8000]."),
     backend: str | None = typer.Option(None, help="torch or onnx [torch]."),
@@ -78,13 +80,19 @@ def serve(
         raise ExitwiseError("a server worker failed; see the log above")
 
 
-def _settings(bundle: Path, overrides: dict[str, Any]) -> Any:
+def _settings(bundle: Path | None, overrides: dict[str, Any]) -> Any:
+    import os
+
     from pydantic import ValidationError
 
     from serving.settings import Settings
 
+    if bundle is None and not os.environ.get("EXITWISE_BUNDLE"):
+        raise ExitwiseError("give the bundle directory (BUNDLE) or set EXITWISE_BUNDLE")
+    if bundle is not None:
+        overrides["bundle"] = bundle
     try:
-        return Settings(bundle=bundle, **overrides)
+        return Settings(**overrides)
     except ValidationError as err:
         e = err.errors()[0]
         where = ".".join(str(p) for p in e["loc"]) or "settings"

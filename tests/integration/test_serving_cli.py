@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from exitwise.bundle import CALIBRATION_FILE
 from exitwise.cli import main
+from serving.app import app_from_env
 from tests.serving_helpers import Served, served_bundle
 
 
@@ -20,14 +22,19 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
 
 
 def test_serve_refuses_with_one_line(
-    served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    served: Served,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("EXITWISE_BUNDLE", raising=False)
     bad_calibration = tmp_path / "bundle"
     shutil.copytree(served.path, bad_calibration)
     cal = json.loads((bad_calibration / CALIBRATION_FILE).read_text())
     cal["weights_sha256"] = "0" * 64
     (bad_calibration / CALIBRATION_FILE).write_text(json.dumps(cal))
     cases = [
+        (["serve"], "EXITWISE_BUNDLE"),
         (["serve", str(tmp_path / "missing")], "no such bundle directory"),
         (["serve", str(served.path), "--backend", "tensorrt"], "invalid setting backend"),
         (["serve", str(served.path), "--max-batch-size", "0"], "max_batch_size"),
@@ -69,3 +76,11 @@ def test_bench_engine(served: Served, tmp_path: Path, capsys: pytest.CaptureFixt
     assert set(result["oracle_seconds_per_image"]) == {"1", "16"}
     assert "| batch | workload |" in capsys.readouterr().out
     assert (tmp_path / "engine.md").read_text().startswith("| batch |")
+
+
+def test_app_factory_reads_the_environment(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXITWISE_BUNDLE", str(served.path))
+    monkeypatch.setenv("EXITWISE_MODEL_NAME", "from-env")
+    with TestClient(app_from_env()) as client:
+        assert client.get("/v1/model").json()["name"] == "from-env"
+        assert client.get("/v2/models/from-env/ready").status_code == 200
