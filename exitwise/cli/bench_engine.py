@@ -1,0 +1,84 @@
+"""``exitwise bench engine BUNDLE``: the serving engine's speed at each operating point vs the
+last exit, at batch 1 and batched, with MFLOPs- and oracle efficiency (no HTTP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import ExitwiseError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("engine")(bench_engine)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ExitwiseError(f"{what} must be comma-separated integers, not {text!r}") from None
+    if not values or min(values) < 1:
+        raise ExitwiseError(f"{what} must be positive integers")
+    return values
+
+
+def bench_engine(
+    bundle: Path = typer.Argument(..., help="The bundle to benchmark."),
+    data_root: Path | None = typer.Option(None, help="Where the bundle's data set lives."),
+    images: int = typer.Option(2000, help="Test images for the batched runs."),
+    batch1_images: int = typer.Option(300, help="Test images for the batch-1 runs."),
+    batch_sizes: str = typer.Option("1,32", help="Comma-separated batch sizes."),
+    repeats: int = typer.Option(3, min=1, help="Runs per workload (interleaved; mean reported)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    backend: str = typer.Option("torch", help="torch or onnx."),
+    threads: int | None = typer.Option(None, help="torch intra-op threads."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON."),
+    markdown_out: Path | None = typer.Option(None, "--markdown", help="Write a markdown table."),
+) -> None:
+    """Images/s and latency per operating point vs the last exit (engine only, no HTTP)."""
+    import platform
+
+    import numpy as np
+    import torch
+
+    from exitwise.datasets import EvalImages, open_dataset
+    from exitwise.fileio import atomic_write_json, atomic_write_text
+    from exitwise.preprocess import normalize
+    from serving.bench.engine import markdown, run_engine_bench
+    from serving.loading import load_model
+    from serving.settings import Settings
+
+    sizes = _ints(batch_sizes, "--batch-sizes")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        settings = Settings(bundle=bundle, device=device, backend=backend)  # type: ignore[arg-type]
+    except ValueError as err:
+        raise ExitwiseError(f"invalid option: {str(err).splitlines()[-1].strip()}") from None
+    loaded = load_model(settings)
+    m = loaded.bundle.manifest
+    if m.dataset is None:
+        raise ExitwiseError(f"{bundle}: the manifest names no data set to draw test images from")
+    view = EvalImages(open_dataset(m.dataset, "test", data_root), m.preprocessing)
+    n = min(max(images, max(sizes)), len(view))
+    pixels = torch.from_numpy(np.stack([view[i][0].numpy() for i in range(n)]))
+    x = normalize(pixels, m.preprocessing)
+    result = run_engine_bench(loaded.runner, loaded.resolver, x, sizes, repeats, batch1_images)
+    result["machine"] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(loaded.runner.device),
+        "provider": loaded.runner.provider,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    result["bundle"] = {"name": m.name, "preset": m.preset, "exit_mflops": m.exit_mflops}
+    table = markdown(result["rows"])
+    typer.echo(table)
+    if json_out is not None:
+        atomic_write_json(json_out, result)
+    if markdown_out is not None:
+        atomic_write_text(markdown_out, table + "\n")

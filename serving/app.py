@@ -1,0 +1,87 @@
+"""The FastAPI application factory.
+
+``create_app(settings)`` builds the app; nothing is loaded and no environment is read at import.
+The lifespan loads the bundle once (weights, calibration, runner; or takes a model the caller
+already loaded, so ``exitwise serve`` can report a bad bundle before it listens), warms the
+network up, starts the engine, and only then turns ready. On shutdown it stops accepting work,
+lets the engine finish what is queued, and releases everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from exitwise import __version__
+
+from . import errors
+from .lifecycle import Lifecycle
+from .loading import LoadedModel, load_model
+from .metrics import Metrics
+from .middleware import ServingMiddleware
+from .routes import classify, health, model, v2
+from .service import ModelService
+from .settings import Settings
+
+log = logging.getLogger("exitwise.serving")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    loaded: LoadedModel | None = None,
+) -> FastAPI:
+    """The server for ``settings.bundle``; metrics go to ``registry`` (a fresh one by default)."""
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    lifecycle = Lifecycle()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Loading and warm-up block for seconds: keep them off the event loop.
+        model = loaded if loaded is not None else await asyncio.to_thread(load_model, settings)
+        service = ModelService(settings, model, metrics)
+        await asyncio.to_thread(service.start)
+        app.state.service = service
+        lifecycle.mark_ready()
+        log.info(
+            "serving %s (%d exits) with %s on %s; ready",
+            service.name,
+            service.manifest.num_exits,
+            service.runner.provider,
+            service.runner.device,
+        )
+        try:
+            yield
+        finally:
+            lifecycle.begin_drain()
+            await asyncio.to_thread(service.stop)
+            lifecycle.mark_stopped()
+            log.info("engine stopped")
+
+    app = FastAPI(
+        title="exitwise",
+        version=__version__,
+        summary="Budgeted early-exit image classification",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.lifecycle = lifecycle
+    app.state.service = None
+    errors.install(app)
+    app.add_middleware(ServingMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    for router in (health.router, classify.router, model.router, v2.router):
+        app.include_router(router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """For ASGI servers that take a factory (``uvicorn --factory serving.app:app_from_env``):
+    the settings come from ``EXITWISE_*`` environment variables when it is called."""
+    return create_app(Settings())  # type: ignore[call-arg]  # bundle comes from the environment

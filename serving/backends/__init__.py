@@ -1,0 +1,75 @@
+"""Stage runners for the engine: PyTorch (here) and onnxruntime (``exports``' loader).
+
+:func:`load_runner` picks the backend and device from the settings and turns every reason it
+cannot start (no GPU when one is required, onnxruntime missing, a bundle without ONNX graphs)
+into a :class:`~serving.errors.ServerConfigError` with one readable line.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from exitwise.bundle import Bundle
+from exitwise.errors import ExitwiseError
+from exitwise.runtime import StageRunner
+
+from ..errors import ServerConfigError
+from ..settings import Settings
+
+log = logging.getLogger("exitwise.serving")
+
+
+def resolve_device(requested: str, require_gpu: bool) -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is refused."""
+    has_cuda = torch.cuda.is_available()
+    if requested == "cuda" and not has_cuda:
+        raise ServerConfigError("device cuda was requested but no CUDA GPU is available")
+    if require_gpu and not has_cuda:
+        raise ServerConfigError("a GPU is required (require_gpu) but no CUDA GPU is available")
+    if requested == "cpu":
+        return torch.device("cpu")
+    return torch.device("cuda" if has_cuda else "cpu")
+
+
+def load_runner(bundle: Bundle, settings: Settings) -> StageRunner:
+    device = resolve_device(settings.device, settings.require_gpu)
+    if settings.backend == "torch":
+        from .torch_backend import load_torch_runner
+
+        if settings.precision != "fp32" and device.type != "cuda":
+            raise ServerConfigError(f"precision {settings.precision} needs a CUDA device")
+        runner: StageRunner = load_torch_runner(
+            bundle, device, settings.precision, settings.channels_last
+        )
+    else:
+        runner = _load_onnx(bundle, device, settings.require_gpu)
+    if runner.num_exits != bundle.manifest.num_exits:
+        raise ServerConfigError(
+            f"the {settings.backend} runner has {runner.num_exits} stages but the bundle "
+            f"describes {bundle.manifest.num_exits} exits"
+        )
+    log.info(
+        "backend %s on %s (provider %s), %d exits",
+        runner.backend,
+        runner.device,
+        runner.provider,
+        runner.num_exits,
+    )
+    return runner
+
+
+def _load_onnx(bundle: Bundle, device: torch.device, require_gpu: bool) -> StageRunner:
+    try:
+        from exports.runtime import load_onnx_runner
+    except ImportError as err:
+        raise ServerConfigError(
+            f"the onnx backend is unavailable ({err}); install exitwise[onnx] or use "
+            "--backend torch"
+        ) from err
+    try:
+        runner: StageRunner = load_onnx_runner(bundle, device.type, require_gpu)
+    except ExitwiseError as err:
+        raise ServerConfigError(f"the onnx backend cannot serve this bundle: {err}") from err
+    return runner

@@ -1,0 +1,284 @@
+"""The HTTP load client behind ``exitwise bench http``.
+
+``C`` concurrent clients (httpx, async, closed loop: each sends its next request when the last
+one is answered) post images to ``/v1/classify`` until ``N`` requests are done or ``S`` seconds
+have passed, whichever comes first. Each budget is one workload; the last-exit workload
+(``max_exit = K``) is the baseline, so every ratio comes from the same invocation and the same
+server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from exitwise.errors import ExitwiseError
+
+
+class BenchError(ExitwiseError):
+    pass
+
+
+@dataclass(frozen=True)
+class Workload:
+    label: str  # "q0.5 (3.20 MFLOPs)", "last exit"
+    params: dict[str, Any]  # query parameters: budget_mflops / max_exit
+
+
+@dataclass
+class LoadResult:
+    workload: Workload
+    concurrency: int
+    images_per_request: int
+    wall_seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # seconds, successful requests
+    statuses: Counter[int] = field(default_factory=Counter)
+    exits: Counter[int] = field(default_factory=Counter)
+    mflops: list[float] = field(default_factory=list)  # per image served
+    compute: list[float] = field(default_factory=list)  # Server-Timing compute, seconds
+    overhead: list[float] = field(default_factory=list)  # 1 - compute / latency, per request
+    server_overhead: list[float] = field(default_factory=list)  # 1 - compute / handler time
+    transport_errors: int = 0
+    first_error: str | None = None  # the first non-200 answer, to say why a workload failed
+
+    @property
+    def images(self) -> int:
+        return len(self.mflops)
+
+    def merge(self, other: LoadResult) -> None:
+        """Add another run of the same workload (rounds interleaved with other workloads)."""
+        self.wall_seconds += other.wall_seconds
+        self.latencies += other.latencies
+        self.statuses.update(other.statuses)
+        self.exits.update(other.exits)
+        self.mflops += other.mflops
+        self.compute += other.compute
+        self.overhead += other.overhead
+        self.server_overhead += other.server_overhead
+        self.transport_errors += other.transport_errors
+        self.first_error = self.first_error or other.first_error
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.array(self.latencies) * 1000 if self.latencies else np.array([np.nan])
+        return {
+            "workload": self.workload.label,
+            "params": self.workload.params,
+            "concurrency": self.concurrency,
+            "images_per_request": self.images_per_request,
+            "requests": sum(self.statuses.values()) + self.transport_errors,
+            "ok": self.statuses.get(200, 0),
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "transport_errors": self.transport_errors,
+            "first_error": self.first_error,
+            "wall_s": self.wall_seconds,
+            "images_per_s": self.images / self.wall_seconds if self.wall_seconds else 0.0,
+            "p50_ms": float(np.percentile(lat, 50)),
+            "p95_ms": float(np.percentile(lat, 95)),
+            "p99_ms": float(np.percentile(lat, 99)),
+            "mean_mflops": float(np.mean(self.mflops)) if self.mflops else float("nan"),
+            "exit_histogram": {str(k): v for k, v in sorted(self.exits.items())},
+            "server_compute_ms_p50": float(np.median(self.compute) * 1000)
+            if self.compute
+            else float("nan"),
+            "overhead_fraction_p50": float(np.median(self.overhead))
+            if self.overhead
+            else float("nan"),
+            "server_overhead_fraction_p50": float(np.median(self.server_overhead))
+            if self.server_overhead
+            else float("nan"),
+        }
+
+
+def encode_png(image: np.ndarray | Image.Image) -> bytes:
+    img = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def load_images(
+    count: int,
+    images_dir: Path | None = None,
+    dataset: str | None = None,
+    data_root: Path | None = None,
+) -> list[bytes]:
+    """Encoded images to send: files from ``images_dir``, or the first test images of a data set."""
+    if images_dir is not None:
+        files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not files:
+            raise BenchError(f"{images_dir}: no image files")
+        return [p.read_bytes() for p in files[:count]]
+    if dataset is None:
+        raise BenchError("the model names no data set: pass --dataset or --images")
+    from exitwise.datasets import open_dataset
+
+    ds = open_dataset(dataset, "test", data_root)
+    return [encode_png(ds.image(i)) for i in range(min(count, len(ds)))]
+
+
+def _timings(header: str | None) -> dict[str, float]:
+    """The entries of a Server-Timing header, in seconds."""
+    out = {}
+    for part in (header or "").split(","):
+        name, _, rest = part.strip().partition(";")
+        if rest.startswith("dur="):
+            out[name] = float(rest[4:]) / 1000
+    return out
+
+
+def _multipart(images: list[bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("image", (f"{i}.png", img, "image/png")) for i, img in enumerate(images)]
+
+
+async def run_load(
+    url: str,
+    images: list[bytes],
+    workload: Workload,
+    *,
+    concurrency: int,
+    requests: int,
+    duration_s: float,
+    images_per_request: int = 1,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 60.0,
+) -> LoadResult:
+    """One workload: closed-loop clients until ``requests`` are done or ``duration_s`` passed."""
+    import httpx
+
+    result = LoadResult(workload, concurrency, images_per_request)
+    params = {**workload.params, "top_k": 0}
+    next_index = 0
+    start = time.perf_counter()
+    stop_at = start + duration_s
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal next_index
+        while next_index < requests and time.perf_counter() < stop_at:
+            i = next_index
+            next_index += 1
+            first = i * images_per_request
+            batch = [images[(first + j) % len(images)] for j in range(images_per_request)]
+            t0 = time.perf_counter()
+            try:
+                if images_per_request == 1:
+                    r = await client.post(
+                        "/v1/classify",
+                        content=batch[0],
+                        params=params,
+                        headers={"content-type": "image/png"},
+                    )
+                else:
+                    r = await client.post("/v1/classify", files=_multipart(batch), params=params)
+            except httpx.TransportError:
+                result.transport_errors += 1
+                continue
+            elapsed = time.perf_counter() - t0
+            result.statuses[r.status_code] += 1
+            if r.status_code != 200:
+                if result.first_error is None:
+                    result.first_error = f"{r.status_code}: {r.text[:300]}"
+                continue
+            result.latencies.append(elapsed)
+            for item in r.json()["results"]:
+                result.exits[int(item["exit"])] += 1
+                result.mflops.append(float(item["mflops"]))
+            timing = _timings(r.headers.get("server-timing"))
+            if "compute" in timing:
+                compute = timing["compute"]
+                result.compute.append(compute)
+                result.overhead.append(max(0.0, 1.0 - compute / elapsed))
+                if timing.get("app"):
+                    result.server_overhead.append(max(0.0, 1.0 - compute / timing["app"]))
+
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits, timeout=timeout_s
+    ) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+    result.wall_seconds = time.perf_counter() - start
+    return result
+
+
+def model_info(url: str, headers: dict[str, str] | None, timeout_s: float = 10.0) -> Any:
+    import httpx
+
+    try:
+        r = httpx.get(f"{url.rstrip('/')}/v1/model", headers=headers, timeout=timeout_s)
+    except httpx.TransportError as err:
+        raise BenchError(f"cannot reach {url}: {err}") from err
+    if r.status_code != 200:
+        raise BenchError(f"{url}/v1/model answered {r.status_code}: {r.text[:200]}")
+    return r.json()
+
+
+def workloads_for(info: dict[str, Any], budgets: list[str] | None) -> list[Workload]:
+    """The budgets to run; the last-exit baseline always comes first."""
+    k = len(info["exits"])
+    out = [Workload("last exit", {"max_exit": k})]
+    if budgets is None:
+        budgets = [repr(p["expected_mflops"]) for p in info["operating_points"]]
+    for b in budgets:
+        b = b.strip()
+        if b in ("last", ""):
+            continue
+        if b.startswith("exit"):
+            m = int(b.removeprefix("exit").lstrip("=-:"))
+            out.append(Workload(f"exit {m}", {"max_exit": m}))
+            continue
+        try:
+            value = float(b)
+        except ValueError:
+            raise BenchError(f"bad budget {b!r}: a number (MFLOPs), 'exitM' or 'last'") from None
+        names = [p["name"] for p in info["operating_points"] if p["expected_mflops"] <= value]
+        label = f"{names[-1]} ({value:.4g} MFLOPs)" if names else f"{value:.4g} MFLOPs"
+        out.append(Workload(label, {"budget_mflops": value}))
+    return out
+
+
+def add_ratios(rows: list[dict[str, Any]], oracle: list[float] | None) -> None:
+    """Speed-up, MFLOPs ratio and efficiencies against the first row (the last-exit baseline)."""
+    base = rows[0]
+    for row in rows:
+        speedup = row["images_per_s"] / base["images_per_s"] if base["images_per_s"] else np.nan
+        ratio = base["mean_mflops"] / row["mean_mflops"] if row["mean_mflops"] else np.nan
+        row["speedup"] = float(speedup)
+        row["mflops_ratio"] = float(ratio)
+        row["mflops_efficiency"] = float(speedup / ratio) if ratio else float("nan")
+        if oracle is not None and row["images_per_s"]:
+            hist = row["exit_histogram"]
+            total = sum(hist.values())
+            per_image = sum(oracle[int(e) - 1] * n for e, n in hist.items()) / total
+            # Oracle time / measured time, both per image served.
+            row["oracle_efficiency"] = float(per_image * row["images_per_s"])
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| workload | conc. | img/req | images/s | p50 ms | p95 ms | p99 ms | mean MFLOPs | "
+        "speed-up | MFLOPs ratio | MFLOPs-eff. | oracle eff. | overhead p50 (server) | exits |"
+    )
+    lines = [head, "|" + "---|" * 14]
+    for r in rows:
+        exits = " ".join(f"{k}:{v}" for k, v in r["exit_histogram"].items())
+        oracle = r.get("oracle_efficiency")
+        lines.append(
+            f"| {r['workload']} | {r['concurrency']} | {r['images_per_request']} | "
+            f"{r['images_per_s']:.1f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {r['mean_mflops']:.3f} | {r['speedup']:.2f} | "
+            f"{r['mflops_ratio']:.2f} | {r['mflops_efficiency']:.2f} | "
+            f"{'-' if oracle is None else f'{oracle:.2f}'} | "
+            f"{r['overhead_fraction_p50']:.0%} ({r['server_overhead_fraction_p50']:.0%}) | "
+            f"{exits} |"
+        )
+    return "\n".join(lines)

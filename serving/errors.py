@@ -1,0 +1,133 @@
+"""Domain errors of the server and the ONE table that maps them to HTTP statuses.
+
+Code anywhere in ``serving`` raises these (or the core's image errors); :func:`install` registers
+one handler that turns them into ``{"error": message}`` with the status from :data:`STATUS`.
+Framework errors (unknown route, wrong method, malformed parameters) get the same JSON shape.
+Anything else is a bug: the client sees a generic 500 and the traceback goes to the log (see
+:mod:`serving.middleware`), so exception text never reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from exitwise.errors import ExitwiseError
+from exitwise.preprocess import ImageTooLargeError, InvalidImageError
+
+log = logging.getLogger("exitwise.serving")
+
+
+class ServingError(ExitwiseError):
+    """Base of the server's request errors; ``str(err)`` is what the client reads."""
+
+    headers: ClassVar[dict[str, str] | None] = None
+
+
+class BadRequestError(ServingError):
+    """A malformed request (bad JSON, wrong tensor shape, non-finite pixels, ...)."""
+
+
+class UnauthorizedError(ServingError):
+    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
+
+
+class ModelNotFoundError(ServingError):
+    pass
+
+
+class PayloadTooLargeError(ServingError):
+    """Body over the size limit, or more images than allowed per request."""
+
+
+class UnsupportedMediaTypeError(ServingError):
+    pass
+
+
+class InvalidParameterError(ServingError):
+    """A parameter with a bad value: budget below the cheapest operating point, bad max_exit, ..."""
+
+
+class QueueFullError(ServingError):
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
+
+
+class NotReadyError(ServingError):
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
+
+
+class DeadlineExceededError(ServingError):
+    pass
+
+
+class ServerConfigError(ExitwiseError):
+    """A setting that cannot work with this bundle or machine (raised at start-up)."""
+
+
+# The one table. Order does not matter: lookups walk the exception's MRO.
+STATUS: dict[type[Exception], int] = {
+    BadRequestError: 400,
+    InvalidImageError: 400,
+    UnauthorizedError: 401,
+    ModelNotFoundError: 404,
+    PayloadTooLargeError: 413,
+    ImageTooLargeError: 413,
+    UnsupportedMediaTypeError: 415,
+    InvalidParameterError: 422,
+    QueueFullError: 503,
+    NotReadyError: 503,
+    DeadlineExceededError: 504,
+}
+
+
+def status_of(err: BaseException) -> int | None:
+    for cls in type(err).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return None
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _domain_error(request: Request, err: Exception) -> JSONResponse:
+    status = status_of(err)
+    if status is None:  # registered below only for table entries; defensive
+        raise err
+    headers = getattr(err, "headers", None)
+    return error_response(status, str(err), headers)
+
+
+async def _http_error(request: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, StarletteHTTPException)
+    detail = err.detail if isinstance(err.detail, str) else "request failed"
+    return error_response(err.status_code, detail, dict(err.headers or {}) or None)
+
+
+def _describe_validation(errors: Any) -> str:
+    parts = []
+    for e in errors[:3]:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{loc or 'request'}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+async def _validation_error(request: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, RequestValidationError)
+    return error_response(422, _describe_validation(err.errors()))
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers: the table's errors, framework HTTP errors, validation errors."""
+    for cls in STATUS:
+        app.add_exception_handler(cls, _domain_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)

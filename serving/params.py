@@ -1,0 +1,90 @@
+"""Request parameters shared by REST v1 (query string or form fields) and v2 (``parameters``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidParameterError
+
+NAMES = ("budget_mflops", "max_exit", "top_k", "timeout_ms")
+
+
+@dataclass(frozen=True)
+class RequestParams:
+    budget_mflops: float | None = None
+    max_exit: int | None = None
+    top_k: int | None = None
+    timeout_s: float | None = None  # the client's deadline, if shorter than the server's
+
+
+def _number(name: str, raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise InvalidParameterError(f"{name} must be a number, not {raw!r}")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(f"{name} must be a number, not {raw!r}") from None
+    if not math.isfinite(value):
+        raise InvalidParameterError(f"{name} must be a finite number, not {raw!r}")
+    return value
+
+
+def _integer(name: str, raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise InvalidParameterError(f"{name} must be an integer, not {raw!r}")
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise InvalidParameterError(f"{name} must be an integer, not {raw!r}") from None
+
+
+def parse_params(
+    values: Mapping[str, Any], timeout_key: str = "timeout_ms", timeout_unit: float = 1e-3
+) -> RequestParams:
+    """Typed parameters from strings (query, form) or JSON values; "" counts as absent.
+
+    The client's timeout is ``values[timeout_key]`` in ``timeout_unit`` seconds (REST v1:
+    ``timeout_ms``; v2: Triton's ``timeout`` in microseconds).
+    """
+
+    def get(name: str) -> Any:
+        raw = values.get(name)
+        return None if raw is None or (isinstance(raw, str) and not raw.strip()) else raw
+
+    budget, max_exit, top_k = get("budget_mflops"), get("max_exit"), get("top_k")
+    timeout = get(timeout_key)
+    timeout_s = None
+    if timeout is not None:
+        timeout_s = _number(timeout_key, timeout) * timeout_unit
+        if timeout_s <= 0:
+            raise InvalidParameterError(f"{timeout_key} must be positive, not {timeout!r}")
+    return RequestParams(
+        budget_mflops=None if budget is None else _number("budget_mflops", budget),
+        max_exit=None if max_exit is None else _integer("max_exit", max_exit),
+        top_k=None if top_k is None else _integer("top_k", top_k),
+        timeout_s=timeout_s,
+    )
+
+
+def merge_fields(
+    query: Iterable[tuple[str, str]], form: Iterable[tuple[str, str]]
+) -> dict[str, str]:
+    """Query and form fields together; unknown names and one name given twice are refused."""
+    merged: dict[str, str] = {}
+    for source, fields in (("query", query), ("form", form)):
+        for name, value in fields:
+            if name not in NAMES:
+                raise InvalidParameterError(
+                    f"unknown {source} parameter {name!r}; known: {', '.join(NAMES)}"
+                )
+            if name in merged and merged[name] != value:
+                raise InvalidParameterError(f"{name} is given twice with different values")
+            merged[name] = value
+    return merged

@@ -1,0 +1,210 @@
+"""Open Inference Protocol v2 (KServe / Triton HTTP): health, metadata, model ready, infer.
+
+Inputs (exactly one per request):
+
+- ``input``: FP32 ``[N, C, H, W]``, already normalised as the bundle's preprocessing says;
+- ``image``: BYTES ``[N]`` (or ``[N, 1]``), encoded images (PNG, JPEG, ...), decoded and
+  preprocessed by the server exactly like REST v1 uploads.
+
+Budget in the request's top-level ``parameters``: ``budget_mflops`` and/or ``max_exit``.
+Outputs: ``class_id`` INT64, ``class_name`` BYTES, ``confidence`` FP64, ``exit`` INT64 (1-based),
+``mflops`` FP64; the response's ``parameters`` say which operating point was used.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from exitwise import __version__
+
+from ..deps import Authorized, InFlight, Service, get_lifecycle
+from ..errors import BadRequestError, ModelNotFoundError, error_response
+from ..lifecycle import Lifecycle
+from ..params import parse_params
+from ..service import Classification, ModelService
+from ..v2_codec import HEADER_LENGTH, encode_response, parse_request
+
+router = APIRouter(tags=["v2"])
+
+VERSION = "1"
+OUTPUTS = {
+    "class_id": "INT64",
+    "class_name": "BYTES",
+    "confidence": "FP64",
+    "exit": "INT64",
+    "mflops": "FP64",
+}
+
+
+def _check_model(service: ModelService, name: str, version: str | None) -> None:
+    if name != service.name:
+        raise ModelNotFoundError(f"unknown model {name!r}; this server serves {service.name!r}")
+    if version is not None and version != VERSION:
+        raise ModelNotFoundError(f"model {name!r} has no version {version!r} (only {VERSION!r})")
+
+
+@router.get("/v2")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "exitwise", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/v2/health/live")
+async def live() -> JSONResponse:
+    return JSONResponse({"live": True})
+
+
+@router.get("/v2/health/ready")
+async def ready(lifecycle: Annotated[Lifecycle, Depends(get_lifecycle)]) -> JSONResponse:
+    if lifecycle.ready:
+        return JSONResponse({"ready": True})
+    return error_response(503, f"not ready ({lifecycle.phase.value})", {"Retry-After": "5"})
+
+
+@router.get("/v2/models/{name}/ready")
+async def model_ready(
+    request: Request, name: str, lifecycle: Annotated[Lifecycle, Depends(get_lifecycle)]
+) -> JSONResponse:
+    return _model_ready(request, name, None, lifecycle)
+
+
+@router.get("/v2/models/{name}/versions/{version}/ready")
+async def model_version_ready(
+    request: Request,
+    name: str,
+    version: str,
+    lifecycle: Annotated[Lifecycle, Depends(get_lifecycle)],
+) -> JSONResponse:
+    return _model_ready(request, name, version, lifecycle)
+
+
+def _model_ready(
+    request: Request, name: str, version: str | None, lifecycle: Lifecycle
+) -> JSONResponse:
+    service: ModelService | None = getattr(request.app.state, "service", None)
+    if service is not None:
+        _check_model(service, name, version)
+    if service is not None and lifecycle.ready:
+        return JSONResponse({"name": name, "ready": True})
+    return error_response(503, f"not ready ({lifecycle.phase.value})", {"Retry-After": "5"})
+
+
+@router.get("/v2/models/{name}", dependencies=[Authorized])
+async def model_metadata(service: Service, name: str) -> Any:
+    return _metadata(service, name, None)
+
+
+@router.get("/v2/models/{name}/versions/{version}", dependencies=[Authorized])
+async def model_version_metadata(service: Service, name: str, version: str) -> Any:
+    return _metadata(service, name, version)
+
+
+def _metadata(service: ModelService, name: str, version: str | None) -> Any:
+    _check_model(service, name, version)
+    c, size = service.preprocessing.channels, service.preprocessing.input_size
+    return {
+        "name": service.name,
+        "versions": [VERSION],
+        "platform": f"exitwise-{service.runner.backend}",
+        "inputs": [
+            {"name": "input", "datatype": "FP32", "shape": [-1, c, size, size]},
+            {"name": "image", "datatype": "BYTES", "shape": [-1]},
+        ],
+        "outputs": [{"name": n, "datatype": d, "shape": [-1]} for n, d in OUTPUTS.items()],
+    }
+
+
+@router.post("/v2/models/{name}/infer", dependencies=[Authorized, InFlight])
+async def infer(request: Request, service: Service, name: str) -> Response:
+    return await _infer(request, service, name, None)
+
+
+@router.post("/v2/models/{name}/versions/{version}/infer", dependencies=[Authorized, InFlight])
+async def infer_version(request: Request, service: Service, name: str, version: str) -> Response:
+    return await _infer(request, service, name, version)
+
+
+async def _infer(
+    request: Request, service: ModelService, name: str, version: str | None
+) -> Response:
+    started = time.monotonic()
+    _check_model(service, name, version)
+    body = await service.within(
+        request.body(), service.deadline(started), "reading the request body"
+    )
+    header_length = request.headers.get(HEADER_LENGTH)
+    # A JSON tensor can hold millions of numbers: parse it off the event loop.
+    req, data = await service.off_loop(
+        lambda: parse_request(body, header_length),
+        service.deadline(started),
+        "parsing the request",
+    )
+    if len(req.inputs) != 1:
+        raise BadRequestError("send exactly one input: 'input' (FP32) or 'image' (BYTES)")
+    tensor, values = req.inputs[0], data[0]
+    # Triton's convention: the client's `timeout` parameter is in microseconds.
+    params = parse_params(req.parameters, timeout_key="timeout", timeout_unit=1e-6)
+    deadline = service.deadline(started, params.timeout_s)
+    plan = service.resolve(params.budget_mflops, params.max_exit)
+    result: Classification
+    if tensor.name == "input":
+        if tensor.datatype != "FP32":
+            raise BadRequestError(f"input 'input' must be FP32, not {tensor.datatype}")
+        result = await service.classify_tensor(values, plan, 0, deadline)
+    elif tensor.name == "image":
+        if tensor.datatype != "BYTES":
+            raise BadRequestError(f"input 'image' must be BYTES, not {tensor.datatype}")
+        if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+            raise BadRequestError(
+                f"input 'image' must have shape [N] or [N, 1], not {tensor.shape}"
+            )
+        result = await service.classify_encoded(values, plan, 0, deadline)
+    else:
+        raise BadRequestError(
+            f"unknown input {tensor.name!r}; inputs: 'input' (FP32), 'image' (BYTES)"
+        )
+    return _respond(service, req.id, req.parameters, req.outputs, result, started)
+
+
+def _respond(
+    service: ModelService,
+    request_id: str | None,
+    parameters: dict[str, Any],
+    requested: Any,
+    result: Classification,
+    started: float,
+) -> Response:
+    preds = result.predictions
+    values: dict[str, Any] = {
+        "class_id": np.array([p.class_id for p in preds], dtype=np.int64),
+        "class_name": [p.class_name for p in preds],
+        "confidence": np.array([p.confidence for p in preds], dtype=np.float64),
+        "exit": np.array([p.exit for p in preds], dtype=np.int64),
+        "mflops": np.array([p.mflops for p in preds], dtype=np.float64),
+    }
+    binary_all = parameters.get("binary_data_output") is True
+    if requested:
+        names = [o.name for o in requested]
+        unknown = [n for n in names if n not in OUTPUTS]
+        if unknown:
+            raise BadRequestError(f"unknown output {unknown[0]!r}; outputs: {', '.join(OUTPUTS)}")
+        binary = {o.name: o.parameters.get("binary_data", binary_all) is True for o in requested}
+    else:
+        names = list(OUTPUTS)
+        binary = dict.fromkeys(names, binary_all)
+    header: dict[str, Any] = {"model_name": service.name, "model_version": VERSION}
+    if request_id is not None:
+        header["id"] = request_id
+    header["parameters"] = {k: v for k, v in result.plan.describe().items() if v is not None} | {
+        "mean_mflops": result.mean_mflops
+    }
+    body, json_length = encode_response(header, [(n, OUTPUTS[n], values[n]) for n in names], binary)
+    headers = {"Server-Timing": result.server_timing(started)}
+    if json_length is None:
+        return Response(body, media_type="application/json", headers=headers)
+    headers["Inference-Header-Content-Length"] = str(json_length)
+    return Response(body, media_type="application/octet-stream", headers=headers)

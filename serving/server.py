@@ -1,0 +1,151 @@
+"""Running the app under uvicorn, with a graceful drain on SIGTERM, in one or several processes.
+
+SIGTERM (what Docker and Kubernetes send): readiness turns 503 at once, the server keeps
+answering for ``drain_seconds`` (so a load balancer notices and stops routing here), then stops
+accepting connections, lets every request already received finish (uvicorn's graceful
+shutdown), and the lifespan lets the engine finish its queue. SIGINT (Ctrl-C) skips the drain
+delay; a second signal forces the exit.
+
+``workers > 1`` runs that many server processes sharing one listening socket, each with its own
+model and engine; the parent forwards SIGTERM/SIGINT to them and exits when they have, or stops
+them all if one dies (let the orchestrator restart the whole replica).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from .lifecycle import Lifecycle
+from .loading import LoadedModel
+from .settings import Settings
+
+log = logging.getLogger("exitwise.serving")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, drain_seconds: float) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self.drain_seconds = drain_seconds
+        self._drain_timer: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        first = self._drain_timer is None and not self.should_exit
+        self.lifecycle.begin_drain()
+        if first and sig == signal.SIGTERM and self.drain_seconds > 0:
+            log.info(
+                "SIGTERM: not ready any more; still serving for %.1f s, then finishing the "
+                "requests in flight and exiting",
+                self.drain_seconds,
+            )
+            # uvicorn's handler only sets flags, so calling it from a timer thread is safe.
+            self._drain_timer = threading.Timer(
+                self.drain_seconds, super().handle_exit, (sig, frame)
+            )
+            self._drain_timer.daemon = True
+            self._drain_timer.start()
+            return
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+        super().handle_exit(sig, frame)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(levelname)-8s %(name)s: %(message)s", force=False
+    )
+    logging.getLogger("exitwise").setLevel(level.upper())
+
+
+def _configure_process(settings: Settings) -> None:
+    configure_logging(settings.log_level)
+    if settings.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+
+
+def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        lifespan="on",
+        # Requests finish within their deadline, so a graceful shutdown never needs longer.
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        server_header=False,
+    )
+
+
+def serve_one(
+    settings: Settings,
+    loaded: LoadedModel | None = None,
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """One server process (blocks until it has shut down)."""
+    from .app import create_app
+
+    _configure_process(settings)
+    app = create_app(settings, loaded=loaded)
+    server = DrainingServer(
+        _uvicorn_config(app, settings), app.state.lifecycle, settings.drain_seconds
+    )
+    server.run(sockets=sockets)
+    if not server.started:
+        raise SystemExit(3)
+
+
+def _worker(settings: Settings, sockets: list[socket.socket]) -> None:
+    serve_one(settings, None, sockets)
+
+
+def serve_many(settings: Settings) -> int:
+    """``settings.workers`` processes on one socket; returns the exit code."""
+    configure_logging(settings.log_level)
+    sock = _uvicorn_config("unused", settings).bind_socket()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker, args=(settings, [sock]), name=f"exitwise-worker-{i}")
+        for i in range(settings.workers)
+    ]
+    stopping = threading.Event()
+
+    def forward(sig: int, frame: FrameType | None) -> None:
+        stopping.set()
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, sig)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for p in procs:
+            p.start()
+        log.info("started %d workers on %s:%d", len(procs), settings.host, settings.port)
+        failed = False
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(0.2)
+                if not stopping.is_set() and p.exitcode is not None:
+                    log.error("worker %s exited with %s; stopping the others", p.name, p.exitcode)
+                    failed = True
+                    stopping.set()
+                    for other in procs:
+                        if other.is_alive():
+                            other.terminate()
+        return 1 if failed else 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        sock.close()

@@ -1,0 +1,114 @@
+"""Server settings: one pydantic-settings class, ``EXITWISE_`` environment prefix.
+
+Every field can be set from the environment (``EXITWISE_MAX_BATCH_SIZE=16``); ``exitwise serve``
+flags override the environment. Validators fail fast, before anything is loaded: a missing
+bundle, a non-positive budget or limits that contradict each other stop the server at start-up
+with one line that names the setting.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from exitwise.bundle import MANIFEST_FILE
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXITWISE_", extra="ignore", frozen=True)
+
+    # --- what to serve, and on what --------------------------------------------------------
+    bundle: Path
+    model_name: str | None = Field(
+        default=None, description="Name in URLs and responses (default: the bundle's name)."
+    )
+    backend: Literal["torch", "onnx"] = "torch"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    require_gpu: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="torch on CUDA only: autocast dtype (fp32 = calibrated numerics).",
+    )
+    channels_last: bool = Field(default=True, description="torch on CUDA only.")
+    torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads.")
+
+    # --- HTTP server ---------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    drain_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="After SIGTERM: seconds /readyz answers 503 while requests are still served.",
+    )
+
+    # --- batching --------------------------------------------------------------------------------
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    max_wait_ms: float = Field(default=2.0, ge=0, le=10_000)
+    max_queue_images: int = Field(default=1024, ge=1)
+    decode_threads: int = Field(default=2, ge=1, le=64)
+
+    # --- budgets ---------------------------------------------------------------------------------
+    default_budget_mflops: float | None = Field(default=None, gt=0)
+    default_max_exit: int | None = Field(default=None, ge=1)
+    default_top_k: int = Field(default=5, ge=0)
+
+    # --- limits ----------------------------------------------------------------------------------
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_images_per_request: int = Field(default=64, ge=1)
+    max_image_pixels: int = Field(default=4096 * 4096, ge=1)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+
+    # --- security --------------------------------------------------------------------------------
+    api_key: SecretStr | None = None
+    metrics_require_key: bool = False
+
+    @field_validator("bundle")
+    @classmethod
+    def _bundle_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"{value}: no such bundle directory")
+        if not (value / MANIFEST_FILE).is_file():
+            raise ValueError(f"{value}: not a bundle (no {MANIFEST_FILE})")
+        return value
+
+    @field_validator("default_budget_mflops")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _non_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty EXITWISE_API_KEY= means "no key", not "the empty key".
+        if value is not None and not value.get_secret_value().strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.max_images_per_request > self.max_queue_images:
+            raise ValueError(
+                f"max_images_per_request ({self.max_images_per_request}) cannot exceed "
+                f"max_queue_images ({self.max_queue_images})"
+            )
+        if self.require_gpu and self.device == "cpu":
+            raise ValueError("require_gpu contradicts device=cpu")
+        if self.metrics_require_key and self.api_key is None:
+            raise ValueError("metrics_require_key needs an api_key")
+        return self
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_wait_ms / 1000.0
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.api_key is not None

@@ -1,0 +1,350 @@
+"""Helpers for the serving tests: a calibrated tiny bundle (built once per test session), PNG
+encoding, the simulation the server must reproduce, and a real ``exitwise serve`` process.
+
+The calibration written here follows DESIGN.md's rule (geometric exit distribution p_k ~ q^k,
+thresholds from held-out confidences) with each threshold placed midway between two distinct
+confidences, so that last-bit differences between batch sizes cannot move an image across it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from exitwise.bundle import (
+    AnytimeExit,
+    Bundle,
+    Calibration,
+    OperatingPoint,
+    SplitResult,
+    utc_now,
+    write_calibration,
+)
+from exitwise.datasets import EvalImages, open_dataset
+from exitwise.policy import confidence_and_prediction, decide_exits
+from exitwise.preprocess import normalize
+from tests.helpers import make_bundle, write_fashion_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Split:
+    pixels: np.ndarray  # uint8 [N, C, H, W], what EvalImages yields (crop, before padding)
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Served:
+    """A calibrated tiny bundle, the fake data it was trained on, and its two splits."""
+
+    bundle: Bundle
+    data_root: Path | None
+    heldout: Split
+    test: Split
+
+    @property
+    def path(self) -> Path:
+        return self.bundle.path
+
+
+def load_split(bundle: Bundle, data_root: Path | None, split: str) -> Split:
+    if split == "heldout":
+        view = EvalImages(
+            open_dataset("fashion-mnist", "train", data_root),
+            bundle.manifest.preprocessing,
+            bundle.heldout_indices(),
+        )
+    else:
+        view = EvalImages(
+            open_dataset("fashion-mnist", "test", data_root), bundle.manifest.preprocessing
+        )
+    pixels = np.stack([view[i][0].numpy() for i in range(len(view))])
+    return Split(pixels=pixels, labels=np.asarray(view.labels))
+
+
+@torch.no_grad()
+def all_confidences(
+    bundle: Bundle, pixels: np.ndarray, chunk: int = 2000
+) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 ``[N, K]`` confidences and ``[N, K]`` predictions from full forward passes (one
+    batch for up to ``chunk`` images)."""
+    model = bundle.load_model()
+    confs, preds = [], []
+    for start in range(0, len(pixels), chunk):
+        x = torch.from_numpy(pixels[start : start + chunk])
+        pairs = [
+            confidence_and_prediction(out)
+            for out in model(normalize(x, bundle.manifest.preprocessing))
+        ]
+        confs.append(torch.stack([c for c, _ in pairs], dim=1).numpy())
+        preds.append(torch.stack([p for _, p in pairs], dim=1).numpy())
+    return np.concatenate(confs), np.concatenate(preds)
+
+
+def simulate(
+    conf: np.ndarray, pred: np.ndarray, thresholds: np.ndarray, max_index: int | None = None
+):
+    """Calibration's simulation: exit indices and predictions from all confidences."""
+    cap = None if max_index is None else np.full(conf.shape[0], max_index, dtype=np.int64)
+    exits = decide_exits(conf, thresholds, cap)
+    return exits, pred[np.arange(len(exits)), exits]
+
+
+def solve_thresholds(conf: np.ndarray, q: float) -> np.ndarray:
+    """Per-exit thresholds for the geometric exit distribution with ratio ``q``."""
+    n, k = conf.shape
+    p = np.array([q ** (j + 1) for j in range(k)])
+    p /= p.sum()
+    thresholds = np.full(k, math.inf)
+    thresholds[-1] = -math.inf
+    remaining = np.ones(n, dtype=bool)
+    for j in range(k - 1):
+        count = math.floor(n * p[j])
+        left = np.sort(conf[remaining, j])[::-1]
+        if count == 0 or count > len(left):
+            continue
+        # Midway between two distinct confidences (or below all when every image leaves).
+        thr = left[-1] / 2 if count == len(left) else (left[count - 1] + left[count]) / 2
+        thresholds[j] = thr
+        remaining &= ~(conf[:, j] >= thr)
+    return thresholds
+
+
+def _split_result(conf, pred, labels, thresholds, exit_mflops) -> SplitResult:
+    exits, chosen = simulate(conf, pred, thresholds)
+    counts = np.bincount(exits, minlength=conf.shape[1])
+    return SplitResult(
+        accuracy=float((chosen == labels).mean() * 100),
+        mflops=float(np.mean(np.asarray(exit_mflops)[exits])),
+        exit_fractions=(counts / counts.sum()).tolist(),
+        images=len(exits),
+    )
+
+
+def write_test_calibration(
+    bundle: Bundle, heldout: Split, test: Split, qs: Sequence[float] = (0.3, 1.0, 2.0)
+) -> Calibration:
+    """Operating points ``q0.3``, ``q1``, ``q2`` (cheap to expensive); default the middle one."""
+    exit_mflops = bundle.manifest.exit_mflops
+    h_conf, h_pred = all_confidences(bundle, heldout.pixels)
+    t_conf, t_pred = all_confidences(bundle, test.pixels)
+    points = []
+    for q in qs:
+        thr = solve_thresholds(h_conf, q)
+        points.append(
+            OperatingPoint(
+                name=f"q{q:g}",
+                q=q,
+                thresholds=[None if not math.isfinite(t) else float(t) for t in thr],
+                heldout=_split_result(h_conf, h_pred, heldout.labels, thr, exit_mflops),
+                test=_split_result(t_conf, t_pred, test.labels, thr, exit_mflops),
+            )
+        )
+    anytime = [
+        AnytimeExit(
+            exit=j + 1,
+            mflops=exit_mflops[j],
+            heldout_top1=float((h_pred[:, j] == heldout.labels).mean() * 100),
+            heldout_top5=100.0,
+            test_top1=float((t_pred[:, j] == test.labels).mean() * 100),
+            test_top5=100.0,
+        )
+        for j in range(len(exit_mflops))
+    ]
+    calibration = Calibration(
+        weights_sha256=bundle.weights_sha256,
+        heldout_sha256=bundle.manifest.heldout.sha256 if bundle.manifest.heldout else "0" * 64,
+        created=utc_now(),
+        exit_mflops=exit_mflops,
+        operating_points=points,
+        default_operating_point=points[len(points) // 2].name,
+        anytime=anytime,
+    )
+    write_calibration(bundle, calibration)
+    return calibration
+
+
+_SERVED: dict[str, Served] = {}
+
+
+def served_bundle(tmp_path_factory: pytest.TempPathFactory) -> Served:
+    """The calibrated tiny bundle, trained once per test session (shared by every module)."""
+    if "tiny" not in _SERVED:
+        root = tmp_path_factory.mktemp("serving")
+        data = write_fashion_mnist(root / "data")
+        # One intra-op thread: on a busy 2-core machine two spinning threads make this tiny
+        # training run ten times slower, not faster.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            bundle = make_bundle(root / "bundle", data)
+            heldout = load_split(bundle, data, "heldout")
+            test = load_split(bundle, data, "test")
+            write_test_calibration(bundle, heldout, test)
+        finally:
+            torch.set_num_threads(threads)
+        _SERVED["tiny"] = Served(bundle=bundle, data_root=data, heldout=heldout, test=test)
+    return _SERVED["tiny"]
+
+
+def png(pixels: np.ndarray) -> bytes:
+    """A ``[C, H, W]`` uint8 image as PNG bytes (lossless, so decoding gives the same pixels)."""
+    arr = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --- a real server process ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(
+    bundle: Path, log: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> ServerProcess:
+    """``exitwise serve BUNDLE`` on 127.0.0.1 and a free port; returns once /readyz is 200."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "exitwise", "serve", str(bundle), "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), *args]
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    handle = log.open("wb")
+    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
+    handle.close()
+    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.output()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    stop_server(server)
+    raise RuntimeError(f"server not ready after {timeout} s:\n{server.output()}")
+
+
+def stop_server(server: ServerProcess, timeout: float = 30) -> int:
+    if server.proc.poll() is None:
+        server.proc.terminate()
+        try:
+            server.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+    return int(server.proc.returncode)
+
+
+def running_server(bundle: Path, log: Path, *args: str, **kw: object) -> Iterator[ServerProcess]:
+    """For fixtures: start, yield, always stop."""
+    server = start_server(bundle, log, *args, **kw)  # type: ignore[arg-type]
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+# --- a demo-sized bundle for the benchmarks ---------------------------------------------------
+
+
+def train_demo_bundle(
+    path: Path, data_root: Path | None, steps: int = 1500, heldout_size: int = 5000, seed: int = 0
+) -> Served:
+    """``msdnet-fmnist`` (full preset) on real Fashion-MNIST: plain SGD on the sum of the exit
+    losses, ``steps`` batches of 64 (no augmentation, no L2W), then the test calibration.
+
+    Only for benchmarking the server on a model of the demo's size and speed; the real recipe
+    is ``exitwise train --config configs/demo.yaml`` followed by ``exitwise calibrate``.
+    """
+    import torch.nn.functional as F
+
+    from exitwise.bundle import HeldOutSplit, indices_sha256, save_bundle
+    from exitwise.datasets import heldout_split, train_indices
+    from exitwise.datasets.readers import FASHION_MNIST_CLASSES
+    from exitwise.models import create_model
+    from exitwise.preprocess import FASHION_MNIST
+
+    torch.manual_seed(seed)
+    train = open_dataset("fashion-mnist", "train", data_root)
+    held = heldout_split(len(train), heldout_size, seed)
+    view = EvalImages(train, FASHION_MNIST, train_indices(len(train), held))
+    loader = torch.utils.data.DataLoader(view, batch_size=64, shuffle=True, drop_last=True)
+    model = create_model("msdnet-fmnist")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps)
+    model.train()
+    done = 0
+    while done < steps:
+        for x, y in loader:
+            logits = model(normalize(x, FASHION_MNIST))
+            loss = sum(F.cross_entropy(out, y) for out in logits)
+            opt.zero_grad()
+            loss.backward()  # type: ignore[union-attr]
+            opt.step()
+            sched.step()
+            done += 1
+            if done >= steps:
+                break
+    model.eval()
+    split = HeldOutSplit(
+        dataset="fashion-mnist", size=heldout_size, seed=seed, sha256=indices_sha256(held)
+    )
+    bundle = save_bundle(
+        path,
+        model,
+        name="msdnet-fmnist-bench",
+        class_names=FASHION_MNIST_CLASSES,
+        preprocessing=FASHION_MNIST,
+        preset="msdnet-fmnist",
+        dataset="fashion-mnist",
+        heldout=(split, held),
+        training={"weighting": "uniform", "seed": seed, "steps": steps, "batch_size": 64},
+    )
+    root = Path(data_root) if data_root is not None else None
+    heldout = load_split(bundle, root, "heldout")
+    test = load_split(bundle, root, "test")
+    write_test_calibration(bundle, heldout, test, qs=(0.25, 0.5, 1.0, 2.0))
+    return Served(bundle=bundle, data_root=root, heldout=heldout, test=test)
+
+
+if __name__ == "__main__":  # python -m tests.serving_helpers OUT [STEPS]
+    out = Path(sys.argv[1])
+    made = train_demo_bundle(out, None, steps=int(sys.argv[2]) if len(sys.argv) > 2 else 1500)
+    for p in made.bundle.calibration().operating_points:
+        print(
+            p.name,
+            round(p.expected_mflops, 3),
+            p.heldout.accuracy,
+            p.test.accuracy if p.test else None,
+        )

@@ -1,0 +1,258 @@
+"""The engine and its stage loop, on a fake runner whose confidences are known in advance."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from prometheus_client import CollectorRegistry
+
+from exitwise.models import State
+from exitwise.policy import confidence_and_prediction, decide_exits
+from exitwise.runtime import StageRunner
+from serving.budgets import ExitPlan
+from serving.early_exit import run_early_exit
+from serving.engine import Engine, EngineFailureError, InferOutcome
+from serving.errors import DeadlineExceededError, NotReadyError, QueueFullError
+from serving.metrics import Metrics
+
+K = 4
+
+
+class FakeRunner:
+    """Image i's logits at exit k are ``[x_ik, 0]``: confidence sigmoid(|x_ik|), class x_ik < 0."""
+
+    backend = "fake"
+    provider = "fake-cpu"
+    device = torch.device("cpu")
+    num_exits = K
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.fail = False
+        self.calls: list[tuple[int, int]] = []  # (stage, rows)
+
+    def initial_state(self, images: torch.Tensor) -> State:
+        return [images.reshape(images.shape[0], -1).float()]
+
+    def run_stage(self, index: int, state: State) -> tuple[State, torch.Tensor]:
+        x = state[0]
+        self.calls.append((index, x.shape[0]))
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("the device is on fire")
+        return [x], torch.stack([x[:, index], torch.zeros_like(x[:, index])], dim=1)
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).uniform(-4, 4, (n, 1, 1, K))).float()
+
+
+def _all_confidences(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    x = images.reshape(images.shape[0], K)
+    pairs = [confidence_and_prediction(torch.stack([x[:, k], 0 * x[:, k]], 1)) for k in range(K)]
+    return (
+        torch.stack([c for c, _ in pairs], 1).numpy(),
+        torch.stack([p for _, p in pairs], 1).numpy(),
+    )
+
+
+def _plan(thresholds: list[float], cap: int = K - 1) -> ExitPlan:
+    arr = np.array([*thresholds, -math.inf], dtype=np.float64)
+    return ExitPlan(arr, cap, "p", None, None, None, "request")
+
+
+PLANS = [_plan([0.9, 0.85, 0.8]), _plan([0.99, 0.97, 0.95], cap=2), _plan([0.7, math.inf, 0.6])]
+
+
+def test_stage_loop_is_the_exit_rule_with_per_image_thresholds() -> None:
+    runner = FakeRunner()
+    assert isinstance(runner, StageRunner)
+    images = _images(64)
+    rng = np.random.default_rng(1)
+    choice = rng.integers(0, len(PLANS), 64)
+    thr = np.stack([PLANS[c].thresholds for c in choice])
+    cap = np.array([PLANS[c].max_index for c in choice])
+    out = run_early_exit(runner, images, thr, cap, top_k=2)
+    conf, pred = _all_confidences(images)
+    exits = decide_exits(conf, thr, cap)
+    np.testing.assert_array_equal(out.exit_index, exits)
+    np.testing.assert_array_equal(out.class_id, pred[np.arange(64), exits])
+    np.testing.assert_allclose(out.confidence, conf[np.arange(64), exits], rtol=1e-12)
+    np.testing.assert_allclose(out.top_probs[:, 0], out.confidence, rtol=1e-12)
+    np.testing.assert_allclose(out.top_probs.sum(1), 1.0, rtol=1e-12)  # two classes
+    # Rows really leave: each stage sees only the images that have not exited before it.
+    expected_rows = [int((exits >= k).sum()) for k in range(K) if (exits >= k).any()]
+    assert out.stage_rows == expected_rows == [rows for _, rows in runner.calls]
+    assert expected_rows[-1] < 64
+
+
+def _run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_mixed_budgets_share_a_batch_and_match_running_alone() -> None:
+    batches = [_images(5, seed=s) for s in range(3)]
+
+    async def together() -> list[InferOutcome]:
+        runner = FakeRunner()
+        engine = Engine(runner, exit_mflops=[1, 2, 3, 4], max_batch_size=64)
+        deadline = time.monotonic() + 30
+        jobs = [engine.submit(x, p, 2, deadline) for x, p in zip(batches, PLANS, strict=True)]
+        engine.start()  # only now: all 15 images are queued, so they form one batch
+        try:
+            results = [await job.future for job in jobs]
+        finally:
+            engine.stop()
+        assert runner.calls[0] == (0, 15)
+        return results
+
+    async def alone(x: torch.Tensor, plan: ExitPlan) -> InferOutcome:
+        engine = Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4])
+        engine.start()
+        try:
+            return await engine.infer(x, plan, 2, time.monotonic() + 30)
+        finally:
+            engine.stop()
+
+    shared = _run(together())
+    for x, plan, got in zip(batches, PLANS, shared, strict=True):
+        assert _run(alone(x, plan)).results == got.results
+
+
+def test_queue_full_is_refused_at_once() -> None:
+    async def main() -> None:
+        engine = Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_queue_images=4)
+        engine.submit(_images(3), PLANS[0], 0, time.monotonic() + 30)
+        with pytest.raises(QueueFullError, match="3 of 4"):
+            engine.submit(_images(2), PLANS[0], 0, time.monotonic() + 30)
+        engine.submit(_images(1), PLANS[0], 0, time.monotonic() + 30)  # still fits
+        assert engine.queued_images == 4
+        engine.start()
+        engine.stop()
+        assert engine.queued_images == 0
+        with pytest.raises(NotReadyError):
+            engine.submit(_images(1), PLANS[0], 0, time.monotonic() + 30)
+
+    _run(main())
+
+
+def test_deadline_cancels_and_frees_the_queue() -> None:
+    async def main() -> None:
+        runner = FakeRunner()
+        engine = Engine(runner, exit_mflops=[1, 2, 3, 4])
+        with pytest.raises(DeadlineExceededError):  # the worker is not running yet
+            await engine.infer(_images(3), PLANS[0], 0, time.monotonic() + 0.05)
+        assert engine.queued_images == 0
+        engine.start()
+        try:
+            runner.delay = 0.1  # slower than the deadline
+            with pytest.raises(DeadlineExceededError):
+                await engine.infer(_images(2), PLANS[0], 0, time.monotonic() + 0.05)
+            runner.delay = 0.0
+            out = await engine.infer(_images(2), PLANS[0], 0, time.monotonic() + 30)
+            assert len(out.results) == 2
+        finally:
+            engine.stop()
+
+    _run(main())
+
+
+def test_a_failing_batch_fails_its_requests_and_the_engine_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        runner = FakeRunner()
+        engine = Engine(runner, exit_mflops=[1, 2, 3, 4])
+        engine.start()
+        try:
+            runner.fail = True
+            with pytest.raises(EngineFailureError):
+                await engine.infer(_images(2), PLANS[0], 0, time.monotonic() + 30)
+            runner.fail = False
+            out = await engine.infer(_images(2), PLANS[0], 0, time.monotonic() + 30)
+            assert len(out.results) == 2
+        finally:
+            engine.stop()
+
+    _run(main())
+    assert "the device is on fire" in caplog.text  # the traceback is logged
+
+
+def test_stop_finishes_what_is_queued() -> None:
+    async def main() -> None:
+        engine = Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=2)
+        jobs = [engine.submit(_images(3, s), PLANS[0], 0, time.monotonic() + 30) for s in range(3)]
+        engine.start()
+        engine.stop()
+        outcomes = [await job.future for job in jobs]
+        assert [len(o.results) for o in outcomes] == [3, 3, 3]
+
+    _run(main())
+
+
+def test_batch_waits_only_for_requests_on_their_way() -> None:
+    async def main() -> None:
+        runner = FakeRunner()
+        engine = Engine(runner, exit_mflops=[1, 2, 3, 4], max_batch_size=2, max_wait_s=5.0)
+        engine.start()
+        try:
+            start = time.monotonic()
+            await engine.infer(_images(1), PLANS[0], 0, start + 30)
+            assert time.monotonic() - start < 2.5  # nobody else coming: no 5 s wait
+            runner.calls.clear()
+            with engine.expecting() as arrival:  # another request is being decoded
+                first = engine.submit(_images(1, 1), PLANS[0], 0, start + 30)
+                await asyncio.sleep(0.05)
+                second = engine.submit(_images(1, 2), PLANS[1], 0, start + 30, arrival)
+            await first.future, await second.future
+            assert runner.calls[0] == (0, 2)  # one batch of both
+            with engine.expecting():
+                pass  # a request that failed before reaching the queue is forgotten
+            again = time.monotonic()
+            await engine.infer(_images(1), PLANS[0], 0, again + 30)
+            assert time.monotonic() - again < 2.5
+        finally:
+            engine.stop()
+
+    _run(main())
+
+
+def test_metrics_follow_the_batches() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.describe_model("m", "fake", "cpu", "fake-cpu", K)
+    images = _images(32)
+    conf, _ = _all_confidences(images)
+    exits = decide_exits(conf, PLANS[0].thresholds)
+
+    async def main() -> None:
+        engine = Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], metrics=metrics)
+        engine.start()
+        try:
+            await engine.infer(images, PLANS[0], 0, time.monotonic() + 30)
+        finally:
+            engine.stop()
+
+    _run(main())
+    get = metrics.registry.get_sample_value
+    for k in range(K):
+        assert get("exitwise_exits_total", {"exit": str(k + 1)}) == (exits == k).sum()
+        if (exits >= k).any():
+            rows = get("exitwise_stage_batch_size_sum", {"stage": str(k + 1)})
+            assert rows == (exits >= k).sum()
+    assert get("exitwise_mflops_per_image_sum") == pytest.approx(float((exits + 1).sum()))
+    assert get("exitwise_batch_size_sum") == 32 and get("exitwise_queue_depth") == 0
+    assert get("exitwise_queue_wait_seconds_count") == 32
+    assert get("exitwise_compute_seconds_count") == 1
+    assert (
+        get(
+            "exitwise_model_info",
+            {"model": "m", "backend": "fake", "device": "cpu", "provider": "fake-cpu"},
+        )
+        == 1
+    )
