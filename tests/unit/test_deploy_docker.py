@@ -4,6 +4,7 @@ copy, their settings, user, entry point and health check, and the CUDA base agai
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -83,6 +84,7 @@ def test_makefile_and_dockerfiles_install_with_the_same_script() -> None:
         assert not others, others
     script = (REPO / INSTALL).read_text()
     assert "EDITABLE:-1" in script and "TORCH_INDEX_URL" in script
+    assert os.access(REPO / INSTALL, os.X_OK)  # make and the images run it directly
 
 
 def test_image_extras_exist_and_cpu_extra_mirrors_onnx() -> None:

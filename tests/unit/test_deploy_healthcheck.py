@@ -38,7 +38,7 @@ class _Readyz(http.server.BaseHTTPRequestHandler):
 def stand_in() -> Iterator[tuple[http.server.HTTPServer, type[_Readyz]]]:
     handler = type("Handler", (_Readyz,), {"status": 200, "paths": []})
     server = http.server.HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield server, handler
