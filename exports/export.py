@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -67,7 +68,7 @@ def export_bundle(
     """
     say = progress or _quiet
     if not isinstance(bundle, Bundle):
-        bundle = load_bundle(bundle)
+        bundle = load_bundle(Path(bundle))
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old; use {MIN_OPSET} or later")
     if parity_images < 1 or parity_batch_size < 1:
@@ -110,7 +111,8 @@ def export_bundle(
                     f"{str(err).strip().splitlines()[0]}"
                 ) from err
 
-        say(f"checking parity on {len(images.pixels)} {images.source} images")
+        source = "held-out" if images.source == "heldout" else "random"
+        say(f"checking parity on {len(images.pixels)} {source} images")
         parity = check_parity(
             model,
             sessions,

@@ -31,8 +31,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from exitwise.models import Stage
-
 from .errors import ExportError
 from .manifest import BATCH_AXIS, LOGITS_NAME, TensorSpec, state_in_name, state_out_name
 from .sessions import import_onnx
@@ -62,7 +60,7 @@ _ONNX_ELEM = {"float32": 1, "float16": 10}  # onnx.TensorProto.FLOAT / FLOAT16
 class StageModule(nn.Module):
     """``forward(*state) -> (*new_state, logits)`` for one stage."""
 
-    def __init__(self, stage: Stage, *, fp16: bool, first: bool) -> None:
+    def __init__(self, stage: nn.Module, *, fp16: bool, first: bool) -> None:
         super().__init__()
         self.stage = copy.deepcopy(stage).half() if fp16 else stage
         self.fp16 = fp16
@@ -106,13 +104,15 @@ def _quiet_exporter() -> Iterator[None]:
 
 def tensor_specs(names: Sequence[str], tensors: Sequence[Tensor]) -> list[TensorSpec]:
     return [
-        TensorSpec(name=n, dtype=_DTYPE_NAMES[t.dtype], shape=[BATCH_AXIS, *t.shape[1:]])  # type: ignore[list-item]
+        TensorSpec.model_validate(
+            {"name": n, "dtype": _DTYPE_NAMES[t.dtype], "shape": [BATCH_AXIS, *t.shape[1:]]}
+        )
         for n, t in zip(names, tensors, strict=True)
     ]
 
 
 def export_stage(
-    stage: Stage, example: Sequence[Tensor], *, index: int, opset: int, fp16: bool
+    stage: nn.Module, example: Sequence[Tensor], *, index: int, opset: int, fp16: bool
 ) -> tuple[ExportedStage, list[Tensor]]:
     """Export stage ``index`` (0-based) given an example of its incoming state.
 

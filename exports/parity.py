@@ -175,9 +175,7 @@ def check_parity(
         ct, co = conf_t.numpy(), conf_o.numpy()
         for point in calibration.operating_points:
             points.append(
-                _decision_parity(
-                    point.name, point.threshold_array(), ct, co, targets.decision_band
-                )
+                _decision_parity(point.name, point.threshold_array(), ct, co, targets.decision_band)
             )
     passed = all(d <= targets.max_abs_logits_diff and np.isfinite(d) for d in diffs) and all(
         (p.disagreements - p.borderline) / n <= 1.0 - targets.agreement for p in points

@@ -227,12 +227,20 @@ def _ort_type(spec: TensorSpec) -> str:
     return "float" if spec.dtype == "float32" else "float16"
 
 
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _open_sessions(
     bundle: Bundle,
     manifest: OnnxManifest,
     providers: list[Any],
     intra_op_threads: int | None,
-) -> list[Any]:
+) -> list[Any] | None:
+    """One session per stage; ``None`` when CUDA was asked for and onnxruntime did not start it
+    (it either falls back to the CPU silently or raises, depending on what is missing)."""
+    wants_cuda = any(isinstance(p, tuple) and p[0] == CUDA for p in providers)
     sessions = []
     for graph in manifest.stages:
         data = read_stage_graph(bundle, graph)
@@ -240,8 +248,15 @@ def _open_sessions(
         try:
             session = create_session(data, providers, intra_op_threads)
         except Exception as err:  # onnxruntime raises its own exception types
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CorruptGraphError(f"{where}: onnxruntime cannot load the graph: {first}") from err
+            if not wants_cuda:
+                raise CorruptGraphError(
+                    f"{where}: onnxruntime cannot load the graph: {_first_line(err)}"
+                ) from err
+            # The graph or the CUDA provider? The graph is fine if the CPU loads it.
+            _open_sessions(bundle, manifest, [CPU], intra_op_threads)
+            return None
+        if wants_cuda and active_provider(session) != CUDA:
+            return None
         _check_io(session, graph, where)
         sessions.append(session)
     return sessions
@@ -273,22 +288,24 @@ def load_onnx_runner(
             raise ProviderError(message)
         log.warning("%s; running on CPU", message)
         wanted = torch.device("cpu")
-    providers: list[Any] = (
-        [cuda_provider(wanted.index or 0), CPU] if wanted.type == "cuda" else [CPU]
-    )
-    sessions = _open_sessions(bundle, manifest, providers, intra_op_threads)
-    provider = active_provider(sessions[0])
-    if wanted.type == "cuda" and any(active_provider(s) != CUDA for s in sessions):
-        message = (
-            "onnxruntime could not start its CUDA provider on this GPU (CUDA or cuDNN libraries "
-            "missing or of the wrong version for this onnxruntime-gpu)"
+    sessions = None
+    if wanted.type == "cuda":
+        sessions = _open_sessions(
+            bundle, manifest, [cuda_provider(wanted.index or 0), CPU], intra_op_threads
         )
-        if require_gpu:
-            raise ProviderError(f"--require-gpu: {message}")
-        log.warning("%s; running on CPU", message)
-        wanted = torch.device("cpu")
+        if sessions is None:
+            message = (
+                "onnxruntime could not start its CUDA provider on this GPU (CUDA or cuDNN "
+                "libraries missing or of the wrong version for this onnxruntime-gpu)"
+            )
+            if require_gpu:
+                raise ProviderError(f"--require-gpu: {message}")
+            log.warning("%s; running on CPU", message)
+            wanted = torch.device("cpu")
+    if sessions is None:
         sessions = _open_sessions(bundle, manifest, [CPU], intra_op_threads)
-        provider = CPU
+        assert sessions is not None  # only a CUDA attempt comes back empty
+    provider = active_provider(sessions[0])
     runner = OnnxStageRunner(
         manifest,
         sessions,

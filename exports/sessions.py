@@ -36,7 +36,8 @@ def import_onnxruntime() -> ModuleType:
         raise OnnxUnavailableError(
             "onnxruntime is not installed; install the `onnx` extra: pip install 'exitwise[onnx]'"
         ) from err
-    return onnxruntime
+    module: ModuleType = onnxruntime
+    return module
 
 
 def import_onnx() -> ModuleType:

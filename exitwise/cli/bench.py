@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from . import bench_backends
+
 app = typer.Typer(
     help="Benchmarks: training step, engine, HTTP, backends, calibration.", no_args_is_help=True
 )
+
+bench_backends.register(app)
