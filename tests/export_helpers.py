@@ -73,7 +73,7 @@ def random_bundle(path: Path, preset: str, seed: int = 0, n_train: int = 50000) 
     model = create_model(preset)
     pixels = random_pixels(64, spec.channels, spec.crop, seed + 1)
     set_bn_statistics(model, normalize(pixels, spec))
-    held = np.arange(n_train - 1000, n_train, dtype=np.int64)
+    held = np.arange(n_train - min(1000, n_train // 5), n_train, dtype=np.int64)
     split = HeldOutSplit(dataset=dataset, size=len(held), seed=seed, sha256=indices_sha256(held))
     num_classes = get_preset(preset).num_classes
     return save_bundle(
