@@ -35,6 +35,7 @@ from .sessions import (
     CPU,
     CUDA,
     active_provider,
+    both_runtimes_installed,
     create_session,
     cuda_provider,
     cuda_provider_installed,
@@ -165,7 +166,8 @@ class OnnxStageRunner:
 
 
 def _resolve_device(device: str, require_gpu: bool) -> torch.device:
-    """ "auto" -> cuda when a GPU is present, else cpu; "cuda[:N]" needs a GPU."""
+    """The device asked for: ``auto`` is CUDA when a GPU is present, else the CPU; ``cuda[:N]``
+    needs a GPU."""
     if device == "auto":
         wanted = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     else:
@@ -278,6 +280,11 @@ def load_onnx_runner(
     """
     manifest = read_onnx_manifest(bundle)
     ort = import_onnxruntime()
+    if both_runtimes_installed():
+        log.warning(
+            "both onnxruntime and onnxruntime-gpu are installed and overwrite each other; "
+            "uninstall both and install one (pip install 'exitwise[onnx]' picks the right one)"
+        )
     wanted = _resolve_device(device, require_gpu)
     if wanted.type == "cuda" and not cuda_provider_installed():
         message = (

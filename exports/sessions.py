@@ -52,6 +52,21 @@ def import_onnx() -> ModuleType:
     return onnx
 
 
+def both_runtimes_installed() -> bool:
+    """``onnxruntime`` and ``onnxruntime-gpu`` in one environment: they overwrite each other's
+    files, and which one answers the import is an accident of install order."""
+    from importlib import metadata
+
+    found = 0
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(name)
+            found += 1
+        except metadata.PackageNotFoundError:
+            pass
+    return found == 2
+
+
 def ort_version() -> str:
     return str(import_onnxruntime().__version__)
 
