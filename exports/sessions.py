@@ -5,7 +5,9 @@ first adds the CUDA provider). The CUDA provider is asked for only when a GPU is
 (``torch.cuda.is_available()``), because asking for it on a machine without one makes
 onnxruntime print several lines of library-loading errors before it falls back to the CPU. When
 a GPU is present but onnxruntime cannot start CUDA on it (missing CUDA/cuDNN libraries),
-onnxruntime's own messages are muted and the caller logs one clear line instead.
+onnxruntime's own messages are muted and the caller logs one clear line instead. The CUDA and
+cuDNN libraries onnxruntime-gpu needs are the ones ``import torch`` has already loaded (from the
+nvidia-* wheels a CUDA build of torch brings), as onnxruntime's documentation recommends.
 """
 
 from __future__ import annotations
@@ -92,16 +94,6 @@ def _muted_default_logger() -> Iterator[None]:
         ort.set_default_logger_severity(_ORT_WARNING)
 
 
-def _preload_cuda_libraries() -> None:
-    # onnxruntime-gpu >= 1.21 can load the CUDA/cuDNN libraries that pip-installed torch brings
-    # (the nvidia-* wheels); without it they must be on the library path.
-    ort = import_onnxruntime()
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is not None:
-        with contextlib.suppress(Exception):
-            preload()
-
-
 def session_options(intra_op_threads: int | None = None) -> Any:
     ort = import_onnxruntime()
     options = ort.SessionOptions()
@@ -133,7 +125,6 @@ def create_session(
     options = session_options(intra_op_threads)
     if not wants_cuda:
         return ort.InferenceSession(graph, sess_options=options, providers=list(providers))
-    _preload_cuda_libraries()
     with _muted_default_logger():
         return ort.InferenceSession(graph, sess_options=options, providers=list(providers))
 

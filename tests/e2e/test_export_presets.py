@@ -73,9 +73,13 @@ def test_runner_with_row_dropping_matches_torch(
     reference = torch_runner(bundle.load_model())
     runner = load_onnx_runner(bundle, "cpu", use_iobinding=True)
     exits_seen = set()
-    for point in bundle.calibration().operating_points:
+    points = bundle.calibration().operating_points
+    for point in points:
         thresholds = torch.from_numpy(point.threshold_array())
-        for batch, count in ((1, 4), (16, 32), (48, 48)):
+        # Every point on a full batch; batches of 1 and 16 (the shapes change from stage to
+        # stage differently) on the middle point only, to keep the test short.
+        sizes = ((1, 4), (16, 32), (48, 48)) if point == points[1] else ((48, 48),)
+        for batch, count in sizes:
             for start in range(0, count, batch):
                 want = early_exit(reference, x[start : start + batch], thresholds)
                 got = early_exit(runner, x[start : start + batch], thresholds)

@@ -22,19 +22,19 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_bench_backends_report(exported: tuple[Path, Path]) -> None:
     bundle = load_bundle(exported[0])
     report = bench_backends(
-        bundle, batch_sizes=[1, 8], images=16, device="cpu", repeats=1, data_root=exported[1]
+        bundle, batch_sizes=[1, 4], images=8, device="cpu", repeats=1, data_root=exported[1]
     )
-    assert report.image_source == "heldout" and report.images == 16
+    assert report.image_source == "heldout" and report.images == 8
     assert report.provider == "CPUExecutionProvider"
     points = ["q0.5", "q1", "q2", LAST_EXIT]
     assert [(r.batch_size, r.point) for r in report.rows] == [
-        (b, p) for b in (1, 8) for p in points
+        (b, p) for b in (1, 4) for p in points
     ]
     exit_mflops = bundle.manifest.exit_mflops
     for row in report.rows:
-        assert row.same_exit >= 0.9  # only images on a threshold may differ
+        assert row.same_exit >= 0.75  # only images sitting on a threshold may differ
         assert row.torch.seconds > 0 and row.onnx.seconds > 0
-        assert row.torch.batches == (16 if row.batch_size == 1 else 2)
+        assert row.torch.batches == (8 if row.batch_size == 1 else 2)
         assert abs(sum(row.exit_fractions) - 1) < 1e-9
         assert exit_mflops[0] <= row.mflops <= exit_mflops[-1] + 1e-9
         if row.point == LAST_EXIT:

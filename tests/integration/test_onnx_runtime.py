@@ -77,9 +77,11 @@ def test_early_exit_matches_torch(
     runner = load_onnx_runner(bundle, "cpu", use_iobinding=use_iobinding)
     assert runner.use_iobinding is use_iobinding
     reference = torch_runner(bundle.load_model())
-    for point in bundle.calibration().operating_points:
+    points = bundle.calibration().operating_points
+    for point in points:
         thresholds = torch.from_numpy(point.threshold_array())
-        for batch, count in ((1, 10), (7, 21), (64, 64)):
+        sizes = ((1, 6), (7, 21), (64, 64)) if point == points[1] else ((64, 64),)
+        for batch, count in sizes:
             for start in range(0, count, batch):  # several batches of each size
                 x = images[start : start + batch]
                 want = early_exit(reference, x, thresholds)
