@@ -45,17 +45,32 @@ def _exchange(a: Path, b: Path) -> bool:
     return bool(rc == 0)
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def staging_directory(target: Path) -> Iterator[Path]:
-    """A fresh temporary directory beside ``target``; removed on exit whatever happened.
+    """A fresh temporary directory beside ``target`` (``.NAME.tmp-PID-*``); removed on exit
+    whatever happened.
 
-    Leftovers of interrupted runs (``.NAME.tmp-*``) are removed first.
+    Leftovers of interrupted runs are removed first; those of a process still running (another
+    export of the same bundle) are left alone, so concurrent exports both finish (the last to
+    publish wins, each export being complete).
     """
     parent = target.parent
     prefix = f".{target.name}.tmp-"
     for stale in parent.glob(prefix + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        pid = stale.name[len(prefix) :].split("-", 1)[0]
+        if not (pid.isdigit() and _process_alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
     try:
         yield tmp
     finally:

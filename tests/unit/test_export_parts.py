@@ -4,6 +4,8 @@ the manifest schema, the parity images' fallback, and device resolution."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -78,11 +80,21 @@ def test_failure_before_publish_leaves_target_alone(tmp_path: Path) -> None:
 
 
 def test_staging_removes_leftovers_of_interrupted_runs(tmp_path: Path) -> None:
-    stale = tmp_path / ".onnx.tmp-crashed"
-    stale.mkdir()
-    _fill(stale, {"stage_1.onnx": "partial"})
-    with staging_directory(tmp_path / "onnx"):
-        assert not stale.exists()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stale = tmp_path / f".onnx.tmp-{int(dead.stdout)}-abc"  # its process has exited
+    legacy = tmp_path / ".onnx.tmp-crashed"
+    running = tmp_path / f".onnx.tmp-{os.getpid()}-xyz"  # a concurrent export, still running
+    for d in (stale, legacy, running):
+        d.mkdir()
+        _fill(d, {"stage_1.onnx": "partial"})
+    with staging_directory(tmp_path / "onnx") as staged:
+        assert not stale.exists() and not legacy.exists() and running.exists()
+        assert staged.name.startswith(f".onnx.tmp-{os.getpid()}-")
 
 
 # --- the decision-parity rule ------------------------------------------------------------------
