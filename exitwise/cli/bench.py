@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from . import bench_calibration, bench_engine, bench_http
+from . import bench_backends, bench_calibration, bench_engine, bench_http
 
 app = typer.Typer(
     help="Benchmarks: training step, engine, HTTP, backends, calibration.", no_args_is_help=True
 )
 
+bench_backends.register(app)
 bench_calibration.register(app)
 bench_engine.register(app)
 bench_http.register(app)
