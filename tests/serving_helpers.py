@@ -1,15 +1,13 @@
 """Helpers for the serving tests: a calibrated tiny bundle (built once per test session), PNG
 encoding, the simulation the server must reproduce, and a real ``exitwise serve`` process.
 
-The calibration written here follows DESIGN.md's rule (geometric exit distribution p_k ~ q^k,
-thresholds from held-out confidences) with each threshold placed midway between two distinct
-confidences, so that last-bit differences between batch sizes cannot move an image across it.
+The calibration written here uses the calibration package's threshold rule and evaluation at
+fixed values of q (geometric exit distribution p_k ~ q^k) rather than budgets.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import os
 import socket
 import subprocess
@@ -25,12 +23,15 @@ import pytest
 import torch
 from PIL import Image
 
+from calibration.build import split_result, thresholds_json
+from calibration.evaluate import evaluate_thresholds
+from calibration.scores import SplitScores
+from calibration.thresholds import find_thresholds
 from exitwise.bundle import (
     AnytimeExit,
     Bundle,
     Calibration,
     OperatingPoint,
-    SplitResult,
     utc_now,
     write_calibration,
 )
@@ -105,63 +106,41 @@ def simulate(
     return exits, pred[np.arange(len(exits)), exits]
 
 
-def solve_thresholds(conf: np.ndarray, q: float) -> np.ndarray:
-    """Per-exit thresholds for the geometric exit distribution with ratio ``q``."""
-    n, k = conf.shape
-    p = np.array([q ** (j + 1) for j in range(k)])
-    p /= p.sum()
-    thresholds = np.full(k, math.inf)
-    thresholds[-1] = -math.inf
-    remaining = np.ones(n, dtype=bool)
-    for j in range(k - 1):
-        count = math.floor(n * p[j])
-        left = np.sort(conf[remaining, j])[::-1]
-        if count == 0 or count > len(left):
-            continue
-        # Midway between two distinct confidences (or below all when every image leaves).
-        thr = left[-1] / 2 if count == len(left) else (left[count - 1] + left[count]) / 2
-        thresholds[j] = thr
-        remaining &= ~(conf[:, j] >= thr)
-    return thresholds
-
-
-def _split_result(conf, pred, labels, thresholds, exit_mflops) -> SplitResult:
-    exits, chosen = simulate(conf, pred, thresholds)
-    counts = np.bincount(exits, minlength=conf.shape[1])
-    return SplitResult(
-        accuracy=float((chosen == labels).mean() * 100),
-        mflops=float(np.mean(np.asarray(exit_mflops)[exits])),
-        exit_fractions=(counts / counts.sum()).tolist(),
-        images=len(exits),
-    )
+def _scores(conf: np.ndarray, pred: np.ndarray, labels: np.ndarray) -> SplitScores:
+    top5 = np.ones_like(pred, dtype=bool)  # not used by the serving tests
+    return SplitScores(confidence=conf, prediction=pred, top5=top5, labels=labels)
 
 
 def write_test_calibration(
     bundle: Bundle, heldout: Split, test: Split, qs: Sequence[float] = (0.3, 1.0, 2.0)
 ) -> Calibration:
-    """Operating points ``q0.3``, ``q1``, ``q2`` (cheap to expensive); default the middle one."""
+    """Operating points ``q0.3``, ``q1``, ``q2`` (cheap to expensive) solved with calibration's
+    threshold rule and evaluated with its evaluation; the default is the middle one.
+
+    (``exitwise calibrate`` names its points after budgets; fixed q values keep these tests
+    independent of the tiny model's exact costs.)"""
     exit_mflops = bundle.manifest.exit_mflops
-    h_conf, h_pred = all_confidences(bundle, heldout.pixels)
-    t_conf, t_pred = all_confidences(bundle, test.pixels)
+    h = _scores(*all_confidences(bundle, heldout.pixels), heldout.labels)
+    t = _scores(*all_confidences(bundle, test.pixels), test.labels)
     points = []
     for q in qs:
-        thr = solve_thresholds(h_conf, q)
+        thr = find_thresholds(h.confidence, q)
         points.append(
             OperatingPoint(
                 name=f"q{q:g}",
                 q=q,
-                thresholds=[None if not math.isfinite(t) else float(t) for t in thr],
-                heldout=_split_result(h_conf, h_pred, heldout.labels, thr, exit_mflops),
-                test=_split_result(t_conf, t_pred, test.labels, thr, exit_mflops),
+                thresholds=thresholds_json(thr),
+                heldout=split_result(evaluate_thresholds(h, thr, exit_mflops)),
+                test=split_result(evaluate_thresholds(t, thr, exit_mflops)),
             )
         )
     anytime = [
         AnytimeExit(
             exit=j + 1,
             mflops=exit_mflops[j],
-            heldout_top1=float((h_pred[:, j] == heldout.labels).mean() * 100),
+            heldout_top1=float(h.correct[:, j].mean() * 100),
             heldout_top5=100.0,
-            test_top1=float((t_pred[:, j] == test.labels).mean() * 100),
+            test_top1=float(t.correct[:, j].mean() * 100),
             test_top5=100.0,
         )
         for j in range(len(exit_mflops))
