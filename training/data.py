@@ -12,7 +12,8 @@ calibration and the server take.
   DataLoader worker processes and arrive as uint8 batches.
 
 Batches are drawn from a per-epoch permutation that is a pure function of ``(seed, epoch)``,
-and each batch's augmentation from a generator seeded with ``(seed, epoch, batch)``. A run
+and each batch's augmentation from generators seeded with ``(seed, epoch, batch)`` (image folders:
+per image, so the number of loader workers does not matter either). A run
 resumed at any batch therefore sees exactly the data an uninterrupted run sees. With several
 processes, each takes its slice of every global batch (the equivalent of a DistributedSampler
 over a shared permutation), so what is trained on does not depend on the number of processes.
@@ -210,6 +211,8 @@ class InMemoryStream:
 
 
 class _FolderTrainSet(torch.utils.data.Dataset[tuple[Tensor, int]]):
+    """Items are ``(index, sample_seed)`` pairs from :class:`_BatchSampler`."""
+
     def __init__(self, dataset: ImageDataset, spec: Preprocessing, augment: bool) -> None:
         from torchvision import transforms as T
 
@@ -225,7 +228,8 @@ class _FolderTrainSet(torch.utils.data.Dataset[tuple[Tensor, int]]):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, int]:
+        index, sample_seed = item
         image = self.dataset.image(index)
         if self.transform is None:
             pixels = torch.from_numpy(to_uint8(image, self.spec))
@@ -236,24 +240,33 @@ class _FolderTrainSet(torch.utils.data.Dataset[tuple[Tensor, int]]):
                 from PIL import Image
 
                 image = Image.fromarray(image)
-            pixels = self.transform(image.convert("RGB") if self.spec.channels == 3 else image)
+            image = image.convert("RGB") if self.spec.channels == 3 else image
+            # torchvision draws from the global RNG: seed it per sample, so the crops depend on
+            # (seed, epoch, batch, position) only, not on which worker decodes the image.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed)
+                pixels = self.transform(image)
         return pixels, int(self.dataset.labels[index])
 
 
-class _BatchSampler(torch.utils.data.Sampler[list[int]]):
+class _BatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
     def __init__(self, indices: np.ndarray, stream: FolderStream, epoch: int, start: int) -> None:
         self.indices, self.stream, self.epoch, self.start = indices, stream, epoch, start
 
     def __len__(self) -> int:
         return self.stream.num_batches - self.start
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         s = self.stream
         perm = epoch_permutation(len(self.indices), s.seed, self.epoch).numpy()
         per = s.batch_size // s.world
         for b in range(self.start, s.num_batches):
             rows = self.indices[perm[b * s.batch_size : (b + 1) * s.batch_size]]
-            yield [int(i) for i in rows[s.rank * per : (s.rank + 1) * per]]
+            lo = s.rank * per
+            yield [
+                (int(rows[j]), derived_seed(s.seed, self.epoch, b, j, 5))
+                for j in range(lo, lo + per)
+            ]
 
 
 class FolderStream:
@@ -292,11 +305,6 @@ class FolderStream:
             batch_sampler=_BatchSampler(self.indices, self, epoch, start),
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
-            # Worker seeds (hence the random crops) follow from (seed, epoch, start, rank).
-            generator=torch.Generator().manual_seed(
-                derived_seed(self.seed, epoch, start, self.rank, 4)
-            ),
-            persistent_workers=False,
         )
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

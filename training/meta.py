@@ -271,8 +271,15 @@ def meta_gradient(
         return MetaResult([g / loss_scale for g in wgrads], meta_loss.detach(), counts)
 
     # v = dL_meta/dtheta'; t = lr * v; dL_meta/dw = -(1/n) J t.
-    v = torch.autograd.grad(meta_loss * loss_scale, [updated[name] for name in names])
-    tangents = {name: vi * (hyper.lr / loss_scale) for name, vi in zip(names, v, strict=True)}
+    # Parameters only an empty exit uses (its head, when no meta sample was allocated to it)
+    # get no gradient: their tangent is zero.
+    v = torch.autograd.grad(
+        meta_loss * loss_scale, [updated[name] for name in names], allow_unused=True
+    )
+    tangents = {
+        name: (torch.zeros_like(updated[name]) if vi is None else vi * (hyper.lr / loss_scale))
+        for name, vi in zip(names, v, strict=True)
+    }
     # J is linear in t: bring the tangents to unit size so that they neither underflow nor
     # overflow under half precision, and divide the result by the same factor (no host sync).
     peak = torch.stack([t.abs().amax() for t in tangents.values()]).amax()

@@ -46,7 +46,8 @@ class WeightPredictionNet(nn.Module):
             x = confidences
         else:
             x = torch.cat([losses, confidences], dim=1)
-        return x.detach().float()
+        first: nn.Linear = self.net[0]
+        return x.detach().to(first.weight.dtype)
 
     def forward(self, losses: Tensor, confidences: Tensor) -> Tensor:
         out: Tensor = self.net(self.features(losses, confidences))
