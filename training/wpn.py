@@ -46,8 +46,8 @@ class WeightPredictionNet(nn.Module):
             x = confidences
         else:
             x = torch.cat([losses, confidences], dim=1)
-        first: nn.Linear = self.net[0]
-        return x.detach().to(first.weight.dtype)
+        # float64 in gradient checks, float32 otherwise
+        return x.detach().to(next(self.parameters()).dtype)
 
     def forward(self, losses: Tensor, confidences: Tensor) -> Tensor:
         out: Tensor = self.net(self.features(losses, confidences))
