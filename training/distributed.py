@@ -101,3 +101,18 @@ def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.active:
         dist.all_reduce(t)
     return t
+
+
+def check_replicas(modules: list[nn.Module], ctx: DistContext) -> None:
+    """Fail loudly if the processes' parameters drifted apart (they are updated identically)."""
+    if not ctx.active:
+        return
+    with torch.no_grad():
+        params = [p.detach().double().sum() for m in modules for p in m.parameters()]
+        local = torch.stack(params) if params else torch.zeros(1, dtype=torch.float64)
+        device = next((p.device for m in modules for p in m.parameters()), local.device)
+        local = local.to(device)
+        gathered = [torch.empty_like(local) for _ in range(ctx.world)]
+        dist.all_gather(gathered, local)
+    if any(not torch.equal(gathered[0], g) for g in gathered[1:]):
+        raise RuntimeError("the processes' parameters differ: data-parallel training went wrong")

@@ -29,6 +29,7 @@ from .config import Recipe
 from .data import Normalizer, eval_view
 from .distributed import (
     barrier,
+    check_replicas,
     destroy_process_group,
     env_context,
     init_process_group,
@@ -97,6 +98,8 @@ def _train(
         if overwrite:
             clear_previous_run(out)
         atomic_write_text(out / RECIPE_FILE, recipe.to_yaml())
+    if run.checkpoint is not None:
+        say(f"resuming {out} at epoch {prog.epoch + 1}, batch {prog.batch} (iteration {prog.step})")
     if run.changed:
         say(f"resuming with changed recipe keys: {', '.join(run.changed)}")
     log = RunLog(
@@ -114,11 +117,6 @@ def _train(
     )
     started = time.perf_counter()
     try:
-        if run.checkpoint is not None:
-            reporter.message(
-                f"resuming {out} at epoch {prog.epoch + 1}, batch {prog.batch} "
-                f"(iteration {prog.step})"
-            )
         _epochs(run, log, reporter)
         result = _finish(run, log, reporter, time.perf_counter() - started)
     finally:
@@ -283,6 +281,7 @@ def _finish(run: Run, log: RunLog, reporter: Reporter, wall: float) -> TrainResu
     if not prog.finished:
         prog.finished = True
         _save(run, None)
+    check_replicas([run.module] + ([run.wpn] if run.wpn is not None else []), run.ctx)
     reporter.message("evaluating per-exit accuracy on the held-out split")
     heldout = _heldout(run)
     test = None
