@@ -201,3 +201,28 @@ def test_allocation_counts_follow_the_target() -> None:
     counts = torch.bincount(allocate_meta_samples(conf, p), minlength=5).tolist()
     assert counts[:4] == [int(512 * float(v)) for v in p[:4]]
     assert sum(counts) == 512
+
+
+def test_meta_gradient_with_empty_exits_in_both_modes() -> None:
+    # A meta half of 3: exits 2 and 3 get no sample, so their heads get no meta gradient.
+    model, wpn, x, y, buffers = _setup(seed=5)
+    logits = model(x[:8])
+    losses = per_exit_losses(logits, y[:8])
+    batch = MetaBatch(losses, exit_confidences(logits), x[:8], y[:8], x[8:11], y[8:11])
+    results = [
+        meta_gradient(
+            model,
+            wpn,
+            SGDHyper(0.5, 0.9, 0.0),
+            buffers,
+            batch,
+            norm="col",
+            epsilon=0.8,
+            target=target_exit_distribution(15, 4),
+            mode=mode,
+        )
+        for mode in ("forward", "double-backward")
+    ]
+    assert results[0].counts.tolist() == [1, 0, 0, 2]
+    for a, b in zip(results[0].grads, results[1].grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-12)
