@@ -211,7 +211,7 @@ class MetaBatch:
     """One role of a loader batch: the train half's shared forward, and the meta half."""
 
     losses: Tensor  # [n, K] per-exit losses of the train half, graph to the real parameters
-    confidences: Tensor  # [n, K] of the train half
+    confidences: Tensor | None  # [n, K] of the train half (when the WPN reads them)
     x_train: Tensor
     y_train: Tensor
     x_meta: Tensor
@@ -243,7 +243,7 @@ def meta_gradient(
     names = [n for n, _ in named]
     params = [p for _, p in named]
     n = batch.losses.shape[0]
-    weights = normalize_weights(wpn(batch.losses, batch.confidences.float()), norm, epsilon)
+    weights = normalize_weights(wpn(batch.losses, batch.confidences), norm, epsilon)
     differentiable = mode == "double-backward"
     if mode not in ("forward", "double-backward"):
         raise ValueError(f"unknown meta gradient mode {mode!r}")

@@ -125,7 +125,8 @@ class TrainStep:
             loss = losses.mean(dim=0).sum()
         else:
             assert self.wpn is not None and self.meta is not None
-            confidences = exit_confidences(logits).float()
+            # Only a WPN that reads confidences needs them (the published input is the losses).
+            confidences = exit_confidences(logits) if self.wpn.needs_confidences else None
             if do_meta:
                 meta_out, ok = self._meta_step(losses, confidences, x_tr, y_tr, x_me, y_me)
                 skipped = 0 if ok else 1
@@ -147,7 +148,7 @@ class TrainStep:
     def _meta_step(
         self,
         losses: Tensor,
-        confidences: Tensor,
+        confidences: Tensor | None,
         x_tr: Tensor,
         y_tr: Tensor,
         x_me: Tensor,

@@ -38,10 +38,16 @@ class WeightPredictionNet(nn.Module):
         layers += [nn.Linear(hidden_size, num_exits), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
-    def features(self, losses: Tensor, confidences: Tensor) -> Tensor:
+    @property
+    def needs_confidences(self) -> bool:
+        return self.input_kind != "loss"
+
+    def features(self, losses: Tensor, confidences: Tensor | None) -> Tensor:
         """The input rows for ``[B, K]`` losses and confidences (both detached here)."""
         if self.input_kind == "loss":
             x = losses
+        elif confidences is None:
+            raise ValueError(f"WPN input {self.input_kind!r} needs the confidences")
         elif self.input_kind == "conf":
             x = confidences
         else:
@@ -49,7 +55,7 @@ class WeightPredictionNet(nn.Module):
         # float64 in gradient checks, float32 otherwise
         return x.detach().to(next(self.parameters()).dtype)
 
-    def forward(self, losses: Tensor, confidences: Tensor) -> Tensor:
+    def forward(self, losses: Tensor, confidences: Tensor | None = None) -> Tensor:
         out: Tensor = self.net(self.features(losses, confidences))
         return out
 

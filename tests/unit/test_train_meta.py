@@ -226,3 +226,23 @@ def test_meta_gradient_with_empty_exits_in_both_modes() -> None:
     assert results[0].counts.tolist() == [1, 0, 0, 2]
     for a, b in zip(results[0].grads, results[1].grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-12)
+
+
+def test_meta_gradient_with_confidence_inputs() -> None:
+    model, _, x, y, buffers = _setup(seed=2)
+    wpn = WeightPredictionNet(model.num_exits, "both", 8, 1).double()
+    logits = model(x[:8])
+    losses = per_exit_losses(logits, y[:8])
+    target = target_exit_distribution(15, 4)
+    hyper = SGDHyper(0.5, 0.9, 0.0)
+    grads = []
+    for mode in ("forward", "double-backward"):
+        batch = MetaBatch(losses, exit_confidences(logits), x[:8], y[:8], x[8:], y[8:])
+        result = meta_gradient(
+            model, wpn, hyper, buffers, batch, norm="row", epsilon=0.5, target=target, mode=mode
+        )
+        grads.append(torch.cat([g.flatten() for g in result.grads]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-12)
+    with pytest.raises(ValueError, match="needs the confidences"):
+        wpn(losses)
