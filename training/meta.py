@@ -250,8 +250,15 @@ def meta_gradient(
 
     # g = dL/dtheta with the weights as constants (forward mode) or as a function of phi.
     pseudo_loss = weighted_loss(weights if differentiable else weights.detach(), batch.losses)
+    # A parameter no exit depends on (possible with custom architecture arguments) has no
+    # gradient; it cannot change the meta loss either, so a zero gradient stands in for it.
     grads = torch.autograd.grad(
-        pseudo_loss * loss_scale, params, retain_graph=True, create_graph=differentiable
+        pseudo_loss * loss_scale,
+        params,
+        retain_graph=True,
+        create_graph=differentiable,
+        allow_unused=True,
+        materialize_grads=True,
     )
     grad_map = {name: g / loss_scale for name, g in zip(names, grads, strict=True)}
     with torch.set_grad_enabled(differentiable):

@@ -128,6 +128,23 @@ def build_model(
     return model
 
 
+def has_unused_parameters(
+    module: EarlyExitNet, preprocessing: Preprocessing, device: torch.device
+) -> bool:
+    """Whether some parameter feeds no exit (DDP must then be told to look for them)."""
+    size, channels = preprocessing.input_size, preprocessing.channels
+    x = torch.zeros(2, channels, size, size, device=device)
+    was_training = module.training
+    module.eval()  # no BN statistics are updated by this probe
+    try:
+        out = module(x)
+        params = [p for p in module.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(sum(o.sum() for o in out), params, allow_unused=True)
+    finally:
+        module.train(was_training)
+    return any(g is None for g in grads)
+
+
 @dataclass
 class Run:
     recipe: Recipe
@@ -224,7 +241,9 @@ def build_run(
         from .distributed import broadcast_module
 
         model = DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None
+            module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=has_unused_parameters(module, preprocessing, device),
         )
         if wpn is not None:
             broadcast_module(wpn, ctx)

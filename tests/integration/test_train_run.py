@@ -13,7 +13,7 @@ import torch
 from exitwise.bundle import load_bundle
 from exitwise.cli import main
 from exitwise.datasets import EvalImages, open_dataset
-from exitwise.preprocess import FASHION_MNIST, normalize
+from exitwise.preprocess import FASHION_MNIST, IMAGENET, normalize
 from training.checkpoint import (
     CheckpointError,
     Progress,
@@ -23,11 +23,12 @@ from training.checkpoint import (
 from training.config import MetaSpec, build_recipe
 from training.data import Normalizer, build_stream, make_split
 from training.meta import per_exit_losses
+from training.setup import build_model, has_unused_parameters
 from training.step import TrainStep
 from training.trainer import train
 from training.wpn import WeightPredictionNet
 
-from ..train_helpers import fake_fmnist, tiny_model, tiny_recipe
+from ..train_helpers import fake_fmnist, tiny_model, tiny_recipe, write_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +193,29 @@ def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
     torch.save({"x": np.arange(3)}, tmp_path / "pickled.pt")  # needs unpickling: refused
     with pytest.raises(CheckpointError, match="unreadable checkpoint"):
         load_checkpoint(tmp_path / "pickled.pt")
+
+
+def test_image_folder_run_with_unused_parameters(tmp_path: Path) -> None:
+    # An ImageNet-style tree and a tiny ImageNet-stem MSDNet whose finest scale in the last
+    # stage feeds no exit (5 layers over 4 scales): unused parameters must not break the run.
+    data = write_image_folder(tmp_path / "data", per_class=6)
+    kwargs = {"channels": 4, "growth_rate": 2, "num_classes": 2, "step": 1, "base": 1}
+    recipe = build_recipe(
+        {
+            "model": {"preset": "msdnet-imagenet-step4", "kwargs": kwargs},
+            "data": {"dataset": "imagenet", "root": str(data), "heldout_size": 4, "workers": 2},
+            "epochs": 1,
+            "batch_size": 4,
+            "device": "cpu",
+            "meta": {"hidden_size": 8},
+            "log": {"tensorboard": False, "progress": "none"},
+        }
+    )
+    module = build_model(recipe, IMAGENET, ["a", "b"])
+    assert has_unused_parameters(module, IMAGENET, torch.device("cpu"))
+    assert not has_unused_parameters(tiny_model(), FASHION_MNIST, torch.device("cpu"))
+    result = train(recipe, tmp_path / "run")
+    assert len(result.heldout_accuracy) == 5 and result.test_accuracy is not None
+    bundle = load_bundle(tmp_path / "run")
+    assert bundle.manifest.dataset == "imagenet" and bundle.manifest.class_names == ["n00", "n01"]
+    assert bundle.manifest.preprocessing == IMAGENET
