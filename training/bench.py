@@ -130,6 +130,8 @@ def run_bench(
     double_backward: bool = False,
 ) -> BenchResult:
     device = resolve_device(recipe.device, DistContext())
+    if device.type == "cpu" and recipe.cpu_threads is not None:
+        torch.set_num_threads(recipe.cpu_threads)
     preprocessing = default_preprocessing(recipe.data.dataset)
     b, c, s = recipe.batch_size, preprocessing.channels, preprocessing.input_size
     gen = torch.Generator().manual_seed(recipe.seed)

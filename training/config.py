@@ -114,6 +114,9 @@ class Recipe(_Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype of the forward passes
     channels_last: bool = False
     deterministic: bool = False  # deterministic CUDA kernels (CPU kernels already are)
+    # Intra-op threads on a CPU (None: PyTorch's default, one per core). 1 is the robust choice
+    # on a machine shared with other busy processes (see docs/training.md).
+    cpu_threads: int | None = Field(default=None, ge=1)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     log: LogSpec = Field(default_factory=LogSpec)

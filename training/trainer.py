@@ -81,11 +81,14 @@ def _train(
     echo: Callable[[str], None] | None,
 ) -> TrainResult:
     ctx, device = ctx_device
-    if recipe.device == "cuda" or device.type == "cuda":
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = not recipe.deterministic
+    elif recipe.cpu_threads is not None:
+        torch.set_num_threads(recipe.cpu_threads)
     if recipe.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     run = build_run(recipe, out, ctx=ctx, device=device, resume=resume, overwrite=overwrite)
+    barrier(ctx)  # every process has checked the output directory before rank 0 writes to it
     say = echo if (echo is not None and ctx.is_main) else (lambda _text: None)
     prog = run.progress
     if prog.epoch >= recipe.epochs and (out / "manifest.json").exists():
@@ -152,6 +155,7 @@ def _epochs(run: Run, log: RunLog, reporter: Reporter) -> None:
             summary = None
             if prog.step % recipe.log.every_steps == 0 or last:
                 summary = _log_step(log, stats, prog, epoch, lr, meta_lr, clock.rate())
+                summary += f", {clock.epoch_rate():.0f} img/s"  # steadier than one iteration's
             reporter.update(prog.batch, summary)
             if every and prog.step % every == 0 and not last:
                 clock.pause(functools.partial(_save, run, clock))
@@ -178,7 +182,8 @@ class _Clock:
         self.t0 = time.perf_counter()
         self.excluded = 0.0
         self.window_t = self.t0
-        self.images = 0
+        self.images = 0  # since the last rate() call
+        self.epoch_images = 0
 
     def sync(self) -> None:
         self.prog.train_seconds = self.base + time.perf_counter() - self.t0 - self.excluded
@@ -192,8 +197,13 @@ class _Clock:
         """Images per second since the previous call (data loading included)."""
         now = time.perf_counter()
         rate = self.images / max(now - self.window_t, 1e-9)
-        self.window_t, self.images = now, 0
+        self.window_t, self.epoch_images, self.images = now, self.epoch_images + self.images, 0
         return rate
+
+    def epoch_rate(self) -> float:
+        """Images per second over this epoch so far (checkpoint writes excluded)."""
+        elapsed = time.perf_counter() - self.t0 - self.excluded
+        return (self.epoch_images + self.images) / max(elapsed, 1e-9)
 
 
 def _save(run: Run, clock: _Clock | None) -> None:
@@ -262,7 +272,7 @@ def _log_step(
     log.record(rec)
     log.scalars(prog.step, scalars)
     exits = " ".join(f"{v:.3f}" for v in losses)
-    return f"loss {objective:.4f} [{exits}] lr {lr:.4g} {rate:.0f} img/s"
+    return f"loss {objective:.4f} [{exits}] lr {lr:.4g}"
 
 
 def _heldout(run: Run) -> list[float]:
