@@ -254,4 +254,5 @@ def write_markdown(path: Path, section: str, key: str) -> None:
 
 
 def section_key(result: BenchResult) -> str:
-    return f"{result.device}:{result.preset}:b{result.batch_size}:{result.precision}"
+    key = f"{result.device}:{result.preset}:b{result.batch_size}:{result.precision}"
+    return key + (f":t{result.threads}" if result.device == "cpu" else "")

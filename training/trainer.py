@@ -100,6 +100,8 @@ def _train(
         out.mkdir(parents=True, exist_ok=True)
         if overwrite:
             clear_previous_run(out)
+        for stale in (out / "checkpoints").glob(".*.tmp"):  # a write cut short by a kill
+            stale.unlink()
         atomic_write_text(out / RECIPE_FILE, recipe.to_yaml())
     if run.checkpoint is not None:
         say(f"resuming {out} at epoch {prog.epoch + 1}, batch {prog.batch} (iteration {prog.step})")

@@ -23,7 +23,7 @@ def test_bench_train_table_and_markdown(tmp_path: Path, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert "| uniform | - |" in out and "| l2w | 100 |" in out and "<= 1.05x" in out
     text = md.read_text()
-    assert text.startswith("# Training step benchmark") and "cpu:msdnet-fmnist:b8:fp32" in text
+    assert text.startswith("# Training step benchmark") and "cpu:msdnet-fmnist:b8:fp32:t" in text
     assert main([*args, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     rows = {(r["weighting"], r["interval"]): r for r in result["rows"]}
