@@ -20,7 +20,9 @@ def bench_train(
     config: Path = typer.Option(
         Path("configs/fmnist.yaml"), "--config", "-c", help="Recipe: preset, batch, precision."
     ),
-    overrides: list[str] = typer.Option([], "--set", help="Override a recipe key (repeatable)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", metavar="KEY=VALUE", help="Override a recipe key (repeatable)."
+    ),
     steps: int = typer.Option(10, "--steps", min=1, help="Iterations per timed round."),
     warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed iterations per mode first."),
     rounds: int = typer.Option(3, "--rounds", min=1, help="Interleaved rounds (median taken)."),

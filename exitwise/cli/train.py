@@ -29,6 +29,7 @@ def train(
     overrides: list[str] = typer.Option(
         [],
         "--set",
+        metavar="KEY=VALUE",
         help="Override a recipe key, e.g. --set epochs=1 --set optim.lr=0.05 (repeatable; "
         "values are read as YAML).",
     ),
