@@ -6,10 +6,13 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -106,3 +109,16 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for the training tests (import this fixture into a test module).
+
+    Their networks are tiny, so a second thread buys little, and on a 2-core machine shared with
+    other test processes two spin-waiting OpenMP threads can run ten times slower.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

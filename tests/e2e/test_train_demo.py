@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..train_helpers import REPO, fake_fmnist, run_cli
+from ..train_helpers import (
+    REPO,
+    fake_fmnist,
+    one_thread,  # noqa: F401  (autouse: one thread)
+    run_cli,
+)
 
 
 def test_demo_recipe_trains_and_inspect_reads_the_bundle(tmp_path: Path) -> None:

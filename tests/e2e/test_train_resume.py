@@ -15,7 +15,13 @@ import torch
 from exitwise.bundle import load_bundle
 from training.checkpoint import load_checkpoint
 
-from ..train_helpers import REPO, fake_fmnist, tiny_recipe, write_recipe
+from ..train_helpers import (
+    REPO,
+    fake_fmnist,
+    one_thread,  # noqa: F401  (autouse: one thread)
+    tiny_recipe,
+    write_recipe,
+)
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 

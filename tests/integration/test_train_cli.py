@@ -7,11 +7,17 @@ import hashlib
 from pathlib import Path
 
 import pytest
+import torch
 
 from exitwise.cli import main
 
 from ..helpers import write_idx
-from ..train_helpers import fake_fmnist, tiny_recipe, write_recipe
+from ..train_helpers import (
+    fake_fmnist,
+    one_thread,  # noqa: F401  (autouse: one thread)
+    tiny_recipe,
+    write_recipe,
+)
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -25,6 +31,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A recipe file and the directory of a finished tiny run."""
+    torch.set_num_threads(1)  # module scope: runs before the per-test one_thread fixture
     base = tmp_path_factory.mktemp("cli")
     data = fake_fmnist(base / "data", n_train=164, n_test=20)
     config = write_recipe(base / "tiny.yaml", tiny_recipe(data, eval__test=False))

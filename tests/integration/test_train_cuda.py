@@ -16,7 +16,12 @@ from training.meta import MetaBatch, SGDHyper, exit_confidences, meta_gradient, 
 from training.trainer import train
 from training.wpn import WeightPredictionNet, target_exit_distribution
 
-from ..train_helpers import fake_fmnist, tiny_model, tiny_recipe
+from ..train_helpers import (
+    fake_fmnist,
+    one_thread,  # noqa: F401  (autouse: one thread)
+    tiny_model,
+    tiny_recipe,
+)
 
 pytestmark = pytest.mark.cuda
 

@@ -10,7 +10,13 @@ from pathlib import Path
 
 from exitwise.bundle import load_bundle
 
-from ..train_helpers import REPO, fake_fmnist, tiny_recipe, write_recipe
+from ..train_helpers import (
+    REPO,
+    fake_fmnist,
+    one_thread,  # noqa: F401  (autouse: one thread)
+    tiny_recipe,
+    write_recipe,
+)
 
 
 def test_two_process_ddp_writes_one_bundle(tmp_path: Path) -> None:

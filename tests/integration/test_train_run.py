@@ -28,7 +28,13 @@ from training.step import TrainStep
 from training.trainer import train
 from training.wpn import WeightPredictionNet
 
-from ..train_helpers import fake_fmnist, tiny_model, tiny_recipe, write_image_folder
+from ..train_helpers import (
+    fake_fmnist,
+    one_thread,  # noqa: F401  (autouse: one thread)
+    tiny_model,
+    tiny_recipe,
+    write_image_folder,
+)
 
 
 @pytest.fixture(scope="module")

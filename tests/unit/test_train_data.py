@@ -22,7 +22,12 @@ from training.data import (
     stack_images,
 )
 
-from ..train_helpers import fake_fmnist, write_cifar10, write_image_folder
+from ..train_helpers import (
+    fake_fmnist,
+    one_thread,  # noqa: F401  (autouse: one thread)
+    write_cifar10,
+    write_image_folder,
+)
 
 
 def _gen(seed: int = 0) -> torch.Generator:
