@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..train_helpers import (
+from ..training_helpers import (
     REPO,
     fake_fmnist,
     one_thread,  # noqa: F401  (autouse: one thread)

@@ -15,7 +15,7 @@ import torch
 from exitwise.bundle import load_bundle
 from training.checkpoint import load_checkpoint
 
-from ..train_helpers import (
+from ..training_helpers import (
     REPO,
     fake_fmnist,
     one_thread,  # noqa: F401  (autouse: one thread)

@@ -10,7 +10,7 @@ import pytest
 from exitwise.cli import main
 from training.bench import write_markdown
 
-from ..train_helpers import one_thread  # noqa: F401  (autouse: one thread)
+from ..training_helpers import one_thread  # noqa: F401  (autouse: one thread)
 
 TINY = ["--set", "model.kwargs.channels=4", "--set", "model.kwargs.growth_rate=2",
         "--set", "model.kwargs.head_channels=8", "--set", "meta.hidden_size=16"]  # fmt: skip

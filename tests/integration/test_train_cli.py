@@ -12,7 +12,7 @@ import torch
 from exitwise.cli import main
 
 from ..helpers import write_idx
-from ..train_helpers import (
+from ..training_helpers import (
     fake_fmnist,
     one_thread,  # noqa: F401  (autouse: one thread)
     tiny_recipe,

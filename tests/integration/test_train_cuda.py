@@ -16,7 +16,7 @@ from training.meta import MetaBatch, SGDHyper, exit_confidences, meta_gradient, 
 from training.trainer import train
 from training.wpn import WeightPredictionNet, target_exit_distribution
 
-from ..train_helpers import (
+from ..training_helpers import (
     fake_fmnist,
     one_thread,  # noqa: F401  (autouse: one thread)
     tiny_model,

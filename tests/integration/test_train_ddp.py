@@ -10,7 +10,7 @@ from pathlib import Path
 
 from exitwise.bundle import load_bundle
 
-from ..train_helpers import (
+from ..training_helpers import (
     REPO,
     fake_fmnist,
     one_thread,  # noqa: F401  (autouse: one thread)

@@ -28,7 +28,7 @@ from training.step import TrainStep
 from training.trainer import train
 from training.wpn import WeightPredictionNet
 
-from ..train_helpers import (
+from ..training_helpers import (
     fake_fmnist,
     one_thread,  # noqa: F401  (autouse: one thread)
     tiny_model,

@@ -16,7 +16,7 @@ from training.config import (
     parse_override,
 )
 
-from ..train_helpers import one_thread  # noqa: F401  (autouse: one thread)
+from ..training_helpers import one_thread  # noqa: F401  (autouse: one thread)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MINIMAL = {

@@ -22,7 +22,7 @@ from training.data import (
     stack_images,
 )
 
-from ..train_helpers import (
+from ..training_helpers import (
     fake_fmnist,
     one_thread,  # noqa: F401  (autouse: one thread)
     write_cifar10,

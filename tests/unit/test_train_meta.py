@@ -20,7 +20,7 @@ from training.meta import (
 )
 from training.wpn import WeightPredictionNet, target_exit_distribution
 
-from ..train_helpers import (
+from ..training_helpers import (
     one_thread,  # noqa: F401  (autouse: one thread)
     tiny_model,
 )

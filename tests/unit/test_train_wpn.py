@@ -11,7 +11,7 @@ from training.config import OptimSpec
 from training.schedule import Schedule, cosine
 from training.wpn import WeightPredictionNet, normalize_weights, target_exit_distribution
 
-from ..train_helpers import one_thread  # noqa: F401  (autouse: one thread)
+from ..training_helpers import one_thread  # noqa: F401  (autouse: one thread)
 
 
 def test_col_makes_each_samples_weights_average_to_one() -> None:
