@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench_backends, bench_calibration, bench_engine, bench_http
+from . import bench_backends, bench_calibration, bench_engine, bench_http, bench_train
 
 app = typer.Typer(
     help="Benchmarks: training step, engine, HTTP, backends, calibration.", no_args_is_help=True
@@ -14,3 +14,4 @@ bench_backends.register(app)
 bench_calibration.register(app)
 bench_engine.register(app)
 bench_http.register(app)
+bench_train.register(app)

@@ -1,0 +1,285 @@
+"""The training recipe: typed configuration read from YAML, with ``--set key.sub=value`` overrides.
+
+Every field has a type and, where it makes sense, a default; unknown keys and type errors are
+refused with one line that names the key and where it came from (the file or the ``--set``).
+The resolved recipe (file + overrides + defaults) is what the trainer runs, what is saved as
+``recipe.yaml`` beside the outputs, and what goes into the bundle's training summary.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from exitwise.datasets import DEFAULT_HELDOUT
+from exitwise.errors import ExitwiseError
+
+
+class RecipeError(ExitwiseError):
+    """A recipe that cannot be read or does not validate."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Section):
+    preset: str = Field(min_length=1)  # a preset (or architecture) name known to create_model
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # overrides of the preset's arguments
+
+
+class DataSpec(_Section):
+    dataset: Literal["fashion-mnist", "cifar10", "cifar100", "imagenet"]
+    root: str | None = None  # None: the data set's default location (Fashion-MNIST only)
+    heldout_size: int | None = Field(default=None, ge=1)  # None: 5,000 (32x32) / 50,000 (ImageNet)
+    split_seed: int = 0  # seeds the held-out split and the subset (kept apart from `seed`)
+    train_subset: int | None = Field(default=None, ge=1)  # train on this many images only
+    augment: bool = True
+    workers: int = Field(default=8, ge=0)  # loader processes for image folders (ImageNet)
+
+    @property
+    def resolved_heldout_size(self) -> int:
+        return self.heldout_size or DEFAULT_HELDOUT[self.dataset]
+
+
+class OptimSpec(_Section):
+    lr: float = Field(default=0.1, gt=0)  # for the global batch
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
+    milestones: list[int] = Field(default_factory=list)  # epochs (multistep)
+    gamma: float = Field(default=0.1, gt=0)  # multistep factor
+    warmup_epochs: float = Field(default=0.0, ge=0)  # linear warm-up, then the schedule
+    warmup_start: float = Field(default=0.1, gt=0, le=1)  # warm-up starts at lr * this
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)  # on the training losses
+
+    @model_validator(mode="after")
+    def _milestones(self) -> OptimSpec:
+        if self.milestones != sorted(self.milestones) or any(m <= 0 for m in self.milestones):
+            raise ValueError("milestones must be positive epochs in increasing order")
+        if self.schedule == "multistep" and not self.milestones:
+            raise ValueError("the multistep schedule needs milestones (epochs)")
+        return self
+
+
+class MetaSpec(_Section):
+    """The weight-prediction network and its meta step (used when weighting is ``l2w``)."""
+
+    input: Literal["loss", "conf", "both"] = "loss"
+    hidden_size: int = Field(default=500, ge=1)
+    num_layers: int = Field(default=1, ge=1)
+    norm: Literal["mat", "col", "row"] = "col"
+    epsilon: float = Field(default=0.8, ge=0)
+    target_p_index: int = Field(default=15, ge=1)  # q = target_p_index / 20
+    lr: float = Field(default=1e-4, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    interval: int = Field(default=1, ge=1)  # update the WPN every this many loader batches
+    # How d(meta loss)/d(WPN) is computed; both give the same gradient (see training/meta.py).
+    gradient: Literal["forward", "double-backward"] = "forward"
+
+
+class EvalSpec(_Section):
+    batch_size: int = Field(default=500, ge=1)
+    test: bool = True  # also report per-exit accuracy on the test split
+    every_epochs: int = Field(default=0, ge=0)  # held-out accuracy every N epochs (0: at the end)
+
+
+class CheckpointSpec(_Section):
+    every_steps: int = Field(default=0, ge=0)  # also every N loader batches (0: epoch ends only)
+
+
+class LogSpec(_Section):
+    every_steps: int = Field(default=1, ge=1)  # train_log.jsonl / TensorBoard record interval
+    tensorboard: bool = True
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"  # auto: a bar on a terminal
+    print_every_s: float = Field(default=10.0, gt=0)  # plain progress lines at most this often
+
+
+class Recipe(_Section):
+    name: str | None = None  # bundle name (default: the output directory's name)
+    model: ModelSpec
+    data: DataSpec
+    weighting: Literal["l2w", "uniform"] = "l2w"
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=2)  # global loader batch, split into halves on every process
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    meta: MetaSpec = Field(default_factory=MetaSpec)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype of the forward passes
+    channels_last: bool = False
+    deterministic: bool = False  # deterministic CUDA kernels (CPU kernels already are)
+    # Intra-op threads on a CPU (None: PyTorch's default, one per core). 1 is the robust choice
+    # on a machine shared with other busy processes (see docs/training.md).
+    cpu_threads: int | None = Field(default=None, ge=1)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    log: LogSpec = Field(default_factory=LogSpec)
+
+    @model_validator(mode="after")
+    def _even_batch(self) -> Recipe:
+        if self.batch_size % 2:
+            raise ValueError("batch_size must be even (each batch is split into two halves)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.05"`` -> (["optim", "lr"], 0.05); the value is read as YAML."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RecipeError(f"--set {item!r}: expected KEY=VALUE (e.g. --set epochs=1)")
+    path = key.split(".")
+    if any(not part for part in path):
+        raise RecipeError(f"--set {item!r}: malformed key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw  # not YAML: keep the text and let validation judge it
+    return path, value
+
+
+def _check_path(path: Sequence[str], item: str) -> None:
+    """Refuse keys the recipe does not have (free-form only under ``model.kwargs``)."""
+    cls: type[BaseModel] = Recipe
+    for depth, part in enumerate(path):
+        fields = cls.model_fields
+        if part not in fields:
+            where = ".".join(path[:depth]) or "the recipe"
+            raise RecipeError(
+                f"--set {item}: unknown recipe key {'.'.join(path)!r}; "
+                f"keys in {where}: {', '.join(fields)}"
+            )
+        annotation = fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            cls = annotation
+            continue
+        if depth < len(path) - 1 and not (cls is ModelSpec and part == "kwargs"):
+            raise RecipeError(f"--set {item}: {'.'.join(path[: depth + 1])!r} has no sub-keys")
+        return
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    out = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        _check_path(path, item)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _describe_error(err: ValidationError, source: str, overrides: Sequence[str]) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    for item in reversed(overrides):
+        key = item.partition("=")[0].strip()
+        if loc == key or loc.startswith(key + "."):
+            source = f"--set {item}"
+            break
+    if e["type"] == "extra_forbidden":
+        return f"{source}: unknown recipe key {loc!r}"
+    if e["type"] == "missing":
+        return f"{source}: required recipe key {loc!r} is missing"
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"{file}: recipe file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{file}: cannot read the recipe: {err}") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise RecipeError(f"{file}: not valid YAML{where}") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{file}: a recipe is a YAML mapping of keys to values")
+    return data
+
+
+def build_recipe(
+    data: dict[str, Any], overrides: Sequence[str] = (), source: str = "recipe"
+) -> Recipe:
+    merged = apply_overrides(data, overrides)
+    try:
+        return Recipe.model_validate(merged)
+    except ValidationError as err:
+        raise RecipeError(_describe_error(err, source, overrides)) from err
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read a YAML recipe, apply ``--set`` overrides, validate."""
+    return build_recipe(read_yaml(path), overrides, source=str(path))
+
+
+# Fields a resumed run must share with its checkpoint (anything else may change on --resume).
+RESUME_FIXED = (
+    "model",
+    "data.dataset",
+    "data.heldout_size",
+    "data.split_seed",
+    "data.train_subset",
+    "weighting",
+    "batch_size",
+    "seed",
+)
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None  # type: ignore[assignment]
+    return d
+
+
+def diff_recipes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two recipe dicts."""
+    keys: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict) and not name.endswith("kwargs"):
+            keys += diff_recipes(a, b, name + ".")
+        elif a != b:
+            keys.append(name)
+    return keys
+
+
+def check_resume_compatible(old: dict[str, Any], new: Recipe, where: str) -> list[str]:
+    """Refuse a resume whose recipe changes what the checkpoint depends on; return other changes."""
+    new_d = new.to_dict()
+    for key in RESUME_FIXED:
+        if _get(old, key) != _get(new_d, key):
+            raise RecipeError(
+                f"{where} was trained with {key}={_get(old, key)!r}; the recipe now says "
+                f"{_get(new_d, key)!r} (start a new run, or --overwrite)"
+            )
+    return diff_recipes(old, new_d)
