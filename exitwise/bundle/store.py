@@ -203,7 +203,9 @@ def save_bundle(
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    weights = st_save(tensors, metadata={"format": "pt", "arch": model.arch})
+    # One metadata key only: safetensors writes the metadata map in hash order, which varies
+    # between processes, and the same weights must always give the same sha256.
+    weights = st_save(tensors, metadata={"format": "pt"})
     costs = exit_costs(model, preprocessing.input_size, preprocessing.channels)
     heldout_info = None
     if heldout is not None:

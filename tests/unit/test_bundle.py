@@ -254,3 +254,28 @@ def test_atomic_write_gives_the_usual_file_mode(tmp_path: Path) -> None:
     finally:
         os.umask(umask)
     assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
+
+
+def test_same_weights_same_sha256_in_every_process(tmp_path: Path) -> None:
+    """The weights file is byte-identical for identical weights, whatever the process's hash seed."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch; from exitwise.bundle import save_bundle; "
+        "from exitwise.models import create_model; from exitwise.preprocess import FASHION_MNIST; "
+        "torch.manual_seed(0); m = create_model('msdnet-fmnist', channels=4, growth_rate=2, "
+        "head_channels=8); print(save_bundle(sys.argv[1], m, name='x', "
+        "class_names=[str(i) for i in range(10)], preprocessing=FASHION_MNIST).weights_sha256)"
+    )
+    shas = set()
+    for seed in ("1", "2", "3"):
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / seed)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"},
+        )
+        shas.add(out.stdout.strip())
+    assert len(shas) == 1
