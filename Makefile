@@ -6,13 +6,15 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all venv data test lint typecheck pytest demo clean help
+.PHONY: all venv data test lint typecheck pytest demo demo-stop results clean help
 
 all: help
 
 help:
 	@echo "make demo   train (if needed), calibrate, export and serve the Fashion-MNIST demo model"
 	@echo "make test   lint, type-check and run the test suite"
+	@echo "make demo-stop     stop the demo server"
+	@echo "make results       L2W vs uniform on Fashion-MNIST (about two hours on a 2-core CPU)"
 
 $(STAMP): pyproject.toml scripts/install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,7 +40,14 @@ test: lint typecheck pytest
 
 demo: venv
 	ALLOW_DOWNLOAD=1 PYTHON=$(PY) scripts/get-fashion-mnist.sh
-	$(PY) -m exitwise inspect msdnet-fmnist
+	$(PY) scripts/demo.py
+
+demo-stop: venv
+	$(PY) scripts/demo.py stop
+
+results: venv data
+	$(PY) scripts/results.py run
+	$(PY) scripts/results.py report
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
