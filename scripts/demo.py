@@ -234,6 +234,7 @@ def main() -> None:
 
     sample = samples[0][0].relative_to(REPO)
     second = samples[1][0].relative_to(REPO)
+    cli = os.path.relpath(Path(sys.executable).parent / "exitwise", REPO)
     say(f"the server keeps running at {url} (log: {args.bundle}/demo-server.log). Try:")
     print(f"""
   curl -s --data-binary @{sample} -H 'content-type: image/png' \\
@@ -241,7 +242,7 @@ def main() -> None:
   curl -s -F image=@{sample} -F image=@{second} -F max_exit=1 {url}/v1/classify
   curl -s {url}/v1/model
   curl -s {url}/metrics | grep -E '^exitwise_(exits_total|stage_batch_size_count)'
-  exitwise bench http --url {url} --concurrency 8 --requests 400 --dataset fashion-mnist
+  {cli} bench http --url {url} --concurrency 8 --requests 400 --dataset fashion-mnist
   make demo-stop                          # stop the server
 """)
 
