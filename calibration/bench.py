@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from exitwise.machine import describe_cpu
+
 from .build import build_calibration
 from .solver import BudgetSolver
 from .synthetic import synthetic_scores
@@ -49,18 +51,7 @@ def _median_time(fn: Callable[[], object], repeat: int) -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import os
-
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+    return describe_cpu()
 
 
 def run_bench(

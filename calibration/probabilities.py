@@ -17,23 +17,8 @@ from exitwise.models import EarlyExitNet
 from exitwise.policy import confidence_and_prediction
 from exitwise.preprocess import normalize
 
-from .errors import CalibrationError, DataMismatchError
+from .errors import DataMismatchError
 from .scores import SplitScores
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CalibrationError(f"unknown device {name!r}; use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CalibrationError("--device cuda asked for, but no CUDA GPU is available")
-    if device.type not in ("cpu", "cuda"):
-        raise CalibrationError(f"unsupported device {name!r}; use auto, cpu or cuda")
-    return device
 
 
 def compute_scores(

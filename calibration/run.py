@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from exitwise.bundle import Bundle, Calibration, load_bundle, write_calibration
+from exitwise.devices import resolve_device
 from exitwise.errors import BundleError
 from exitwise.fileio import atomic_write_bytes
 from exitwise.models import EarlyExitNet
@@ -23,7 +24,7 @@ from .curves import Curve, curve
 from .data import SplitData, dataset_name, open_splits
 from .errors import CalibrationError, DataMismatchError
 from .plot import render_curve
-from .probabilities import compute_scores, resolve_device
+from .probabilities import compute_scores
 from .report import ReportContext, render_report
 from .scores import SplitScores
 from .targets import Target, plan_targets

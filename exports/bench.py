@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from exitwise.bundle import Bundle
+from exitwise.machine import describe_cpu
 from exitwise.models import EarlyExitNet, State, select_rows
 from exitwise.policy import confidence_and_prediction, stops_here
 from exitwise.preprocess import normalize
@@ -147,17 +148,8 @@ def operating_points(bundle: Bundle) -> list[tuple[str, list[float]]]:
 
 
 def machine_info(device: torch.device) -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     info = {
-        "cpu": f"{cpu} ({os.cpu_count()} logical CPUs)",
+        "cpu": describe_cpu(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": ort_version(),

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from exitwise.bundle import Bundle
+from exitwise.devices import resolve_device
 from exitwise.fileio import sha256_bytes
 from exitwise.models import State
 
@@ -165,36 +166,6 @@ class OnnxStageRunner:
         return outputs
 
 
-def _resolve_device(device: str, require_gpu: bool) -> torch.device:
-    """The device asked for: ``auto`` is CUDA when a GPU is present, else the CPU; ``cuda[:N]``
-    needs a GPU."""
-    if device == "auto":
-        wanted = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    else:
-        try:
-            wanted = torch.device(device)
-        except RuntimeError as err:
-            raise ProviderError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from err
-        if wanted.type not in ("cpu", "cuda"):
-            raise ProviderError(f"the onnx backend runs on cpu or cuda, not {device!r}")
-        if wanted.type == "cuda" and wanted.index is None:
-            wanted = torch.device("cuda", 0)
-    if require_gpu and wanted.type != "cuda":
-        raise ProviderError(
-            "--require-gpu: no CUDA GPU is available (torch.cuda.is_available() is False)"
-            if device == "auto"
-            else f"--require-gpu contradicts device {device!r}"
-        )
-    if wanted.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ProviderError(f"device {device!r} asked for, but no CUDA GPU is available")
-        if wanted.index is not None and wanted.index >= torch.cuda.device_count():
-            raise ProviderError(
-                f"device {device!r} asked for, but only {torch.cuda.device_count()} GPU(s) exist"
-            )
-    return wanted
-
-
 def read_stage_graph(bundle: Bundle, graph: StageGraph) -> bytes:
     """A stage file's bytes, checked against the manifest's sha256."""
     path = onnx_dir(bundle) / graph.file
@@ -285,7 +256,7 @@ def load_onnx_runner(
             "both onnxruntime and onnxruntime-gpu are installed and overwrite each other; "
             "uninstall both and install one (pip install 'exitwise[onnx]' picks the right one)"
         )
-    wanted = _resolve_device(device, require_gpu)
+    wanted = resolve_device(device, require_gpu=require_gpu)
     if wanted.type == "cuda" and not cuda_provider_installed():
         message = (
             f"onnxruntime {ort.__version__} has no CUDA provider (the CPU-only `onnxruntime` "

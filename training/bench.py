@@ -16,8 +16,6 @@ iteration in ``I`` runs the meta step.
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +26,7 @@ import torch
 
 from exitwise.datasets import default_preprocessing
 from exitwise.fileio import atomic_write_text
+from exitwise.machine import describe_cpu
 
 from .config import Recipe
 from .data import Normalizer
@@ -71,15 +70,7 @@ class BenchResult:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    name = platform.processor() or "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} logical cores"
+    return describe_cpu()
 
 
 def _make_step(recipe: Recipe, weighting: str, device: torch.device, mode: str) -> TrainStep:

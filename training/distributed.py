@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from exitwise.devices import resolve_device as resolve_any_device
 from exitwise.errors import ExitwiseError
 
 
@@ -57,10 +58,8 @@ def resolve_device(preference: str, ctx: DistContext) -> torch.device:
     """``auto``: this process's GPU when CUDA is available, else the CPU."""
     if preference not in ("auto", "cpu", "cuda"):
         raise ExitwiseError(f"device must be auto, cpu or cuda, not {preference!r}")
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+    if resolve_any_device(preference).type == "cpu":
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ExitwiseError("device cuda was asked for, but no CUDA GPU is available")
     if ctx.local_rank >= torch.cuda.device_count():
         raise ExitwiseError(
             f"LOCAL_RANK {ctx.local_rank} but only {torch.cuda.device_count()} GPUs on this node"

@@ -62,7 +62,7 @@ def serve(
         return
     # Several workers: check the bundle once here (cheap), each worker then loads it.
     from exitwise.bundle import load_bundle
-    from serving.backends import resolve_device
+    from exitwise.devices import resolve_device
     from serving.budgets import BudgetResolver
 
     checked = load_bundle(settings.bundle)
@@ -74,7 +74,7 @@ def serve(
         settings.default_budget_mflops,
         settings.default_max_exit,
     )
-    resolve_device(settings.device, settings.require_gpu)
+    resolve_device(settings.device, require_gpu=settings.require_gpu)
     code = serve_many(settings)
     if code:
         raise ExitwiseError("a server worker failed; see the log above")

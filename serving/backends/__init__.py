@@ -12,6 +12,7 @@ import logging
 import torch
 
 from exitwise.bundle import Bundle
+from exitwise.devices import resolve_device
 from exitwise.errors import ExitwiseError
 from exitwise.runtime import StageRunner
 
@@ -21,20 +22,8 @@ from ..settings import Settings
 log = logging.getLogger("exitwise.serving")
 
 
-def resolve_device(requested: str, require_gpu: bool) -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is refused."""
-    has_cuda = torch.cuda.is_available()
-    if requested == "cuda" and not has_cuda:
-        raise ServerConfigError("device cuda was requested but no CUDA GPU is available")
-    if require_gpu and not has_cuda:
-        raise ServerConfigError("a GPU is required (require_gpu) but no CUDA GPU is available")
-    if requested == "cpu":
-        return torch.device("cpu")
-    return torch.device("cuda" if has_cuda else "cpu")
-
-
 def load_runner(bundle: Bundle, settings: Settings) -> StageRunner:
-    device = resolve_device(settings.device, settings.require_gpu)
+    device = resolve_device(settings.device, require_gpu=settings.require_gpu)
     if settings.backend == "torch":
         from .torch_backend import load_torch_runner
 

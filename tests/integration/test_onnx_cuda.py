@@ -55,7 +55,7 @@ def cuda_unusable(monkeypatch: pytest.MonkeyPatch) -> None:
         )
     else:
         monkeypatch.setattr(
-            runtime_module, "_resolve_device", lambda device, require: torch.device("cuda", 0)
+            runtime_module, "resolve_device", lambda device, require_gpu: torch.device("cuda", 0)
         )
         monkeypatch.setattr(runtime_module, "cuda_provider_installed", lambda: True)
 

@@ -15,6 +15,7 @@ import torch
 
 from exitwise.bundle import load_bundle, save_bundle
 from exitwise.datasets import EvalImages, open_dataset
+from exitwise.devices import DeviceError
 from exitwise.fileio import sha256_bytes
 from exitwise.models import select_rows
 from exitwise.preprocess import normalize
@@ -25,7 +26,6 @@ from exports import (
     MissingExportError,
     OnnxBundleError,
     OnnxUnavailableError,
-    ProviderError,
     load_onnx_runner,
 )
 from tests.export_helpers import assert_same_early_exit, early_exit, tiny_exported, torch_runner
@@ -211,19 +211,19 @@ def test_refuses_bad_manifest(copy: Path, content: bytes, message: str) -> None:
 @pytest.mark.skipif(not NO_GPU, reason="checks the refusals on a machine without a GPU")
 def test_gpu_refusals_without_gpu(exported: tuple[Path, Path]) -> None:
     bundle = load_bundle(exported[0])
-    with pytest.raises(ProviderError, match="--require-gpu: no CUDA GPU is available"):
+    with pytest.raises(DeviceError, match=r"required \(--require-gpu\) but no CUDA GPU"):
         load_onnx_runner(bundle, "auto", require_gpu=True)
-    with pytest.raises(ProviderError, match="no CUDA GPU is available"):
+    with pytest.raises(DeviceError, match="no CUDA GPU is available"):
         load_onnx_runner(bundle, "cuda")
-    with pytest.raises(ProviderError, match="contradicts device 'cpu'"):
+    with pytest.raises(DeviceError, match="GPU is required"):
         load_onnx_runner(bundle, "cpu", require_gpu=True)
 
 
 def test_refuses_unknown_device(exported: tuple[Path, Path]) -> None:
     bundle = load_bundle(exported[0])
-    with pytest.raises(ProviderError, match="unknown device"):
+    with pytest.raises(DeviceError, match="unknown device"):
         load_onnx_runner(bundle, "gpu0")
-    with pytest.raises(ProviderError, match="cpu or cuda"):
+    with pytest.raises(DeviceError, match="unsupported device 'meta'"):
         load_onnx_runner(bundle, "meta")
 
 

@@ -257,7 +257,7 @@ def test_atomic_write_gives_the_usual_file_mode(tmp_path: Path) -> None:
 
 
 def test_same_weights_same_sha256_in_every_process(tmp_path: Path) -> None:
-    """The weights file is byte-identical for identical weights, whatever the process's hash seed."""
+    """Identical weights give a byte-identical weights file, whatever the hash seed."""
     import subprocess
     import sys
 

@@ -13,11 +13,11 @@ from calibration.curves import Curve, curve
 from calibration.errors import CalibrationError
 from calibration.evaluate import SWEEP_QS, anytime, evaluate_thresholds
 from calibration.plot import render_curve
-from calibration.probabilities import resolve_device
 from calibration.report import ReportContext, render_report
 from calibration.synthetic import synthetic_scores
 from calibration.targets import plan_targets
 from exitwise.bundle import Calibration, OperatingPoint, SplitResult
+from exitwise.devices import DeviceError, resolve_device
 from exitwise.fileio import to_json
 
 COSTS = [1.5, 3.5, 7.5, 12.0]
@@ -134,8 +134,8 @@ def test_device_resolution() -> None:
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     for bad in ("tpu", "mps", "cuda:x"):
-        with pytest.raises(CalibrationError):
+        with pytest.raises(DeviceError):
             resolve_device(bad)
     if not torch.cuda.is_available():
-        with pytest.raises(CalibrationError, match="no CUDA GPU"):
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
             resolve_device("cuda")

@@ -14,12 +14,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from exports import ProviderError
+from exitwise.devices import DeviceError
+from exitwise.devices import resolve_device as core_resolve
 from exports import publish as publish_module
 from exports.manifest import TensorSpec
 from exports.parity import _decision_parity, load_parity_images
 from exports.publish import publish, staging_directory
-from exports.runtime import _resolve_device
 from tests.export_helpers import random_bundle, thresholds_for_q
 
 # --- publishing a directory ------------------------------------------------------------------
@@ -160,13 +160,16 @@ def test_parity_images_fall_back_to_random_with_one_note(tmp_path: Path) -> None
 
 
 def test_device_resolution() -> None:
+    def _resolve_device(name: str, require_gpu: bool) -> torch.device:
+        return core_resolve(name, require_gpu=require_gpu)
+
     assert _resolve_device("cpu", False) == torch.device("cpu")
-    with pytest.raises(ProviderError, match="cpu or cuda"):
+    with pytest.raises(DeviceError, match="cpu, cuda"):
         _resolve_device("mps", False)
     if torch.cuda.is_available():
         assert _resolve_device("auto", True) == torch.device("cuda", 0)
         assert _resolve_device("cuda", False) == torch.device("cuda", 0)
     else:
         assert _resolve_device("auto", False) == torch.device("cpu")
-        with pytest.raises(ProviderError, match="no CUDA GPU"):
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
             _resolve_device("cuda:1", False)
