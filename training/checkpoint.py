@@ -12,10 +12,10 @@ augmentation are pure functions of the seed and that position), the recipe and t
 from __future__ import annotations
 
 import json
-import pickle
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any
 
 import numpy as np
@@ -186,7 +186,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: no checkpoint to resume from")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+    except (RuntimeError, OSError, EOFError, ValueError, UnpicklingError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: unreadable checkpoint ({first[:200]})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
