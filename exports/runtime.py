@@ -136,25 +136,21 @@ class OnnxStageRunner:
         device_type = "cuda" if self.device.type == "cuda" else "cpu"
         device_id = self.device.index or 0
         binding = self.sessions[index].io_binding()
-        for spec, t in zip(graph.inputs, inputs, strict=True):
-            binding.bind_input(
-                spec.name,
-                device_type,
-                device_id,
-                _NUMPY_DTYPES[spec.dtype],
-                list(t.shape),
-                t.data_ptr(),
-            )
         outputs = [self._empty(spec, n) for spec in graph.outputs]
-        for spec, t in zip(graph.outputs, outputs, strict=True):
-            binding.bind_output(
-                spec.name,
-                device_type,
-                device_id,
-                _NUMPY_DTYPES[spec.dtype],
-                list(t.shape),
-                t.data_ptr(),
-            )
+        for bind, specs, tensors in (
+            (binding.bind_input, graph.inputs, inputs),
+            (binding.bind_output, graph.outputs, outputs),
+        ):
+            for spec, t in zip(specs, tensors, strict=True):
+                # Bound by pointer: onnxruntime reads and writes the torch tensors in place.
+                bind(
+                    spec.name,
+                    device_type,
+                    device_id,
+                    _NUMPY_DTYPES[spec.dtype],
+                    list(t.shape),
+                    t.data_ptr(),
+                )
         if self.device.type == "cuda":
             # onnxruntime runs on its own CUDA stream: the torch kernels that produced the inputs
             # (e.g. select_rows) must have finished before it reads them.

@@ -225,7 +225,7 @@ def main() -> None:
     say(f"starting the server on {args.host}:{args.port}")
     url = start_server(bundle_dir, args.host, args.port, args.backend)
     say(
-        f"ready after {time.monotonic() - started:.0f} s; "
+        f"server ready, {time.monotonic() - started:.0f} s after the demo started; "
         "classifying real test images at each budget"
     )
     samples = write_samples(bundle_dir)
