@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Re-measure every benchmark table of docs/BENCHMARKS.md on this machine, on the demo bundle
 # (`make demo` first: trained with configs/demo.yaml, calibrated at 3, 5 and 8 MFLOPs, exported).
-# Each command below writes one file under docs/benchmarks/; ratios inside a table always come
-# from workloads interleaved in one invocation. Run it on an otherwise idle machine.
+# Each benchmark writes its files under docs/benchmarks/ (and ITEM.cmd, the commands it ran);
+# then scripts/benchmarks_report.py assembles docs/BENCHMARKS.md from them. Ratios inside a
+# table always come from workloads interleaved in one invocation. Run it on an idle machine.
 #
 #   scripts/benchmarks.sh            # all of them (about 25 minutes on a 2-core CPU)
 #   scripts/benchmarks.sh engine     # or a subset: engine backends http calibration train
@@ -16,7 +17,12 @@ port="${BENCH_PORT:-8090}"
 what=("$@")
 [[ ${#what[@]} -gt 0 ]] || what=(engine backends http calibration train)
 
-ew() { echo "\$ exitwise $*" >&2; "$py" -m exitwise "$@"; }
+# Runs `exitwise ARGS` and records the command line in $out/$item.cmd for the report.
+ew() {
+  echo "\$ exitwise $*" >&2
+  echo "exitwise $*" >>"$out/$item.cmd"
+  "$py" -m exitwise "$@"
+}
 
 if [[ ! -f "$bundle/calibration.json" || ! -f "$bundle/onnx/manifest.json" ]]; then
   echo "error: $bundle is not a calibrated and exported bundle; run \`make demo\` first" >&2
@@ -25,6 +31,7 @@ fi
 mkdir -p "$out"
 
 for item in "${what[@]}"; do
+  : >"$out/$item.cmd"
   case "$item" in
     engine)
       ew bench engine "$bundle" --batch-sizes 1,32 --images 2000 --batch1-images 300 --repeats 3 \
@@ -35,6 +42,8 @@ for item in "${what[@]}"; do
       ;;
     http)
       log="$(mktemp)"
+      echo "exitwise serve $bundle --port $port   # in the background, for the two below" \
+        >>"$out/$item.cmd"
       "$py" -m exitwise serve "$bundle" --port "$port" >"$log" 2>&1 &
       server=$!
       trap 'kill -INT $server 2>/dev/null || true' EXIT
@@ -65,11 +74,14 @@ PY
       ;;
     train)
       ew bench train --config configs/fmnist.yaml --steps 5 --warmup 1 --rounds 3 --device cpu \
-        --double-backward --markdown "$out/train.md"
+        --double-backward --markdown "$out/train.md" --json >"$out/train.json"
       ;;
     *)
+      rm -f "$out/$item.cmd"
       echo "error: unknown benchmark '$item' (engine backends http calibration train)" >&2
       exit 2
       ;;
   esac
 done
+
+"$py" scripts/benchmarks_report.py

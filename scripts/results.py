@@ -14,7 +14,6 @@ measured on the same 10,000 test images.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import subprocess
@@ -24,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from results_plan import REPO, WEIGHTINGS, Plan, plan_json
+
+from exitwise.fileio import atomic_write_json
 
 
 def _exitwise() -> list[str]:
@@ -65,7 +66,7 @@ def train_and_calibrate(plan: Plan, weighting: str, seed: int) -> None:
 
 def run(plan: Plan) -> None:
     plan.runs.mkdir(parents=True, exist_ok=True)
-    (plan.runs / "plan.json").write_text(json.dumps(plan_json(plan), indent=2) + "\n")
+    atomic_write_json(plan.runs / "plan.json", plan_json(plan))
     # Longest first (L2W costs several uniform runs), so the pool ends together.
     jobs = [(w, s) for w in WEIGHTINGS for s in plan.seeds]
     with ThreadPoolExecutor(plan.jobs) as pool:

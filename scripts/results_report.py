@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from results_plan import COLOURS, LABELS, WEIGHTINGS, Plan, plan_json
 
+from exitwise.fileio import atomic_path, atomic_write_text
+
 
 @dataclass
 class RunResult:
@@ -54,7 +56,8 @@ def _interp(run: RunResult, grid: np.ndarray) -> np.ndarray:
     # The sweep's cost is non-decreasing in q; keep the best accuracy per cost for interpolation.
     x, idx = np.unique(run.sweep_mflops, return_index=True)
     y = np.maximum.reduceat(run.sweep_acc, idx) if len(idx) else run.sweep_acc
-    return np.interp(grid, x, y)
+    out: np.ndarray = np.interp(grid, x, y)
+    return out
 
 
 def _ms(values: list[float] | np.ndarray) -> tuple[float, float]:
@@ -112,7 +115,8 @@ def report(plan: Plan, docs: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out_dir / "curves.png", dpi=130)
+    with atomic_path(out_dir / "curves.png") as tmp:
+        fig.savefig(tmp, dpi=130, format="png")
     plt.close(fig)
 
     lines: list[str] = []
@@ -189,14 +193,14 @@ def report(plan: Plan, docs: Path) -> None:
     add("|---|---|---|---|---|---|")
     budget_rows = {}
     for b in plan.budgets:
-        l2w = [r.budgets[b] for r in results["l2w"]]
-        uni = [r.budgets[b] for r in results["uniform"]]
-        diff = _ms(np.array([x[0] for x in l2w]) - np.array([x[0] for x in uni]))
+        at_l2w = [r.budgets[b] for r in results["l2w"]]
+        at_uni = [r.budgets[b] for r in results["uniform"]]
+        diff = _ms(np.array([x[0] for x in at_l2w]) - np.array([x[0] for x in at_uni]))
         budget_rows[b] = {
-            "l2w_acc": _ms([x[0] for x in l2w]),
-            "l2w_mflops": _ms([x[1] for x in l2w]),
-            "uniform_acc": _ms([x[0] for x in uni]),
-            "uniform_mflops": _ms([x[1] for x in uni]),
+            "l2w_acc": _ms([x[0] for x in at_l2w]),
+            "l2w_mflops": _ms([x[1] for x in at_l2w]),
+            "uniform_acc": _ms([x[0] for x in at_uni]),
+            "uniform_mflops": _ms([x[1] for x in at_uni]),
             "diff": diff,
         }
         add(
@@ -222,13 +226,13 @@ def report(plan: Plan, docs: Path) -> None:
     sampled = []
     for x in sample:
         i = int(np.argmin(np.abs(grid - x)))
-        l2w, uni = curves["l2w"][:, i], curves["uniform"][:, i]
-        diff = _ms(l2w - uni)
+        col_l2w, col_uni = curves["l2w"][:, i], curves["uniform"][:, i]
+        diff = _ms(col_l2w - col_uni)
         sampled.append(
-            {"mflops": float(grid[i]), "l2w": _ms(l2w), "uniform": _ms(uni), "diff": diff}
+            {"mflops": float(grid[i]), "l2w": _ms(col_l2w), "uniform": _ms(col_uni), "diff": diff}
         )
         add(
-            f"| {grid[i]:.2f} | {_fmt(*_ms(l2w))} | {_fmt(*_ms(uni))} | "
+            f"| {grid[i]:.2f} | {_fmt(*_ms(col_l2w))} | {_fmt(*_ms(col_uni))} | "
             f"{diff[0]:+.2f} ± {diff[1]:.2f} |"
         )
     add("")
@@ -263,7 +267,7 @@ def report(plan: Plan, docs: Path) -> None:
         "easier data set, where every exit is already close to the last one."
     )
     add("")
-    (docs / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(docs / "RESULTS.md", "\n".join(lines) + "\n")
 
     raw = {
         "plan": plan_json(plan),
@@ -284,5 +288,5 @@ def report(plan: Plan, docs: Path) -> None:
         "budgets": {f"{b:g}": v for b, v in budget_rows.items()},
         "curve_samples": sampled,
     }
-    (out_dir / "results.json").write_text(json.dumps(raw, indent=2) + "\n")
+    atomic_write_text(out_dir / "results.json", json.dumps(raw, indent=2) + "\n")
     print(f"wrote {docs / 'RESULTS.md'}, {out_dir / 'curves.png'}, {out_dir / 'results.json'}")
