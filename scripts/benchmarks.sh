@@ -73,7 +73,7 @@ PY
       ew bench calibration --repeat 7 --json >"$out/calibration.json"
       ;;
     train)
-      ew bench train --config configs/fmnist.yaml --steps 5 --warmup 1 --rounds 3 --device cpu \
+      ew bench train --config configs/fmnist.yaml --set cpu_threads=1 --steps 5 --warmup 1 --rounds 3 --device cpu \
         --double-backward --markdown "$out/train.md" --json >"$out/train.json"
       ;;
     *)
