@@ -121,8 +121,6 @@ def report(plan: Plan, docs: Path) -> None:
 
     lines: list[str] = []
     add = lines.append
-    env = results["l2w"][0]
-    del env
     add("# Results: L2W-DEN against uniform weighting on Fashion-MNIST")
     add("")
     add(
