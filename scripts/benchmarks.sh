@@ -42,9 +42,11 @@ for item in "${what[@]}"; do
       ;;
     http)
       log="$(mktemp)"
-      echo "exitwise serve $bundle --port $port   # in the background, for the two below" \
+      # One torch thread for the server: the load client runs on the same machine and takes
+      # the other core (two threads would spin against it).
+      echo "exitwise serve $bundle --port $port --torch-threads 1   # in the background" \
         >>"$out/$item.cmd"
-      "$py" -m exitwise serve "$bundle" --port "$port" >"$log" 2>&1 &
+      "$py" -m exitwise serve "$bundle" --port "$port" --torch-threads 1 >"$log" 2>&1 &
       server=$!
       trap 'kill -INT $server 2>/dev/null || true' EXIT
       for _ in $(seq 1 240); do
@@ -58,7 +60,7 @@ PY
         sleep 0.5
       done
       ew bench engine "$bundle" --batch-sizes 1,32 --images 1000 --batch1-images 200 --repeats 2 \
-        --json "$out/engine-oracle.json" >/dev/null
+        --threads 1 --json "$out/engine-oracle.json" >/dev/null
       ew bench http --url "http://127.0.0.1:$port" --concurrency 1,16 --requests 600 --duration 60 \
         --rounds 2 --dataset fashion-mnist --oracle "$out/engine-oracle.json" \
         --json "$out/http.json" --markdown "$out/http.md"

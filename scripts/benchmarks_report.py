@@ -171,7 +171,8 @@ SECTIONS: list[tuple[str, str, str, str]] = [
         "http",
         "HTTP: `exitwise serve` under load",
         "http.md",
-        "`exitwise bench http` against a live `exitwise serve` of the same bundle: 1 client and "
+        "`exitwise bench http` against a live `exitwise serve` of the same bundle (one torch "
+        "thread; the load client runs on the same machine and uses the other core): 1 client and "
         "16 concurrent clients, one image per request (PNG, multipart), each operating point "
         "against the same server forced to the last exit (`max_exit`). *Overhead* is the share "
         "of the client-measured request time not spent in model compute, from the `Server-Timing` "
