@@ -67,12 +67,24 @@ def configure_logging(level: str) -> None:
     logging.getLogger("exitwise").setLevel(level.upper())
 
 
+def default_torch_threads(workers: int, cores: int | None = None) -> int:
+    """Intra-op threads per worker when none are set: half the cores, shared by the workers.
+
+    The other half is for the event loop, HTTP parsing and image decoding. Giving torch every
+    core makes its spin-waiting threads fight the engine's own threads: on a 2-core machine the
+    demo model served at batch 1 took 16.8 ms per image with 2 threads and 3.5 ms with 1.
+    """
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // 2 // workers)
+
+
 def _configure_process(settings: Settings) -> None:
     configure_logging(settings.log_level)
-    if settings.torch_threads is not None:
-        import torch
+    import torch
 
-        torch.set_num_threads(settings.torch_threads)
+    threads = settings.torch_threads or default_torch_threads(settings.workers)
+    torch.set_num_threads(threads)
+    log.info("torch uses %d intra-op thread(s) per process", threads)
 
 
 def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:

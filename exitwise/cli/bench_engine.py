@@ -33,7 +33,7 @@ def bench_engine(
     repeats: int = typer.Option(3, min=1, help="Runs per workload (interleaved; mean reported)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     backend: str = typer.Option("torch", help="torch or onnx."),
-    threads: int | None = typer.Option(None, help="torch intra-op threads."),
+    threads: int | None = typer.Option(None, help="torch intra-op threads (default: as serve)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON."),
     markdown_out: Path | None = typer.Option(None, "--markdown", help="Write a markdown table."),
 ) -> None:
@@ -48,11 +48,12 @@ def bench_engine(
     from exitwise.preprocess import normalize
     from serving.bench.engine import markdown, run_engine_bench
     from serving.loading import load_model
+    from serving.server import default_torch_threads
     from serving.settings import Settings
 
     sizes = _ints(batch_sizes, "--batch-sizes")
-    if threads is not None:
-        torch.set_num_threads(threads)
+    # The server's default when not given, so the engine is measured as it is served.
+    torch.set_num_threads(threads or default_torch_threads(workers=1))
     try:
         settings = Settings(bundle=bundle, device=device, backend=backend)  # type: ignore[arg-type]
     except ValueError as err:
