@@ -5,7 +5,7 @@
 # then scripts/benchmarks_report.py assembles docs/BENCHMARKS.md from them. Ratios inside a
 # table always come from workloads interleaved in one invocation. Run it on an idle machine.
 #
-#   scripts/benchmarks.sh            # all of them (about 25 minutes on a 2-core CPU)
+#   scripts/benchmarks.sh            # all of them (about 8 minutes on a 2-core CPU)
 #   scripts/benchmarks.sh engine     # or a subset: engine backends http calibration train
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,0 +1,1 @@
+exitwise bench calibration --repeat 7 --json
