@@ -14,7 +14,7 @@ help:
 	@echo "make demo   train (if needed), calibrate, export and serve the Fashion-MNIST demo model"
 	@echo "make test   lint, type-check and run the test suite"
 	@echo "make demo-stop     stop the demo server"
-	@echo "make results       L2W vs uniform on Fashion-MNIST (about two hours on a 2-core CPU)"
+	@echo "make results       L2W vs uniform on Fashion-MNIST (about 2.5 hours on a 2-core CPU)"
 
 $(STAMP): pyproject.toml scripts/install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
