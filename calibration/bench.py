@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from exitwise.machine import describe_cpu
+from exitwise.benchkit import describe_cpu
 
 from .build import build_calibration
 from .solver import BudgetSolver
@@ -48,10 +48,6 @@ def _median_time(fn: Callable[[], object], repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def machine() -> str:
-    return describe_cpu()
 
 
 def run_bench(
@@ -102,7 +98,7 @@ def run_bench(
         full_s=full_s,
         max_relative_gap=max(gaps) if gaps else 0.0,
         exceeded=sum(g < 0 for g in gaps),
-        machine=machine(),
+        machine=describe_cpu(),
         python=platform.python_version(),
         numpy=np.__version__,
     )

@@ -145,7 +145,7 @@ def machine(bench: Path) -> str:
         m = engine["machine"]
         parts.append(
             f"torch {m['torch']} ({m['threads']} intra-op thread(s) in the engine run), "
-            f"device {m['device']}" + (f" ({m['cuda']})" if m.get("cuda") else "")
+            f"device {m['device']}" + (f" ({m['gpu']})" if m.get("gpu") else "")
         )
     return "; ".join(parts) if parts else "unknown (no benchmark files)"
 

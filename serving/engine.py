@@ -2,7 +2,7 @@
 
 Each request's images enter the queue together, each carrying its request's thresholds and cap.
 The worker takes up to ``max_batch_size`` images (from one request or many, whatever their
-budgets), runs them with :func:`serving.early_exit.run_early_exit`, and completes a request as
+budgets), runs them with :func:`exitwise.runtime.run_early_exit`, and completes a request as
 soon as all its images are done, resolving its asyncio future on the request's event loop
 (thread-safe). The event loop never waits on the model.
 
@@ -27,10 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from exitwise.runtime import StageRunner
+from exitwise.runtime import StageRunner, run_early_exit
 
 from .budgets import ExitPlan
-from .early_exit import run_early_exit
 from .errors import DeadlineExceededError, NotReadyError, QueueFullError
 from .metrics import Metrics
 

@@ -7,21 +7,9 @@ from pathlib import Path
 
 import typer
 
-from ..errors import ExitwiseError
-
 
 def register(app: typer.Typer) -> None:
     app.command("backends")(backends)
-
-
-def _sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        sizes = []
-    if not sizes or any(s < 1 for s in sizes):
-        raise ExitwiseError(f"--batch-sizes: expected positive integers like 1,32, got {text!r}")
-    return sizes
 
 
 def backends(
@@ -41,11 +29,12 @@ def backends(
 ) -> None:
     """Per-image latency and throughput of early-exit inference, torch eager vs onnxruntime,
     at each calibrated operating point and at the last exit only."""
+    from exitwise.benchkit import parse_ints
     from exitwise.bundle import load_bundle
     from exitwise.fileio import atomic_write_text
     from exports.bench import bench_backends, to_markdown
 
-    sizes = _sizes(batch_sizes)
+    sizes = parse_ints(batch_sizes, "--batch-sizes")
     report = bench_backends(
         load_bundle(bundle),
         batch_sizes=sizes,

@@ -14,16 +14,6 @@ def register(app: typer.Typer) -> None:
     app.command("engine")(bench_engine)
 
 
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ExitwiseError(f"{what} must be comma-separated integers, not {text!r}") from None
-    if not values or min(values) < 1:
-        raise ExitwiseError(f"{what} must be positive integers")
-    return values
-
-
 def bench_engine(
     bundle: Path = typer.Argument(..., help="The bundle to benchmark."),
     data_root: Path | None = typer.Option(None, help="Where the bundle's data set lives."),
@@ -38,11 +28,10 @@ def bench_engine(
     markdown_out: Path | None = typer.Option(None, "--markdown", help="Write a markdown table."),
 ) -> None:
     """Images/s and latency per operating point vs the last exit (engine only, no HTTP)."""
-    import platform
-
     import numpy as np
     import torch
 
+    from exitwise.benchkit import describe_machine, parse_ints
     from exitwise.datasets import EvalImages, open_dataset
     from exitwise.fileio import atomic_write_json, atomic_write_text
     from exitwise.preprocess import normalize
@@ -51,7 +40,7 @@ def bench_engine(
     from serving.server import default_torch_threads
     from serving.settings import Settings
 
-    sizes = _ints(batch_sizes, "--batch-sizes")
+    sizes = parse_ints(batch_sizes, "--batch-sizes")
     # The server's default when not given, so the engine is measured as it is served.
     torch.set_num_threads(threads or default_torch_threads(workers=1))
     try:
@@ -67,14 +56,8 @@ def bench_engine(
     pixels = torch.from_numpy(np.stack([view[i][0].numpy() for i in range(n)]))
     x = normalize(pixels, m.preprocessing)
     result = run_engine_bench(loaded.runner, loaded.resolver, x, sizes, repeats, batch1_images)
-    result["machine"] = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": str(loaded.runner.device),
-        "provider": loaded.runner.provider,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    result["machine"] = describe_machine(loaded.runner.device) | {
+        "provider": loaded.runner.provider
     }
     result["bundle"] = {"name": m.name, "preset": m.preset, "exit_mflops": m.exit_mflops}
     table = markdown(result["rows"])

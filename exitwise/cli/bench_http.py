@@ -41,6 +41,7 @@ def bench_http(
     """Throughput, p50/p95/p99 and served exits per budget vs the last exit, one invocation."""
     import asyncio
 
+    from exitwise.benchkit import parse_ints
     from exitwise.fileio import atomic_write_json, atomic_write_text
     from serving.bench.http import (
         add_ratios,
@@ -51,12 +52,7 @@ def bench_http(
         workloads_for,
     )
 
-    try:
-        levels = [int(c) for c in concurrency.split(",") if c.strip()]
-    except ValueError:
-        raise ExitwiseError(f"--concurrency must be integers, not {concurrency!r}") from None
-    if not levels or min(levels) < 1:
-        raise ExitwiseError("--concurrency must be positive")
+    levels = parse_ints(concurrency, "--concurrency")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     info = model_info(url, headers)
     loads = workloads_for(info, budgets.split(",") if budgets else None)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from exitwise.benchkit import markdown_table, sync
 from exitwise.runtime import StageRunner
 
 from ..budgets import BudgetResolver, ExitPlan
@@ -49,11 +50,6 @@ def workloads(resolver: BudgetResolver) -> list[Workload]:
     return out
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.inference_mode()
 def oracle_samples(runner: StageRunner, images: Tensor, batch: int, rounds: int) -> np.ndarray:
     """Seconds per image to run stages 1..k (blocks and heads) on a full batch: ``[rounds, K]``.
@@ -66,7 +62,7 @@ def oracle_samples(runner: StageRunner, images: Tensor, batch: int, rounds: int)
     out = np.zeros((rounds, runner.num_exits))
     for r in range(rounds):
         for k in range(runner.num_exits):
-            _sync(runner.device)
+            sync(runner.device)
             t0 = time.perf_counter()
             state = runner.initial_state(x)
             for j in range(k + 1):
@@ -172,19 +168,30 @@ def run_engine_bench(
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "| batch | workload | images/s | ms/image | p50 ms | p99 ms | mean MFLOPs | speed-up | "
-        "MFLOPs ratio | MFLOPs-eff. | oracle ms/image | oracle eff. | exits |"
-    )
-    lines = [head, "|" + "---|" * 13]
+    header = [
+        "batch", "workload", "images/s", "ms/image", "p50 ms", "p99 ms", "mean MFLOPs",
+        "speed-up", "MFLOPs ratio", "MFLOPs-eff.", "oracle ms/image", "oracle eff.", "exits",
+    ]  # fmt: skip
+    cells = []
     for r in rows:
         p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.2f}"
         p99 = "-" if r["p99_ms"] is None else f"{r['p99_ms']:.2f}"
         exits = " ".join(f"{k}:{v}" for k, v in r["exit_histogram"].items())
-        lines.append(
-            f"| {r['batch_size']} | {r['workload']} | {r['images_per_s']:.1f} | "
-            f"{r['ms_per_image']:.3f} | {p50} | {p99} | {r['mean_mflops']:.3f} | "
-            f"{r['speedup']:.2f} | {r['mflops_ratio']:.2f} | {r['mflops_efficiency']:.2f} | "
-            f"{r['oracle_ms_per_image']:.3f} | {r['oracle_efficiency']:.2f} | {exits} |"
+        cells.append(
+            [
+                r["batch_size"],
+                r["workload"],
+                f"{r['images_per_s']:.1f}",
+                f"{r['ms_per_image']:.3f}",
+                p50,
+                p99,
+                f"{r['mean_mflops']:.3f}",
+                f"{r['speedup']:.2f}",
+                f"{r['mflops_ratio']:.2f}",
+                f"{r['mflops_efficiency']:.2f}",
+                f"{r['oracle_ms_per_image']:.3f}",
+                f"{r['oracle_efficiency']:.2f}",
+                exits,
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(header, cells)

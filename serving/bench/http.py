@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from exitwise.benchkit import markdown_table
 from exitwise.errors import ExitwiseError
 
 
@@ -264,21 +265,31 @@ def add_ratios(rows: list[dict[str, Any]], oracle: list[float] | None) -> None:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "| workload | conc. | img/req | images/s | p50 ms | p95 ms | p99 ms | mean MFLOPs | "
-        "speed-up | MFLOPs ratio | MFLOPs-eff. | oracle eff. | overhead p50 (server) | exits |"
-    )
-    lines = [head, "|" + "---|" * 14]
+    header = [
+        "workload", "conc.", "img/req", "images/s", "p50 ms", "p95 ms", "p99 ms", "mean MFLOPs",
+        "speed-up", "MFLOPs ratio", "MFLOPs-eff.", "oracle eff.", "overhead p50 (server)",
+        "exits",
+    ]  # fmt: skip
+    cells = []
     for r in rows:
         exits = " ".join(f"{k}:{v}" for k, v in r["exit_histogram"].items())
         oracle = r.get("oracle_efficiency")
-        lines.append(
-            f"| {r['workload']} | {r['concurrency']} | {r['images_per_request']} | "
-            f"{r['images_per_s']:.1f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {r['mean_mflops']:.3f} | {r['speedup']:.2f} | "
-            f"{r['mflops_ratio']:.2f} | {r['mflops_efficiency']:.2f} | "
-            f"{'-' if oracle is None else f'{oracle:.2f}'} | "
-            f"{r['overhead_fraction_p50']:.0%} ({r['server_overhead_fraction_p50']:.0%}) | "
-            f"{exits} |"
+        cells.append(
+            [
+                r["workload"],
+                r["concurrency"],
+                r["images_per_request"],
+                f"{r['images_per_s']:.1f}",
+                f"{r['p50_ms']:.2f}",
+                f"{r['p95_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                f"{r['mean_mflops']:.3f}",
+                f"{r['speedup']:.2f}",
+                f"{r['mflops_ratio']:.2f}",
+                f"{r['mflops_efficiency']:.2f}",
+                "-" if oracle is None else f"{oracle:.2f}",
+                f"{r['overhead_fraction_p50']:.0%} ({r['server_overhead_fraction_p50']:.0%})",
+                exits,
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(header, cells)

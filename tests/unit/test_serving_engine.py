@@ -13,9 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from exitwise.models import State
 from exitwise.policy import confidence_and_prediction, decide_exits
-from exitwise.runtime import StageRunner
+from exitwise.runtime import StageRunner, run_early_exit
 from serving.budgets import ExitPlan
-from serving.early_exit import run_early_exit
 from serving.engine import Engine, EngineFailureError, InferOutcome
 from serving.errors import DeadlineExceededError, NotReadyError, QueueFullError
 from serving.metrics import Metrics

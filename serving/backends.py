@@ -1,4 +1,5 @@
-"""Stage runners for the engine: PyTorch (here) and onnxruntime (``exports``' loader).
+"""Backend selection: the stage runner the engine drives, PyTorch (``exitwise.runtime``) or
+onnxruntime (``exports``' loader).
 
 :func:`load_runner` picks the backend and device from the settings and turns every reason it
 cannot start (no GPU when one is required, onnxruntime missing, a bundle without ONNX graphs)
@@ -14,10 +15,10 @@ import torch
 from exitwise.bundle import Bundle
 from exitwise.devices import resolve_device
 from exitwise.errors import ExitwiseError
-from exitwise.runtime import StageRunner
+from exitwise.runtime import StageRunner, load_torch_runner
 
-from ..errors import ServerConfigError
-from ..settings import Settings
+from .errors import ServerConfigError
+from .settings import Settings
 
 log = logging.getLogger("exitwise.serving")
 
@@ -25,8 +26,6 @@ log = logging.getLogger("exitwise.serving")
 def load_runner(bundle: Bundle, settings: Settings) -> StageRunner:
     device = resolve_device(settings.device, require_gpu=settings.require_gpu)
     if settings.backend == "torch":
-        from .torch_backend import load_torch_runner
-
         if settings.precision != "fp32" and device.type != "cuda":
             raise ServerConfigError(f"precision {settings.precision} needs a CUDA device")
         runner: StageRunner = load_torch_runner(

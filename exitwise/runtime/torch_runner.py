@@ -1,4 +1,4 @@
-"""The PyTorch backend: eager execution of the bundle's stages on CPU or CUDA.
+"""PyTorch eager as a stage runner: the bundle's stages on CPU or CUDA.
 
 Eval mode and ``torch.inference_mode`` always. On CUDA the input can be converted to
 channels_last (faster convolutions on tensor cores) and stages can run under bf16/fp16 autocast;
@@ -15,15 +15,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from exitwise.bundle import Bundle
-from exitwise.models import EarlyExitNet, State
+from ..bundle import Bundle
+from ..models import EarlyExitNet, State
 
 Precision = Literal["fp32", "bf16", "fp16"]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TorchStageRunner:
-    """A :class:`exitwise.runtime.StageRunner` over an :class:`EarlyExitNet` in eager PyTorch."""
+    """A :class:`~exitwise.runtime.StageRunner` over an :class:`EarlyExitNet` in eager PyTorch."""
 
     backend = "torch"
 

@@ -1,9 +1,10 @@
-"""The interface between an engine that exits early and the thing that runs the network.
+"""The interface between the early-exit loop and the thing that runs the network.
 
-The server's engine drives a :class:`StageRunner` one stage at a time and drops the rows of
-exited images between stages with :func:`exitwise.models.select_rows`. Two implementations
-exist: the PyTorch backend (``serving``) and the onnxruntime backend (``exports``), so the same
-engine, batching and exit rule serve both.
+:func:`exitwise.runtime.run_early_exit` (and the server's engine) drive a :class:`StageRunner`
+one stage at a time and drop the rows of exited images between stages with
+:func:`exitwise.models.select_rows`. Two implementations exist: PyTorch eager
+(:class:`exitwise.runtime.TorchStageRunner`) and onnxruntime (``exports.runtime``), so the same
+loop, batching and exit rule serve both.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from .models.staged import State
+from ..models.staged import State
 
 
 @runtime_checkable
