@@ -40,13 +40,26 @@ class Preset:
         return int(self.kwargs["num_classes"])
 
 
+def _check_new_name(name: str) -> None:
+    # As timm's registry: a second registration under a taken name is a mistake (two modules
+    # defining the same model), and silently replacing the first would change what a name builds.
+    # Architectures and presets share one namespace, since create_model looks a name up in both.
+    if name in _ARCHS or name in _PRESETS:
+        kind = "an architecture" if name in _ARCHS else "a preset"
+        raise ValueError(f"model name {name!r} is already registered as {kind}")
+
+
 def register_arch(name: str, builder: Builder) -> None:
+    """Register an architecture builder; a name already taken is refused (``ValueError``)."""
+    _check_new_name(name)
     _ARCHS[name] = builder
 
 
 def register_preset(preset: Preset) -> None:
+    """Register a preset of a registered architecture; a name already taken is refused."""
     if preset.arch not in _ARCHS:
         raise ValueError(f"preset {preset.name!r} names unknown architecture {preset.arch!r}")
+    _check_new_name(preset.name)
     _PRESETS[preset.name] = preset
 
 
