@@ -24,16 +24,16 @@ from typing import Any
 
 import torch
 
+from exitwise.benchkit import describe_cpu
 from exitwise.datasets import default_preprocessing
 from exitwise.fileio import atomic_write_text
-from exitwise.machine import describe_cpu
 
+from .build import build_model, make_autocast, seed_everything
 from .config import Recipe
 from .data import Normalizer
 from .distributed import DistContext, resolve_device
-from .setup import build_model, make_autocast, seed_everything
+from .meta_learner import MetaLearner
 from .step import TrainStep
-from .wpn import WeightPredictionNet
 
 TARGETS = {1: 1.6, 100: 1.05}  # L2W cost / uniform cost at these meta intervals
 
@@ -84,23 +84,16 @@ def _make_step(recipe: Recipe, weighting: str, device: torch.device, mode: str) 
     optimizer = torch.optim.SGD(
         module.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
     )
-    wpn = meta_opt = None
     meta = None
     if weighting == "l2w":
-        meta = recipe.meta.model_copy(update={"gradient": mode})
-        wpn = WeightPredictionNet(module.num_exits, meta.input, meta.hidden_size, meta.num_layers)
-        wpn = wpn.to(device)
-        meta_opt = torch.optim.Adam(wpn.parameters(), lr=meta.lr, weight_decay=meta.weight_decay)
+        spec = recipe.meta.model_copy(update={"gradient": mode})
+        meta = MetaLearner.create(spec, module.num_exits, device)
     return TrainStep(
         module,
         module,
         optimizer,
-        weighting=weighting,
-        num_exits=module.num_exits,
-        label_smoothing=o.label_smoothing,
-        wpn=wpn,
-        meta_optimizer=meta_opt,
         meta=meta,
+        label_smoothing=o.label_smoothing,
         autocast=make_autocast(device, recipe.precision),
         scaler=torch.amp.GradScaler(device.type) if recipe.precision == "fp16" else None,
     )

@@ -6,8 +6,8 @@ For each role (train half, meta half), first (A, B) then (B, A):
    both the pseudo-update of the meta step and the real update: both start from the same weights
    on the same images, so one forward is enough, and the real model's BN running statistics are
    updated once per half, exactly as by the seed's real forward.
-2. L2W, when the interval fires: the meta step (:mod:`training.meta`) and an Adam step on the
-   weight-prediction network (its gradients averaged over processes).
+2. L2W, when the meta step is due: :meth:`training.meta_learner.MetaLearner.step` (the meta
+   gradient of :mod:`training.meta`, averaged over processes, and an Adam step on the WPN).
 3. The real update: ``sum_k mean_i(w_ik * l_ik)`` with ``w`` from the (new) WPN under no_grad,
    or the plain sum of per-exit mean losses for ``uniform``; one SGD step (gradients averaged
    over processes by DDP).
@@ -20,19 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
-from .config import MetaSpec
-from .meta import (
-    MetaBatch,
-    exit_confidences,
-    meta_gradient,
-    per_exit_losses,
-    sgd_state,
-    weighted_loss,
-)
-from .wpn import WeightPredictionNet, normalize_weights, target_exit_distribution
+from .meta import MetaBatch, exit_confidences, per_exit_losses, sgd_state, weighted_loss
+from .meta_learner import MetaLearner, MetaStepResult
 
 
 @dataclass
@@ -48,8 +39,16 @@ class StepStats:
     extras: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class _HalfStats:
+    losses: Tensor  # [K] mean per-exit loss of the train half
+    objective: Tensor
+    weights: Tensor | None  # L2W
+    meta: MetaStepResult | None  # when the meta step ran
+
+
 class TrainStep:
-    """Runs iterations for one model; ``weighting`` is ``"l2w"`` or ``"uniform"``."""
+    """Runs iterations for one model: L2W with a ``meta`` learner, the uniform baseline without."""
 
     def __init__(
         self,
@@ -57,83 +56,64 @@ class TrainStep:
         module: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
-        weighting: str,
-        num_exits: int,
+        meta: MetaLearner | None = None,
         label_smoothing: float = 0.0,
-        wpn: WeightPredictionNet | None = None,
-        meta_optimizer: torch.optim.Optimizer | None = None,
-        meta: MetaSpec | None = None,
         autocast: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
         scaler: torch.amp.GradScaler | None = None,
     ) -> None:
-        if weighting not in ("l2w", "uniform"):
-            raise ValueError(f"weighting must be 'l2w' or 'uniform', not {weighting!r}")
-        if weighting == "l2w" and (wpn is None or meta_optimizer is None or meta is None):
-            raise ValueError("L2W needs the WPN, its optimizer and the meta settings")
         self.model = model  # the (possibly DDP-wrapped) model: the real update goes through it
         self.module = module  # the plain network: the pseudo forward is functional on it
         self.optimizer = optimizer
-        self.weighting = weighting
-        self.label_smoothing = label_smoothing
-        self.wpn = wpn
-        self.meta_optimizer = meta_optimizer
         self.meta = meta
+        self.label_smoothing = label_smoothing
         self.autocast = autocast or contextlib.nullcontext
         self.scaler = scaler
         self.named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        self.target = (
-            target_exit_distribution(meta.target_p_index, num_exits) if meta is not None else None
-        )
 
     def __call__(self, x: Tensor, y: Tensor, do_meta: bool = False) -> StepStats:
+        """One iteration; ``do_meta``: run the meta step too (ignored without a meta learner)."""
         if x.shape[0] < 2:
             raise ValueError("a batch needs at least two images (two halves)")
         xa, xb = x.chunk(2)
         ya, yb = y.chunk(2)
-        roles = ((xa, ya, xb, yb), (xb, yb, xa, ya))
-        losses, objectives, weights, meta_losses, counts = [], [], [], [], []
-        skipped = 0
-        for x_tr, y_tr, x_me, y_me in roles:
-            out = self._half(x_tr, y_tr, x_me, y_me, do_meta and self.weighting == "l2w")
-            losses.append(out[0])
-            objectives.append(out[1])
-            if out[2] is not None:
-                weights.append(out[2])
-            if out[3] is not None:
-                meta_losses.append(out[3][0])
-                counts.append(out[3][1])
-            skipped += out[4]
+        halves = [
+            self._half(x_tr, y_tr, x_me, y_me, do_meta)
+            for x_tr, y_tr, x_me, y_me in ((xa, ya, xb, yb), (xb, yb, xa, ya))
+        ]
+        weights = [h.weights for h in halves if h.weights is not None]
+        metas = [h.meta for h in halves if h.meta is not None]
         return StepStats(
-            losses=torch.stack(losses).mean(0),
-            objective=torch.stack(objectives).mean(),
+            losses=torch.stack([h.losses for h in halves]).mean(0),
+            objective=torch.stack([h.objective for h in halves]).mean(),
             weights=torch.cat(weights) if weights else None,
-            meta_loss=torch.stack(meta_losses).mean() if meta_losses else None,
-            meta_counts=torch.stack(counts).sum(0) if counts else None,
-            meta_skipped=skipped,
+            meta_loss=torch.stack([m.meta_loss for m in metas]).mean() if metas else None,
+            meta_counts=torch.stack([m.counts for m in metas]).sum(0) if metas else None,
+            meta_skipped=sum(not m.applied for m in metas),
         )
 
     def _half(
         self, x_tr: Tensor, y_tr: Tensor, x_me: Tensor, y_me: Tensor, do_meta: bool
-    ) -> tuple[Tensor, Tensor, Tensor | None, tuple[Tensor, Tensor] | None, int]:
+    ) -> _HalfStats:
         with self.autocast():
             logits = self.model(x_tr)
         losses = per_exit_losses(logits, y_tr, self.label_smoothing)
         weights: Tensor | None = None
-        meta_out: tuple[Tensor, Tensor] | None = None
-        skipped = 0
-        if self.weighting == "uniform":
+        meta: MetaStepResult | None = None
+        if self.meta is None:
             loss = losses.mean(dim=0).sum()
         else:
-            assert self.wpn is not None and self.meta is not None
             # Only a WPN that reads confidences needs them (the published input is the losses).
-            confidences = exit_confidences(logits) if self.wpn.needs_confidences else None
+            confidences = exit_confidences(logits) if self.meta.needs_confidences else None
             if do_meta:
-                meta_out, ok = self._meta_step(losses, confidences, x_tr, y_tr, x_me, y_me)
-                skipped = 0 if ok else 1
-            with torch.no_grad():
-                weights = normalize_weights(
-                    self.wpn(losses, confidences), self.meta.norm, self.meta.epsilon
+                meta = self.meta.step(
+                    self.module,
+                    sgd_state(self.optimizer, self.named),
+                    MetaBatch(losses, confidences, x_tr, y_tr, x_me, y_me),
+                    label_smoothing=self.label_smoothing,
+                    autocast=self.autocast,
+                    scaler=self.scaler,
                 )
+            weights = self.meta.weights(losses, confidences)
             loss = weighted_loss(weights, losses)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -143,48 +123,4 @@ class TrainStep:
         else:
             loss.backward()
             self.optimizer.step()
-        return losses.detach().mean(0), loss.detach(), weights, meta_out, skipped
-
-    def _meta_step(
-        self,
-        losses: Tensor,
-        confidences: Tensor | None,
-        x_tr: Tensor,
-        y_tr: Tensor,
-        x_me: Tensor,
-        y_me: Tensor,
-    ) -> tuple[tuple[Tensor, Tensor], bool]:
-        assert self.wpn is not None and self.meta is not None and self.meta_optimizer is not None
-        assert self.target is not None
-        hyper, buffers = sgd_state(self.optimizer, self.named)
-        result = meta_gradient(
-            self.module,
-            self.wpn,
-            hyper,
-            buffers,
-            MetaBatch(losses, confidences, x_tr, y_tr, x_me, y_me),
-            norm=self.meta.norm,
-            epsilon=self.meta.epsilon,
-            target=self.target,
-            label_smoothing=self.label_smoothing,
-            mode=self.meta.gradient,
-            autocast=self.autocast,
-            loss_scale=self.scaler.get_scale() if self.scaler is not None else 1.0,
-        )
-        grads = result.grads
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # The pseudo-update is local to each process; the WPN's gradients are averaged.
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat)
-            flat /= dist.get_world_size()
-            grads = list(flat.split([g.numel() for g in grads]))
-            grads = [g.view_as(p) for g, p in zip(grads, result.grads, strict=True)]
-        ok = True
-        if self.scaler is not None:  # fp16: a non-finite meta gradient is dropped, not applied
-            ok = bool(torch.isfinite(torch.cat([g.reshape(-1) for g in grads])).all())
-        if ok:
-            for p, g in zip(self.wpn.parameters(), grads, strict=True):
-                p.grad = g
-            self.meta_optimizer.step()
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        return (result.meta_loss, result.counts), ok
+        return _HalfStats(losses.detach().mean(0), loss.detach(), weights, meta)

@@ -24,6 +24,7 @@ from exitwise.bundle import Bundle, load_bundle, save_bundle
 from exitwise.fileio import atomic_write_text
 from exitwise.models import is_preset
 
+from .build import RECIPE_FILE, Run, build_run, clear_previous_run
 from .checkpoint import Progress, checkpoint_path, save_checkpoint
 from .config import Recipe
 from .data import Normalizer, eval_view
@@ -37,8 +38,6 @@ from .distributed import (
 )
 from .evaluate import exit_accuracy
 from .logs import Reporter, RunLog
-from .schedule import cosine
-from .setup import RECIPE_FILE, Run, build_run, clear_previous_run
 from .step import StepStats
 
 
@@ -142,12 +141,10 @@ def _epochs(run: Run, log: RunLog, reporter: Reporter) -> None:
             lr = run.schedule.lr(prog.step)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
-            meta_lr = None
-            if run.meta_optimizer is not None:
-                meta_lr = cosine(recipe.meta.lr, prog.step, run.schedule.total)
-                for group in run.meta_optimizer.param_groups:
-                    group["lr"] = meta_lr
-            do_meta = recipe.weighting == "l2w" and prog.step % recipe.meta.interval == 0
+            meta, meta_lr = run.meta, None
+            if meta is not None:
+                meta_lr = meta.set_lr(prog.step, run.schedule.total)
+            do_meta = meta is not None and meta.due(prog.step)
             stats = run.step(normalize(pixels), labels, do_meta)
             prog.step += 1
             prog.batch = b + 1
@@ -213,6 +210,7 @@ def _save(run: Run, clock: _Clock | None) -> None:
         clock.sync()
     if not run.ctx.is_main:
         return
+    meta = run.meta
     save_checkpoint(
         checkpoint_path(run.out),
         model=run.module,
@@ -221,8 +219,8 @@ def _save(run: Run, clock: _Clock | None) -> None:
         recipe=run.recipe.to_dict(),
         progress=run.progress,
         optimizer=run.optimizer,
-        wpn=run.wpn,
-        meta_optimizer=run.meta_optimizer,
+        wpn=meta.wpn if meta is not None else None,
+        meta_optimizer=meta.optimizer if meta is not None else None,
         scaler=run.scaler,
     )
 
@@ -293,7 +291,7 @@ def _finish(run: Run, log: RunLog, reporter: Reporter, wall: float) -> TrainResu
     if not prog.finished:
         prog.finished = True
         _save(run, None)
-    check_replicas([run.module] + ([run.wpn] if run.wpn is not None else []), run.ctx)
+    check_replicas([run.module] + ([run.meta.wpn] if run.meta is not None else []), run.ctx)
     reporter.message("evaluating per-exit accuracy on the held-out split")
     heldout = _heldout(run)
     test = None

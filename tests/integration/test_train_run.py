@@ -14,6 +14,7 @@ from exitwise.bundle import load_bundle
 from exitwise.cli import main
 from exitwise.datasets import EvalImages, open_dataset
 from exitwise.preprocess import FASHION_MNIST, IMAGENET, normalize
+from training.build import build_model, has_unused_parameters
 from training.checkpoint import (
     CheckpointError,
     Progress,
@@ -23,7 +24,7 @@ from training.checkpoint import (
 from training.config import MetaSpec, build_recipe
 from training.data import Normalizer, build_stream, make_split
 from training.meta import per_exit_losses
-from training.setup import build_model, has_unused_parameters
+from training.meta_learner import MetaLearner
 from training.step import TrainStep
 from training.trainer import train
 from training.wpn import WeightPredictionNet
@@ -47,21 +48,18 @@ def _step(weighting: str, precision: str = "fp32", channels_last: bool = False) 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    wpn = meta_opt = None
+    meta = None
     if weighting == "l2w":
         wpn = WeightPredictionNet(model.num_exits, "loss", 32, 1)
         meta_opt = torch.optim.Adam(wpn.parameters(), lr=1e-3)
+        meta = MetaLearner(wpn, meta_opt, MetaSpec(hidden_size=32), model.num_exits)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype is not None else None
     return TrainStep(
         model,
         model,
         opt,
-        weighting=weighting,
-        num_exits=model.num_exits,
-        wpn=wpn,
-        meta_optimizer=meta_opt,
-        meta=MetaSpec(hidden_size=32) if wpn is not None else None,
+        meta=meta,
         autocast=autocast,  # type: ignore[arg-type]
         scaler=torch.amp.GradScaler("cpu") if precision == "fp16" else None,
     )

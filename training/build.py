@@ -28,9 +28,9 @@ from .config import Recipe, RecipeError, check_resume_compatible
 from .data import Split, TrainStream, build_stream, make_split
 from .distributed import DistContext
 from .logs import LOG_FILE, TENSORBOARD_DIR
+from .meta_learner import MetaLearner
 from .schedule import Schedule
 from .step import TrainStep
-from .wpn import WeightPredictionNet
 
 RECIPE_FILE = "recipe.yaml"
 # What a training run writes into its output directory.
@@ -157,9 +157,8 @@ class Run:
     preprocessing: Preprocessing
     module: EarlyExitNet
     model: nn.Module  # module, or module wrapped in DDP
-    wpn: WeightPredictionNet | None
+    meta: MetaLearner | None  # None: uniform weighting
     optimizer: torch.optim.SGD
-    meta_optimizer: torch.optim.Adam | None
     scaler: torch.amp.GradScaler | None
     schedule: Schedule
     stream: TrainStream
@@ -201,12 +200,9 @@ def build_run(
     if recipe.channels_last:
         module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
-    wpn = meta_optimizer = None
-    if recipe.weighting == "l2w":
-        m = recipe.meta
-        wpn = WeightPredictionNet(module.num_exits, m.input, m.hidden_size, m.num_layers)
-        wpn = wpn.to(device)
-        meta_optimizer = torch.optim.Adam(wpn.parameters(), lr=m.lr, weight_decay=m.weight_decay)
+    meta = None
+    if recipe.weighting == "l2w":  # after the model: the WPN draws from the RNG next
+        meta = MetaLearner.create(recipe.meta, module.num_exits, device)
     optim = recipe.optim
     optimizer = torch.optim.SGD(
         module.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
@@ -216,7 +212,11 @@ def build_run(
     progress = Progress()
     if ckpt is not None:
         ckpt.restore(
-            model=module, optimizer=optimizer, wpn=wpn, meta_optimizer=meta_optimizer, scaler=scaler
+            model=module,
+            optimizer=optimizer,
+            wpn=meta.wpn if meta is not None else None,
+            meta_optimizer=meta.optimizer if meta is not None else None,
+            scaler=scaler,
         )
         progress = ckpt.progress
         progress.finished = progress.finished and progress.epoch >= recipe.epochs
@@ -245,20 +245,16 @@ def build_run(
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=has_unused_parameters(module, preprocessing, device),
         )
-        if wpn is not None:
-            broadcast_module(wpn, ctx)
+        if meta is not None:
+            broadcast_module(meta.wpn, ctx)
 
     autocast = make_autocast(device, recipe.precision)
     step = TrainStep(
         model,
         module,
         optimizer,
-        weighting=recipe.weighting,
-        num_exits=module.num_exits,
+        meta=meta,
         label_smoothing=optim.label_smoothing,
-        wpn=wpn,
-        meta_optimizer=meta_optimizer,
-        meta=recipe.meta if wpn is not None else None,
         autocast=autocast,
         scaler=scaler,
     )
@@ -273,9 +269,8 @@ def build_run(
         preprocessing=preprocessing,
         module=module,
         model=model,
-        wpn=wpn,
+        meta=meta,
         optimizer=optimizer,
-        meta_optimizer=meta_optimizer,
         scaler=scaler,
         schedule=Schedule(optim, stream.num_batches, recipe.epochs),
         stream=stream,
