@@ -21,10 +21,12 @@ from exitwise import __version__
 
 from . import errors
 from .lifecycle import Lifecycle
+from .live import LiveStats
 from .loading import LoadedModel, load_model
 from .metrics import Metrics
 from .middleware import ServingMiddleware
-from .routes import classify, health, model, v2
+from .routes import classify, health, model, page, samples, v2
+from .routes import live as live_route
 from .service import ModelService
 from .settings import Settings
 
@@ -45,9 +47,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Loading and warm-up block for seconds: keep them off the event loop.
         model = loaded if loaded is not None else await asyncio.to_thread(load_model, settings)
-        service = ModelService(settings, model, metrics)
+        live = LiveStats(model.bundle.manifest.num_exits)
+        service = ModelService(settings, model, metrics, live)
         await asyncio.to_thread(service.start)
         app.state.service = service
+        app.state.live = live
         lifecycle.mark_ready()
         log.info(
             "serving %s (%d exits) with %s on %s; ready",
@@ -74,9 +78,13 @@ def create_app(
     app.state.metrics = metrics
     app.state.lifecycle = lifecycle
     app.state.service = None
+    app.state.live = None  # the last minute of classifications, for the page (GET /v1/live)
     errors.install(app)
     app.add_middleware(ServingMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     for router in (health.router, classify.router, model.router, v2.router):
+        app.include_router(router)
+    # The playground page at / and what only it uses (samples, the curve, the live summary).
+    for router in (page.router, samples.router, live_route.router):
         app.include_router(router)
     return app
 

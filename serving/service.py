@@ -1,8 +1,9 @@
-"""The protocol-agnostic data plane: budgets, decoding, the engine, and what a prediction says.
+"""The protocol-agnostic data plane: one entry per request kind.
 
-REST v1 and Open Inference Protocol v2 are thin layers over :class:`ModelService`: they parse
-their wire format, call :meth:`ModelService.classify_encoded` or
-:meth:`ModelService.classify_tensor`, and render the :class:`Classification`.
+REST v1 and Open Inference Protocol v2 only decode their wire format into a
+:class:`ClassifyRequest` and encode the :class:`ClassifyResult`; everything between (the
+deadline, the budget's plan, top-k, the image count, decoding off the event loop, the engine,
+and what a prediction says) happens in :meth:`ModelService.classify`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from torch import Tensor
-
-from exitwise import __version__
 
 from .budgets import ExitPlan
 from .engine import Arrival, Engine
@@ -28,11 +27,24 @@ from .errors import (
     PayloadTooLargeError,
 )
 from .images import decode_images, tensor_images
+from .live import LiveStats
 from .loading import LoadedModel
 from .metrics import Metrics
+from .params import RequestParams
 from .settings import Settings
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    """One request, decoded from its wire format: either encoded images or a ready tensor."""
+
+    started: float  # time.monotonic() when the handler began
+    params: RequestParams
+    encoded: Sequence[bytes] = ()  # PNG, JPEG, ... (decoded and preprocessed here)
+    tensor: np.ndarray | None = None  # or an already normalised FP32 [N, C, H, W] batch
+    labels: Sequence[str] | None = None  # per image, for error messages (e.g. file names)
 
 
 @dataclass(frozen=True)
@@ -46,9 +58,10 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class Classification:
+class ClassifyResult:
     predictions: list[Prediction]
     plan: ExitPlan
+    started: float
     decode_seconds: float
     queue_seconds: float
     compute_seconds: float
@@ -57,14 +70,14 @@ class Classification:
     def mean_mflops(self) -> float:
         return float(np.mean([p.mflops for p in self.predictions]))
 
-    def server_timing(self, started: float) -> str:
+    def server_timing(self) -> str:
         """A ``Server-Timing`` header value (milliseconds): where the request's time went.
 
-        ``app`` is the whole handler since ``started`` (``time.monotonic()``: body, decoding,
-        queue, compute), ``compute`` the batch (or batches) the images ran in.
+        ``app`` is the whole handler so far (body, decoding, queue, compute), ``compute`` the
+        batch (or batches) the images ran in.
         """
         parts = (
-            ("app", time.monotonic() - started),
+            ("app", time.monotonic() - self.started),
             ("decode", self.decode_seconds),
             ("queue", self.queue_seconds),
             ("compute", self.compute_seconds),
@@ -73,10 +86,17 @@ class Classification:
 
 
 class ModelService:
-    def __init__(self, settings: Settings, loaded: LoadedModel, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        loaded: LoadedModel,
+        metrics: Metrics,
+        live: LiveStats | None = None,
+    ) -> None:
         self.settings = settings
         self.loaded = loaded
         self.metrics = metrics
+        self.live = live
         manifest = loaded.bundle.manifest
         self.manifest = manifest
         self.name = settings.model_name or manifest.name
@@ -121,12 +141,39 @@ class ModelService:
         self.engine.stop(timeout=self.settings.request_timeout_s + 5)
         self._executor.shutdown(wait=True)
 
-    # --- requests --------------------------------------------------------------------------------
+    # --- the data plane ---------------------------------------------------------------------------
 
-    def resolve(self, budget_mflops: float | None, max_exit: int | None) -> ExitPlan:
-        return self.resolver.resolve(budget_mflops, max_exit)
+    async def receive(self, awaitable: Awaitable[T], started: float, doing: str) -> T:
+        """Read (part of) a request under the server's deadline: for the routes' body reads."""
+        return await self._within(awaitable, self._deadline(started), doing)
 
-    def check_top_k(self, top_k: int | None) -> int:
+    async def parse(self, fn: Callable[[], T], started: float, doing: str) -> T:
+        """Run a CPU-bound parse (a JSON tensor can hold millions of numbers) off the loop."""
+        return await self._off_loop(fn, self._deadline(started), doing)
+
+    async def classify(self, request: ClassifyRequest) -> ClassifyResult:
+        """Classify the request's images with its budget, cap and top-k, by its deadline."""
+        params = request.params
+        deadline = self._deadline(request.started, params.timeout_s)
+        plan = self.resolver.resolve(params.budget_mflops, params.max_exit)
+        top_k = self._top_k(params.top_k)
+        if request.tensor is not None:
+            result = await self._classify_tensor(request, plan, top_k, deadline)
+        else:
+            result = await self._classify_encoded(request, plan, top_k, deadline)
+        if self.live is not None:
+            preds = result.predictions
+            self.live.record(
+                plan.name,
+                time.monotonic() - request.started,
+                [p.exit for p in preds],
+                [p.mflops for p in preds],
+            )
+        return result
+
+    # --- steps -----------------------------------------------------------------------------------
+
+    def _top_k(self, top_k: int | None) -> int:
         n = len(self.class_names)
         if top_k is None:
             return min(self.settings.default_top_k, n)
@@ -134,76 +181,76 @@ class ModelService:
             raise InvalidParameterError(f"top_k must be between 0 and {n}, not {top_k}")
         return top_k
 
-    def check_count(self, n: int) -> None:
+    def _check_count(self, n: int) -> None:
         if n < 1:
             raise BadRequestError("the request holds no image")
         limit = self.settings.max_images_per_request
         if n > limit:
             raise PayloadTooLargeError(f"{n} images in one request; the limit is {limit}")
 
-    def deadline(self, started: float, client_timeout_s: float | None = None) -> float:
+    def _deadline(self, started: float, client_timeout_s: float | None = None) -> float:
         """The request's deadline: the server's limit, or the client's if that is shorter."""
         timeout = self.settings.request_timeout_s
         if client_timeout_s is not None:
             timeout = min(timeout, client_timeout_s)
         return started + timeout
 
-    async def within(self, awaitable: Awaitable[T], deadline: float, doing: str) -> T:
+    async def _within(self, awaitable: Awaitable[T], deadline: float, doing: str) -> T:
         """``awaitable``'s result, or a 504 when ``deadline`` passes first."""
         try:
             return await asyncio.wait_for(awaitable, max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             raise DeadlineExceededError(f"the request deadline passed while {doing}") from None
 
-    async def off_loop(self, fn: Callable[[], T], deadline: float, doing: str) -> T:
+    async def _off_loop(self, fn: Callable[[], T], deadline: float, doing: str) -> T:
         """Run CPU-bound ``fn`` (decoding, parsing) in the decode pool, never on the loop."""
         loop = asyncio.get_running_loop()
-        return await self.within(loop.run_in_executor(self._executor, fn), deadline, doing)
+        return await self._within(loop.run_in_executor(self._executor, fn), deadline, doing)
 
-    async def classify_encoded(
-        self,
-        blobs: Sequence[bytes],
-        plan: ExitPlan,
-        top_k: int,
-        deadline: float,
-        labels: Sequence[str] | None = None,
-    ) -> Classification:
+    async def _classify_encoded(
+        self, request: ClassifyRequest, plan: ExitPlan, top_k: int, deadline: float
+    ) -> ClassifyResult:
         """Encoded images (PNG, JPEG, ...): decode off the loop, then classify."""
-        self.check_count(len(blobs))
+        blobs, labels = request.encoded, request.labels
+        self._check_count(len(blobs))
         start = time.monotonic()
         spec, max_pixels = self.preprocessing, self.settings.max_image_pixels
         # While decoding, the engine knows these images are coming and may hold a batch open
         # for them (at most max_wait_ms).
         with self.engine.expecting() as arrival:
-            images = await self.off_loop(
+            images = await self._off_loop(
                 lambda: decode_images(blobs, spec, max_pixels, labels),
                 deadline,
                 "decoding the images",
             )
             decode_seconds = time.monotonic() - start
-            return await self._classify(images, plan, top_k, deadline, decode_seconds, arrival)
+            return await self._run(request, images, plan, top_k, deadline, decode_seconds, arrival)
 
-    async def classify_tensor(
-        self, array: np.ndarray, plan: ExitPlan, top_k: int, deadline: float
-    ) -> Classification:
+    async def _classify_tensor(
+        self, request: ClassifyRequest, plan: ExitPlan, top_k: int, deadline: float
+    ) -> ClassifyResult:
         """An already normalised FP32 ``[N, C, H, W]`` batch."""
-        self.check_count(int(array.shape[0]) if array.ndim else 0)
+        array = request.tensor
+        assert array is not None  # the caller checked
+        self._check_count(int(array.shape[0]) if array.ndim else 0)
         start = time.monotonic()
         spec = self.preprocessing
-        images = await self.off_loop(
+        images = await self._off_loop(
             lambda: tensor_images(array, spec), deadline, "checking the input tensor"
         )
-        return await self._classify(images, plan, top_k, deadline, time.monotonic() - start)
+        decode_seconds = time.monotonic() - start
+        return await self._run(request, images, plan, top_k, deadline, decode_seconds)
 
-    async def _classify(
+    async def _run(
         self,
+        request: ClassifyRequest,
         images: Tensor,
         plan: ExitPlan,
         top_k: int,
         deadline: float,
         decode_seconds: float,
         arrival: Arrival | None = None,
-    ) -> Classification:
+    ) -> ClassifyResult:
         outcome = await self.engine.infer(images, plan, top_k, deadline, arrival)
         names = self.class_names
         predictions = [
@@ -217,73 +264,11 @@ class ModelService:
             )
             for r in outcome.results
         ]
-        return Classification(
+        return ClassifyResult(
             predictions=predictions,
             plan=plan,
+            started=request.started,
             decode_seconds=decode_seconds,
             queue_seconds=outcome.queue_seconds,
             compute_seconds=outcome.compute_seconds,
         )
-
-    # --- description -----------------------------------------------------------------------------
-
-    def describe(self) -> dict[str, Any]:
-        """What ``GET /v1/model`` returns."""
-        m = self.manifest
-        cal = self.loaded.calibration
-        anytime = {a.exit: a for a in cal.anytime} if cal else {}
-        exits = []
-        for e in m.exits:
-            item: dict[str, Any] = {"exit": e.exit, "mflops": e.mflops, "params_m": e.params_m}
-            if e.exit in anytime:
-                item["heldout_accuracy"] = anytime[e.exit].heldout_top1
-                item["test_accuracy"] = anytime[e.exit].test_top1
-            exits.append(item)
-        points = []
-        for p in self.resolver.points:
-            points.append(
-                {
-                    "name": p.name,
-                    "target_mflops": p.target_mflops,
-                    "expected_mflops": p.expected_mflops,
-                    "thresholds": p.thresholds,
-                    "heldout": p.heldout.model_dump(),
-                    "test": p.test.model_dump() if p.test else None,
-                }
-            )
-        budget_range = self.resolver.budget_range
-        s = self.settings
-        return {
-            "name": self.name,
-            "version": "1",
-            "exitwise_version": __version__,
-            "arch": m.arch,
-            "preset": m.preset,
-            "dataset": m.dataset,
-            "num_classes": m.num_classes,
-            "class_names": m.class_names,
-            "input": {
-                "channels": m.preprocessing.channels,
-                "size": m.preprocessing.input_size,
-                "preprocessing": m.preprocessing.model_dump(mode="json"),
-            },
-            "weights_sha256": m.weights.sha256,
-            "exits": exits,
-            "calibrated": cal is not None,
-            "operating_points": points,
-            "default_operating_point": cal.default_operating_point if cal else None,
-            "budget_mflops_range": list(budget_range) if budget_range else None,
-            "default_plan": self.resolver.resolve().describe(),
-            "backend": self.runner.backend,
-            "device": str(self.runner.device),
-            "provider": self.runner.provider,
-            "limits": {
-                "max_batch_size": s.max_batch_size,
-                "max_wait_ms": s.max_wait_ms,
-                "max_queue_images": s.max_queue_images,
-                "max_images_per_request": s.max_images_per_request,
-                "max_body_bytes": s.max_body_bytes,
-                "max_image_pixels": s.max_image_pixels,
-                "request_timeout_s": s.request_timeout_s,
-            },
-        }

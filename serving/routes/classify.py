@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..deps import Authorized, InFlight, Service
 from ..errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from ..params import merge_fields, parse_params
-from ..service import Classification
+from ..service import ClassifyRequest, ClassifyResult
 
 router = APIRouter(tags=["v1"])
 
@@ -55,7 +55,7 @@ async def _read_multipart(
         await form.close()
 
 
-def render(service_name: str, result: Classification, filenames: list[str] | None) -> Any:
+def render(service_name: str, result: ClassifyResult, filenames: list[str] | None) -> Any:
     items = []
     for i, p in enumerate(result.predictions):
         item: dict[str, Any] = {"index": i}
@@ -111,29 +111,27 @@ _BODY = {
 )
 async def classify(request: Request, service: Service) -> JSONResponse:
     started = time.monotonic()
-    deadline = service.deadline(started)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     form_fields: list[tuple[str, str]] = []
     filenames: list[str] | None = None
     reading = "reading the request body"
     if media == "multipart/form-data":
         limit = service.settings.max_images_per_request
-        blobs, filenames, form_fields = await service.within(
-            _read_multipart(request, limit), deadline, reading
+        blobs, filenames, form_fields = await service.receive(
+            _read_multipart(request, limit), started, reading
         )
     elif media.startswith("image/") or media == "application/octet-stream":
-        blobs = [await service.within(request.body(), deadline, reading)]
+        blobs = [await service.receive(request.body(), started, reading)]
     else:
         raise UnsupportedMediaTypeError(
             f"unsupported content type {media or '(none)'!r}: send multipart/form-data with "
             "image files, or one image as the body with an image/* content type"
         )
     params = parse_params(merge_fields(request.query_params.multi_items(), form_fields))
-    deadline = service.deadline(started, params.timeout_s)
-    plan = service.resolve(params.budget_mflops, params.max_exit)
-    top_k = service.check_top_k(params.top_k)
-    result = await service.classify_encoded(blobs, plan, top_k, deadline, filenames)
+    result = await service.classify(
+        ClassifyRequest(started=started, params=params, encoded=blobs, labels=filenames)
+    )
     return JSONResponse(
         render(service.name, result, filenames),
-        headers={"Server-Timing": result.server_timing(started)},
+        headers={"Server-Timing": result.server_timing()},
     )

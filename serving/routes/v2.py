@@ -14,6 +14,7 @@ Outputs: ``class_id`` INT64, ``class_name`` BYTES, ``confidence`` FP64, ``exit``
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Annotated, Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from ..deps import Authorized, InFlight, Service, get_lifecycle
 from ..errors import BadRequestError, ModelNotFoundError, error_response
 from ..lifecycle import Lifecycle
 from ..params import parse_params
-from ..service import Classification, ModelService
+from ..service import ClassifyRequest, ClassifyResult, ModelService
 from ..v2_codec import HEADER_LENGTH, encode_response, parse_request
 
 router = APIRouter(tags=["v2"])
@@ -133,28 +134,23 @@ async def _infer(
 ) -> Response:
     started = time.monotonic()
     _check_model(service, name, version)
-    body = await service.within(
-        request.body(), service.deadline(started), "reading the request body"
-    )
+    body = await service.receive(request.body(), started, "reading the request body")
     header_length = request.headers.get(HEADER_LENGTH)
-    # A JSON tensor can hold millions of numbers: parse it off the event loop.
-    req, data = await service.off_loop(
-        lambda: parse_request(body, header_length),
-        service.deadline(started),
-        "parsing the request",
+    req, data = await service.parse(
+        lambda: parse_request(body, header_length), started, "parsing the request"
     )
     if len(req.inputs) != 1:
         raise BadRequestError("send exactly one input: 'input' (FP32) or 'image' (BYTES)")
     tensor, values = req.inputs[0], data[0]
-    # Triton's convention: the client's `timeout` parameter is in microseconds.
-    params = parse_params(req.parameters, timeout_key="timeout", timeout_unit=1e-6)
-    deadline = service.deadline(started, params.timeout_s)
-    plan = service.resolve(params.budget_mflops, params.max_exit)
-    result: Classification
+    # Triton's convention: the client's `timeout` parameter is in microseconds. No top-k
+    # outputs in v2: the response's tensors are fixed.
+    params = replace(
+        parse_params(req.parameters, timeout_key="timeout", timeout_unit=1e-6), top_k=0
+    )
     if tensor.name == "input":
         if tensor.datatype != "FP32":
             raise BadRequestError(f"input 'input' must be FP32, not {tensor.datatype}")
-        result = await service.classify_tensor(values, plan, 0, deadline)
+        classify = ClassifyRequest(started=started, params=params, tensor=values)
     elif tensor.name == "image":
         if tensor.datatype != "BYTES":
             raise BadRequestError(f"input 'image' must be BYTES, not {tensor.datatype}")
@@ -162,12 +158,13 @@ async def _infer(
             raise BadRequestError(
                 f"input 'image' must have shape [N] or [N, 1], not {tensor.shape}"
             )
-        result = await service.classify_encoded(values, plan, 0, deadline)
+        classify = ClassifyRequest(started=started, params=params, encoded=values)
     else:
         raise BadRequestError(
             f"unknown input {tensor.name!r}; inputs: 'input' (FP32), 'image' (BYTES)"
         )
-    return _respond(service, req.id, req.parameters, req.outputs, result, started)
+    result = await service.classify(classify)
+    return _respond(service, req.id, req.parameters, req.outputs, result)
 
 
 def _respond(
@@ -175,8 +172,7 @@ def _respond(
     request_id: str | None,
     parameters: dict[str, Any],
     requested: Any,
-    result: Classification,
-    started: float,
+    result: ClassifyResult,
 ) -> Response:
     preds = result.predictions
     values: dict[str, Any] = {
@@ -203,7 +199,7 @@ def _respond(
         "mean_mflops": result.mean_mflops
     }
     body, json_length = encode_response(header, [(n, OUTPUTS[n], values[n]) for n in names], binary)
-    headers = {"Server-Timing": result.server_timing(started)}
+    headers = {"Server-Timing": result.server_timing()}
     if json_length is None:
         return Response(body, media_type="application/json", headers=headers)
     headers["Inference-Header-Content-Length"] = str(json_length)
