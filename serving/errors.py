@@ -41,6 +41,10 @@ class ModelNotFoundError(ServingError):
     pass
 
 
+class NotFoundError(ServingError):
+    """Something the route serves that does not exist (a sample image, the calibration curve)."""
+
+
 class PayloadTooLargeError(ServingError):
     """Body over the size limit, or more images than allowed per request."""
 
@@ -75,6 +79,7 @@ STATUS: dict[type[Exception], int] = {
     InvalidImageError: 400,
     UnauthorizedError: 401,
     ModelNotFoundError: 404,
+    NotFoundError: 404,
     PayloadTooLargeError: 413,
     ImageTooLargeError: 413,
     UnsupportedMediaTypeError: 415,

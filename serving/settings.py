@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=4096 * 4096, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
 
+    # --- playground page -------------------------------------------------------------------------
+    data_root: Path | None = Field(
+        default=None,
+        description="Where the bundle's data set lives, for the page's sample images "
+        "(default: the recipe's data root, then the data set's usual places).",
+    )
+
     # --- security --------------------------------------------------------------------------------
     api_key: SecretStr | None = None
     metrics_require_key: bool = False
