@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from exitwise.benchkit import describe_cpu
+from exitwise.benchkit import describe_cpu, markdown_table, sync
 from exitwise.datasets import default_preprocessing
 from exitwise.fileio import atomic_write_text
 
@@ -136,21 +136,17 @@ def run_bench(
             True,
         )
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     for step, meta in modes.values():
         for _ in range(warmup):
             step(x, labels, meta)
     raw: dict[str, list[float]] = {name: [] for name in modes}
     for _ in range(rounds):
         for name, (step, meta) in modes.items():
-            sync()
+            sync(device)
             t = time.perf_counter()
             for _ in range(steps):
                 step(x, labels, meta)
-            sync()
+            sync(device)
             raw[name].append(1000.0 * (time.perf_counter() - t) / steps)
     ms = {name: statistics.median(v) for name, v in raw.items()}
 
@@ -195,19 +191,29 @@ def markdown(result: BenchResult, command: str) -> str:
         f"{r.threads} intra-op threads, torch {r.torch_version}; synthetic batches (no data "
         f"loading); median of {r.rounds} interleaved rounds of {r.steps} iterations.",
         "",
-        "| weighting | meta interval | ms / iteration | images/s | time per image vs uniform "
-        "| target | how |",
-        "|---|---|---|---|---|---|---|",
     ]
+    cells = []
     for row in r.rows:
         target = "-"
         if row.target is not None:
             met = "met" if row.ratio <= row.target else "not met"
             target = f"<= {row.target}x ({met})"
-        lines.append(
-            f"| {row.weighting} | {row.interval} | {row.ms_per_iteration:.1f} | "
-            f"{row.images_per_s:.0f} | {row.ratio:.2f}x | {target} | {row.how} |"
+        cells.append(
+            [
+                row.weighting,
+                row.interval,
+                f"{row.ms_per_iteration:.1f}",
+                f"{row.images_per_s:.0f}",
+                f"{row.ratio:.2f}x",
+                target,
+                row.how,
+            ]
         )
+    header = [
+        "weighting", "meta interval", "ms / iteration", "images/s",
+        "time per image vs uniform", "target", "how",
+    ]  # fmt: skip
+    lines.append(markdown_table(header, cells))
     lines += [
         "",
         "Interval 100 is derived from the two measured L2W iterations: "
