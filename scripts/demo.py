@@ -7,7 +7,7 @@
 3. export per-stage ONNX graphs (`exitwise export`), unless an export for these weights exists;
 4. start `exitwise serve` on 127.0.0.1:8000 in the background (replacing a demo server that is
    still running), send a few real test images at each budget, print what came back, and leave
-   the server running with commands to try.
+   the server running with commands to try; the last line is the playground page's address.
 
     python scripts/demo.py            # the above
     python scripts/demo.py stop       # stop the demo server
@@ -245,6 +245,8 @@ def main() -> None:
   {cli} bench http --url {url} --concurrency 8 --requests 400 --dataset fashion-mnist
   make demo-stop                          # stop the server
 """)
+    # Last, so it is what stays on screen: the page shows all of the above in a browser.
+    say(f"the playground page (drop an image, move the budget, watch it exit): {url}/")
 
 
 if __name__ == "__main__":
