@@ -1,15 +1,19 @@
-"""The engine: a bounded queue of images, one worker thread that batches them and runs the network.
+"""The engine: a queue in front of every stage and one worker thread that runs them.
 
-Each request's images enter the queue together, each carrying its request's thresholds and cap.
-The worker takes up to ``max_batch_size`` images (from one request or many, whatever their
-budgets), runs them with :func:`exitwise.runtime.run_early_exit`, and completes a request as
-soon as all its images are done, resolving its asyncio future on the request's event loop
-(thread-safe). The event loop never waits on the model.
+Stage-level continuous batching. A request's images join stage 1's queue together, each carrying
+its request's thresholds and cap. The worker repeatedly asks the scheduler
+(:func:`serving.scheduler.pick`) which stage to run, takes up to ``max_batch_size`` rows from
+that stage's queue (from one request or many, whatever their budgets), runs the stage, applies
+the exit rule (:func:`exitwise.runtime.judge_stage`, the function calibration's simulation
+uses) and puts the survivors in the next stage's queue, where they wait with the survivors of
+other batches. Late stages therefore run on full batches when traffic allows, while new images
+keep entering stage 1; no row waits longer than ``max_stage_wait_s`` in front of a stage.
 
-Batching: once an image is queued the worker waits at most ``max_wait_s`` for the batch to fill,
-and only while other requests are known to be on their way (being read and decoded); a lone
-request at batch 1 therefore does not pay the wait. A full queue refuses new requests at once
-(:class:`~serving.errors.QueueFullError`, a 503 with Retry-After) instead of letting them hang.
+A request completes the moment its last image exits: its asyncio future is resolved on the
+request's event loop (thread-safe), and the event loop never waits on the model. A full engine
+refuses new requests at once (:class:`~serving.errors.QueueFullError`, a 503 with Retry-After)
+instead of letting them hang; rows of a request whose deadline passed or whose client went away
+are dropped from every queue.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -27,13 +30,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from exitwise.runtime import StageRunner, run_early_exit
+from exitwise.runtime import StageRunner, judge_stage, run_early_exit, top_k_of
 
 from .budgets import ExitPlan
 from .errors import DeadlineExceededError, NotReadyError, QueueFullError
 from .metrics import Metrics
+from .scheduler import Idle, Run, pick
+from .stage_queue import Chunk, StageQueue, concat
 
 log = logging.getLogger("exitwise.serving.engine")
+
+# The longest a row may wait in front of a stage while its queue collects company (and at
+# least max_wait: the first stage's batch-filling wait is one such wait).
+DEFAULT_MAX_STAGE_WAIT_S = 0.005
 
 
 class EngineFailureError(RuntimeError):
@@ -51,8 +60,8 @@ class ImageResult:
 @dataclass(frozen=True)
 class InferOutcome:
     results: list[ImageResult]
-    queue_seconds: float  # longest wait of one of the request's images
-    compute_seconds: float  # summed over the batches the request's images ran in
+    queue_seconds: float  # the request's time in the engine not spent running its stages
+    compute_seconds: float  # summed over the stage batches its images ran in
 
 
 @dataclass(eq=False)
@@ -64,18 +73,17 @@ class Arrival:
 
 @dataclass(eq=False)
 class _Job:
-    images: Tensor  # [n, C, H, W] float32, CPU
-    thresholds: np.ndarray  # float64 [K]
-    max_index: int
+    """One request in the engine. ``results``, ``remaining`` and the timings belong to the
+    worker thread; ``cancelled`` may be set from the event loop (under the engine's lock)."""
+
     top_k: int
     deadline: float  # time.monotonic()
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[InferOutcome]
+    results: list[ImageResult | None]
+    remaining: int
     enqueued: float = field(default_factory=time.monotonic)
-    results: list[ImageResult | None] = field(default_factory=list)
-    remaining: int = 0
     cancelled: bool = False
-    queue_seconds: float = 0.0
     compute_seconds: float = 0.0
 
 
@@ -87,18 +95,23 @@ class Engine:
         exit_mflops: list[float],
         max_batch_size: int = 32,
         max_wait_s: float = 0.002,
+        max_stage_wait_s: float | None = None,
         max_queue_images: int = 1024,
         metrics: Metrics | None = None,
     ) -> None:
         if len(exit_mflops) != runner.num_exits:
             raise ValueError("one MFLOPs figure per exit is required")
         self.runner = runner
+        self.num_exits = runner.num_exits
         self.exit_mflops = list(exit_mflops)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
+        stage_wait = DEFAULT_MAX_STAGE_WAIT_S if max_stage_wait_s is None else max_stage_wait_s
+        self.max_stage_wait_s = max(stage_wait, max_wait_s)
         self.max_queue_images = max_queue_images
         self.metrics = metrics
-        self._queue: deque[tuple[_Job, int]] = deque()
+        self._queues = [StageQueue() for _ in range(runner.num_exits)]
+        self._queued = 0  # rows in all queues
         self._cond = threading.Condition()
         self._incoming = 0
         self._stopping = False
@@ -108,7 +121,7 @@ class Engine:
 
     def warm_up(self, input_shape: tuple[int, int, int], batch_sizes: tuple[int, ...] = ()) -> None:
         """Run every stage at batch 1 and at the largest batch (allocators, kernels, autotuning)."""
-        k = self.runner.num_exits
+        k = self.num_exits
         for n in batch_sizes or (1, self.max_batch_size):
             x = torch.zeros((n, *input_shape), dtype=torch.float32)
             thr = np.full((n, k), np.inf, dtype=np.float64)
@@ -134,7 +147,13 @@ class Engine:
 
     @property
     def queued_images(self) -> int:
-        return len(self._queue)
+        """Rows waiting in front of any stage."""
+        return self._queued
+
+    def queue_rows(self) -> list[int]:
+        """Rows waiting in front of each stage (index 0 = stage 1)."""
+        with self._cond:
+            return [q.rows for q in self._queues]
 
     @contextlib.contextmanager
     def expecting(self) -> Iterator[Arrival]:
@@ -165,9 +184,6 @@ class Engine:
         n = int(images.shape[0])
         loop = asyncio.get_running_loop()
         job = _Job(
-            images=images,
-            thresholds=plan.thresholds,
-            max_index=plan.max_index,
             top_k=top_k,
             deadline=deadline,
             loop=loop,
@@ -175,16 +191,24 @@ class Engine:
             results=[None] * n,
             remaining=n,
         )
+        chunk = Chunk(
+            state=[images],
+            jobs=[job] * n,
+            rows=np.arange(n),
+            thresholds=np.broadcast_to(plan.thresholds, (n, self.num_exits)),
+            caps=np.full(n, plan.max_index, dtype=np.int64),
+            since=job.enqueued,
+        )
         with self._cond:
             if self._stopping:
                 raise NotReadyError("the server is shutting down")
-            waiting = len(self._queue)
-            if waiting + n > self.max_queue_images:
+            if self._queued + n > self.max_queue_images:
                 raise QueueFullError(
-                    f"the queue is full ({waiting} of {self.max_queue_images} images waiting); "
-                    "retry later"
+                    f"the queue is full ({self._queued} of {self.max_queue_images} images "
+                    "waiting); retry later"
                 )
-            self._queue.extend((job, row) for row in range(n))
+            self._queues[0].push(chunk)
+            self._queued += n
             if arrival is not None and not arrival.arrived:
                 # In the same critical section as the images: a waiting worker sees them at once.
                 arrival.arrived = True
@@ -217,100 +241,128 @@ class Engine:
     def _cancel(self, job: _Job) -> None:
         with self._cond:
             job.cancelled = True
-            if any(j is job for j, _ in self._queue):
-                self._queue = deque(item for item in self._queue if item[0] is not job)
-                self._set_depth()
+            self._queued -= sum(q.drop(lambda j: j is job) for q in self._queues)
+            self._set_depth()
 
     def _set_depth(self) -> None:
         if self.metrics is not None:
-            self.metrics.queue_depth.set(len(self._queue))
+            self.metrics.set_queue_depth([q.rows for q in self._queues])
 
     # --- the worker thread ----------------------------------------------------------------------
 
     def _work(self) -> None:
-        while True:
-            items = self._next_batch()
-            if items is None:
-                return
-            if not items:
-                continue
-            try:
-                self._run(items)
-            except Exception:  # a bug after the network ran: fail the batch, keep serving
-                log.exception("failed to deliver a batch of %d images", len(items))
-                for job in {id(job): job for job, _ in items}.values():
-                    self._fail(job, EngineFailureError("inference failed"))
+        with torch.inference_mode():
+            while True:
+                step = self._next_step()
+                if step is None:
+                    return
+                index, chunk = step
+                try:
+                    self._run(index, chunk)
+                except Exception:  # the network or a bug: fail these requests, keep serving
+                    log.exception("stage %d failed on a batch of %d rows", index + 1, len(chunk))
+                    for job in {id(j): j for j in chunk.jobs}.values():
+                        self._fail(job, EngineFailureError("inference failed"))
 
-    def _next_batch(self) -> list[tuple[_Job, int]] | None:
+    def _next_step(self) -> tuple[int, Chunk] | None:
+        """The stage to run and its batch; ``None`` once stopping and nothing is left."""
         with self._cond:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            # Wait for the batch to fill, but only while more requests are on their way.
-            oldest = self._queue[0][0].enqueued
-            while (
-                len(self._queue) < self.max_batch_size and self._incoming > 0 and not self._stopping
-            ):
-                left = oldest + self.max_wait_s - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            items: list[tuple[_Job, int]] = []
-            now = time.monotonic()
-            while self._queue and len(items) < self.max_batch_size:
-                job, row = self._queue.popleft()
-                if job.cancelled:
-                    continue
-                if now > job.deadline:
-                    self._fail(job, DeadlineExceededError("the request deadline passed"))
-                    continue
-                items.append((job, row))
-            self._set_depth()
-            return items
+            while True:
+                now = time.monotonic()
+                decision = pick(
+                    [q.view() for q in self._queues],
+                    now,
+                    max_batch=self.max_batch_size,
+                    max_wait_s=self.max_wait_s,
+                    max_stage_wait_s=self.max_stage_wait_s,
+                    incoming=self._incoming > 0 and not self._stopping,
+                )
+                if isinstance(decision, Run):
+                    taken = self._queues[decision.stage].take(self.max_batch_size)
+                    self._queued -= sum(len(c) for c in taken)
+                    live = [c for c in (self._live(c, now) for c in taken) if c is not None]
+                    self._set_depth()
+                    if live:
+                        return decision.stage, concat(live)
+                elif isinstance(decision, Idle):
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                else:
+                    self._cond.wait(decision.until - now)
 
-    def _run(self, items: list[tuple[_Job, int]]) -> None:
+    def _live(self, chunk: Chunk, now: float) -> Chunk | None:
+        """``chunk`` without the rows of requests that were cancelled or are past their
+        deadline (those fail with a 504 here). Under the lock."""
+        dead = {id(j): j for j in chunk.jobs if j.cancelled or now > j.deadline}
+        if not dead:
+            return chunk
+        for job in dead.values():
+            if not job.cancelled:
+                self._fail(job, DeadlineExceededError("the request deadline passed"))
+        mask = np.array([id(j) not in dead for j in chunk.jobs], dtype=bool)
+        return chunk.keep(mask) if mask.any() else None
+
+    def _run(self, index: int, chunk: Chunk) -> None:
         start = time.monotonic()
-        jobs = list({id(job): job for job, _ in items}.values())
-        try:
-            images = _gather(items)
-            thresholds = np.stack([job.thresholds for job, _ in items])
-            caps = np.array([job.max_index for job, _ in items], dtype=np.int64)
-            top_k = max(job.top_k for job in jobs)
-            out = run_early_exit(self.runner, images, thresholds, caps, top_k)
-        except Exception:
-            log.exception("the network failed on a batch of %d images", len(items))
-            for job in jobs:
-                self._fail(job, EngineFailureError("inference failed"))
-            return
+        runner = self.runner
+        state = runner.initial_state(chunk.state[0]) if index == 0 else chunk.state
+        state, logits = runner.run_stage(index, state)
+        verdict = judge_stage(logits, index, self.num_exits, chunk.thresholds[:, index], chunk.caps)
+        stop = verdict.stop
+        stopped = np.flatnonzero(stop).tolist()
+        jobs = chunk.jobs
+        survivors = None
+        if len(stopped) < len(chunk):
+            survivors = Chunk(state, jobs, chunk.rows, chunk.thresholds, chunk.caps, 0.0)
+            survivors = survivors.keep(~stop)
+        top_k = max((jobs[i].top_k for i in stopped), default=0)
+        ids: list[list[int]] = []
+        probs: list[list[float]] = []
+        if top_k:
+            top_ids, top_probs = top_k_of(logits, stop, top_k)
+            ids, probs = top_ids.tolist(), top_probs.tolist()
         seconds = time.monotonic() - start
-        if self.metrics is not None:
-            k = self.runner.num_exits
-            counts = np.bincount(out.exit_index, minlength=k).tolist()
-            mflops = [self.exit_mflops[i] for i in out.exit_index.tolist()]
-            self.metrics.record_batch(out.stage_rows, counts, mflops, seconds)
-            for job, _ in items:
-                self.metrics.queue_wait.observe(start - job.enqueued)
-        for i, (job, row) in enumerate(items):
-            n_top = min(job.top_k, out.top_ids.shape[1])
-            job.results[row] = ImageResult(
-                exit_index=int(out.exit_index[i]),
-                class_id=int(out.class_id[i]),
-                confidence=float(out.confidence[i]),
-                top=tuple(
-                    (int(c), float(p))
-                    for c, p in zip(out.top_ids[i, :n_top], out.top_probs[i, :n_top], strict=True)
-                ),
-            )
-            job.remaining -= 1
-        for job in jobs:
-            job.queue_seconds = max(job.queue_seconds, start - job.enqueued)
+        for job in {id(j): j for j in jobs}.values():
             job.compute_seconds += seconds
-            if job.remaining == 0:
-                done = [r for r in job.results if r is not None]
-                self._resolve(job, InferOutcome(done, job.queue_seconds, job.compute_seconds))
+        if survivors is not None:
+            self._advance(index + 1, survivors)
+        if self.metrics is not None:
+            waits = [start - j.enqueued for j in jobs] if index == 0 else None
+            self.metrics.record_stage(
+                index, len(chunk), len(stopped), self.exit_mflops[index], seconds, waits
+            )
+        rows = chunk.rows.tolist()
+        classes = verdict.prediction.tolist()
+        confidences = verdict.confidence.tolist()
+        for pos, i in enumerate(stopped):
+            job = jobs[i]
+            top: tuple[tuple[int, float], ...] = ()
+            if job.top_k:
+                top = tuple(zip(ids[pos][: job.top_k], probs[pos][: job.top_k], strict=True))
+            job.results[rows[i]] = ImageResult(index, classes[i], confidences[i], top)
+            job.remaining -= 1
+            if job.remaining == 0 and not job.cancelled:
+                self._finish(job)
 
-    def _resolve(self, job: _Job, outcome: InferOutcome) -> None:
+    def _advance(self, index: int, survivors: Chunk) -> None:
+        """Queue the survivors of a stage in front of stage ``index`` (0-based)."""
+        with self._cond:
+            survivors.since = time.monotonic()
+            if any(j.cancelled for j in survivors.jobs):
+                alive = np.array([not j.cancelled for j in survivors.jobs], dtype=bool)
+                if not alive.any():
+                    return
+                survivors = survivors.keep(alive)
+            self._queues[index].push(survivors)
+            self._queued += len(survivors)
+            self._set_depth()
+
+    def _finish(self, job: _Job) -> None:
+        done = [r for r in job.results if r is not None]
+        total = time.monotonic() - job.enqueued
+        outcome = InferOutcome(done, max(0.0, total - job.compute_seconds), job.compute_seconds)
+
         def deliver() -> None:
             if not job.future.done():
                 job.future.set_result(outcome)
@@ -318,7 +370,7 @@ class Engine:
         self._deliver(job, deliver)
 
     def _fail(self, job: _Job, err: Exception) -> None:
-        job.cancelled = True  # its other images, if still queued, are skipped
+        job.cancelled = True  # its other rows, if still queued, are skipped
 
         def deliver() -> None:
             if not job.future.done():
@@ -331,17 +383,3 @@ class Engine:
         # A closed loop (RuntimeError) means nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
             job.loop.call_soon_threadsafe(callback)
-
-
-def _gather(items: list[tuple[_Job, int]]) -> Tensor:
-    """The batch's images: slices of each request's tensor (no copy for a single request)."""
-    parts: list[Tensor] = []
-    i = 0
-    while i < len(items):
-        job, first = items[i]
-        j = i + 1
-        while j < len(items) and items[j][0] is job and items[j][1] == first + (j - i):
-            j += 1
-        parts.append(job.images[first : first + (j - i)])
-        i = j
-    return parts[0] if len(parts) == 1 else torch.cat(parts)

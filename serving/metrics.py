@@ -4,13 +4,14 @@ Names (prefix ``exitwise_``; histograms in seconds; labels kept low-cardinality)
 
 - ``requests_total{route,code}``, ``request_duration_seconds{route}``: every HTTP request, by
   route template (``/v2/models/{name}/infer``, not the concrete path) and status code.
-- ``queue_wait_seconds``: per image, from entering the engine's queue to its batch starting.
-- ``compute_seconds``: per batch, running the network stage by stage (exit rule included).
-- ``batch_size``: images per batch; ``stage_batch_size{stage}``: rows entering each stage, which
-  shrink at later stages when images exit early.
+- ``queue_wait_seconds``: per image, from entering the engine to its first stage starting.
+- ``compute_seconds``: per stage batch, running one stage and its exit rule.
+- ``batch_size``: images per first-stage batch; ``stage_batch_size{stage}``: rows in each batch
+  of each stage (survivors of several batches run together at later stages).
 - ``exits_total{exit}``: images served at each exit; ``mflops_per_image``: the cumulative cost
   of each image's exit.
-- ``inflight_requests``: inference requests being handled; ``queue_depth``: images waiting.
+- ``inflight_requests``: inference requests being handled; ``queue_depth``: images waiting in
+  front of any stage; ``stage_queue_depth{stage}``: rows waiting in front of each stage.
 - ``model_info{model,backend,device,provider}``: 1, labels describe what is served.
 
 Series for every exit and stage exist from the start (at 0), so dashboards see them at once.
@@ -36,6 +37,11 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        # Per-exit and per-stage children, bound once in describe_model (a labels() lookup on
+        # every stage batch would cost more than the update itself).
+        self._exits: list[Counter] = []
+        self._stage_rows: list[Histogram] = []
+        self._stage_depth: list[Gauge] = []
         self.requests = Counter(
             "exitwise_requests_total",
             "HTTP requests by route template and status code.",
@@ -57,19 +63,19 @@ class Metrics:
         )
         self.compute = Histogram(
             "exitwise_compute_seconds",
-            "Per batch: time running the network stage by stage.",
+            "Per stage batch: time running one stage and its exit rule.",
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.batch_size = Histogram(
             "exitwise_batch_size",
-            "Images per batch.",
+            "Images per batch of the first stage.",
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
         self.stage_batch_size = Histogram(
             "exitwise_stage_batch_size",
-            "Rows entering each stage (1-based); smaller at later stages when images exit early.",
+            "Rows per batch of each stage (1-based).",
             ("stage",),
             buckets=BATCH_BUCKETS,
             registry=registry,
@@ -93,7 +99,13 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "exitwise_queue_depth",
-            "Images waiting in the engine's queue.",
+            "Images waiting in front of any stage.",
+            registry=registry,
+        )
+        self.stage_queue_depth = Gauge(
+            "exitwise_stage_queue_depth",
+            "Rows waiting in front of each stage (1-based).",
+            ("stage",),
             registry=registry,
         )
         self.model_info = Gauge(
@@ -110,20 +122,43 @@ class Metrics:
         self.model_info.labels(model=model, backend=backend, device=device, provider=provider).set(
             1
         )
-        for k in range(1, num_exits + 1):
-            self.exits.labels(exit=str(k))
-            self.stage_batch_size.labels(stage=str(k))
+        self._bind(num_exits)
 
-    def record_batch(
-        self, stage_rows: list[int], exit_counts: list[int], mflops: list[float], seconds: float
+    def _bind(self, num_exits: int) -> None:
+        """Create (at 0) and keep the per-exit and per-stage series of exits 1..num_exits."""
+        for k in range(len(self._exits) + 1, num_exits + 1):
+            self._exits.append(self.exits.labels(exit=str(k)))
+            self._stage_rows.append(self.stage_batch_size.labels(stage=str(k)))
+            self._stage_depth.append(self.stage_queue_depth.labels(stage=str(k)))
+
+    def record_stage(
+        self,
+        index: int,
+        rows: int,
+        exited: int,
+        exit_mflops: float,
+        seconds: float,
+        queue_waits: list[float] | None = None,
     ) -> None:
-        """One finished batch: its stage sizes, exits, per-image costs and compute time."""
-        self.batch_size.observe(stage_rows[0])
+        """One stage batch (0-based ``index``): its rows, how many left at its exit (each
+        costing ``exit_mflops``), its time, and for the first stage each image's wait."""
+        if index >= len(self._exits):
+            self._bind(index + 1)
+        if index == 0:
+            self.batch_size.observe(rows)
         self.compute.observe(seconds)
-        for k, rows in enumerate(stage_rows, start=1):
-            self.stage_batch_size.labels(stage=str(k)).observe(rows)
-        for k, count in enumerate(exit_counts, start=1):
-            if count:
-                self.exits.labels(exit=str(k)).inc(count)
-        for value in mflops:
-            self.mflops_per_image.observe(value)
+        self._stage_rows[index].observe(rows)
+        if exited:
+            self._exits[index].inc(exited)
+            for _ in range(exited):
+                self.mflops_per_image.observe(exit_mflops)
+        for wait in queue_waits or ():
+            self.queue_wait.observe(wait)
+
+    def set_queue_depth(self, rows: list[int]) -> None:
+        """Rows waiting in front of each stage."""
+        self.queue_depth.set(sum(rows))
+        if len(rows) > len(self._stage_depth):
+            self._bind(len(rows))
+        for gauge, n in zip(self._stage_depth, rows, strict=True):
+            gauge.set(n)
