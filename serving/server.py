@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -58,6 +59,18 @@ class DrainingServer(uvicorn.Server):
         if self._drain_timer is not None:
             self._drain_timer.cancel()
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the signals it caught once it has shut down, so a server stopped by
+        # SIGTERM would die of it after a clean shutdown: exit 143 under `docker run --init` or
+        # any parent but a container's PID 1 (which ignores its own signal). A drained SIGTERM
+        # stop is a success: exit 0. SIGINT (Ctrl-C) is still re-raised.
+        with super().capture_signals():
+            yield
+            captured = getattr(self, "_captured_signals", None)
+            if captured is not None:
+                captured[:] = [s for s in captured if s != signal.SIGTERM]
 
 
 def configure_logging(level: str) -> None:

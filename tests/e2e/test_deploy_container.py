@@ -3,7 +3,8 @@
 HEALTHCHECK command turns healthy once ready, the server classifies, and SIGTERM drains it
 (health check failing) and ends it gracefully well within compose's stop_grace_period.
 
-What this cannot cover: the base image, the pip resolution inside the build and the GPU.
+This runs without a Docker engine; tests/e2e/test_docker_image.py builds and runs the real images
+where one can run.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ DOCKERFILE = DOCKER / "Dockerfile.cpu"
 
 def _build_context_copy(dest: Path) -> Path:
     """The sources the build stage COPYs (not the whole repository), as in the image."""
-    for ins in stages(read_dockerfile(DOCKERFILE))["build"]:
+    for ins in stages(read_dockerfile(DOCKERFILE))["sources"]:
         if ins.keyword != "COPY":
             continue
-        *sources, _ = ins.args.split()
+        *sources, _ = ins.args.split()  # COPY src... /src/...: the same paths under dest
         for src in sources:
             target = dest / src
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -160,9 +161,9 @@ def test_entrypoint_healthcheck_and_sigterm(container: Container, served: Served
         assert proc.poll() is None  # still serving during the drain ...
         assert not container.healthy()  # ... but no longer ready
         code = proc.wait(timeout=int(grace.rstrip("s")))
-        # uvicorn re-raises the signal once shut down (Docker reports 143): a graceful exit.
+        # A drained stop is a success (serving.server keeps uvicorn from re-raising SIGTERM).
         log = container.log.read_text()
-        assert code in (0, -signal.SIGTERM), log
+        assert code == 0, log
         assert "engine stopped" in log and "Application shutdown complete" in log
         assert time.monotonic() - sent >= 3  # the drain was honoured
     finally:

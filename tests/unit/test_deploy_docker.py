@@ -16,6 +16,7 @@ from tests.deploy_helpers import (
     DOCKER,
     DOCKERFILES,
     REPO,
+    Instruction,
     arg_defaults,
     env_of,
     fake_bundle_dir,
@@ -61,30 +62,70 @@ def test_ignored_rules_have_a_reason(path: Path) -> None:
             )
 
 
-def _install_runs(path: Path) -> list[str]:
-    return [i.args for i in read_dockerfile(path) if i.keyword == "RUN" and INSTALL in i.args]
+INSTALL_STAGES = ("install-index", "install-wheelhouse")
+VARIANT = {"Dockerfile": "gpu", "Dockerfile.cpu": "cpu"}  # as scripts/docker-build.sh names them
 
 
-def test_makefile_and_dockerfiles_install_with_the_same_script() -> None:
+def _install_runs(instructions: list[Instruction]) -> list[str]:
+    return [i.args for i in instructions if i.keyword == "RUN" and INSTALL in i.args]
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=IDS)
+def test_makefile_and_dockerfiles_install_with_the_same_script(path: Path) -> None:
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^\tPYTHON=\$\(PY\) scripts/install\.sh all,dev$", makefile, re.M)
-    for path in DOCKERFILES:
-        runs = _install_runs(path)
-        assert len(runs) == 1, f"{path.name}: one RUN with {INSTALL}"
-        # The same invocation as make's, into the image's venv, as a normal (non-editable) copy.
+    by_stage = stages(read_dockerfile(path))
+    wheelhouse = f"build/wheelhouse/{VARIANT[path.name]}"
+    for name in INSTALL_STAGES:
+        torch_run, project_run = _install_runs(by_stage[name])  # exactly two, in this order
+        # torch alone first (its own layer), then the same invocation as make's, into the
+        # image's venv, as a normal (non-editable) copy.
+        assert re.search(r' \S*scripts/install\.sh --torch-only "\$\{EXTRAS\}"$', torch_run)
         assert re.search(
-            r'PYTHON=/opt/venv/bin/python EDITABLE=0 scripts/install\.sh "\$\{EXTRAS\}"$', runs[0]
-        ), runs[0]
-        # ... and no second way of installing Python packages.
-        others = [
-            i.args
-            for i in read_dockerfile(path)
-            if i.keyword == "RUN" and INSTALL not in i.args and re.search(r"\bpip\b", i.args)
-        ]
-        assert not others, others
+            r'PYTHON=/opt/venv/bin/python EDITABLE=0 \S*scripts/install\.sh "\$\{EXTRAS\}"$',
+            project_run,
+        ), project_run
+        # The project comes from the sources stage, mounted for the RUN only.
+        assert "--mount=type=bind,from=sources,source=/src," in project_run
+        for run in (torch_run, project_run):
+            offline = name == "install-wheelhouse"
+            # Offline: the wheelhouse and nothing else; online: pip's cache and the secrets.
+            assert (f"source={wheelhouse}," in run) == offline, run
+            assert ("WHEELHOUSE=" in run) == offline
+            assert ("type=cache" in run) == (not offline)
+            assert ("id=pip.conf" in run) == (not offline)
+    # ... and no second way of installing Python packages anywhere.
+    others = [
+        i.args
+        for i in read_dockerfile(path)
+        if i.keyword == "RUN" and INSTALL not in i.args and re.search(r"\bpip\b", i.args)
+    ]
+    assert not others, others
     script = (REPO / INSTALL).read_text()
-    assert "EDITABLE:-1" in script and "TORCH_INDEX_URL" in script
+    assert "EDITABLE:-1" in script and "TORCH_INDEX_URL" in script and "WHEELHOUSE" in script
     assert os.access(REPO / INSTALL, os.X_OK)  # make and the images run it directly
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=IDS)
+def test_builds_without_a_registry(path: Path) -> None:
+    """Nothing in the file needs a registry except the default base image, an argument."""
+    text = path.read_text()
+    # A `# syntax=` directive makes BuildKit pull its frontend image.
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I)
+    instructions = read_dockerfile(path)
+    # The default is what a plain `docker build` does everywhere: the index.
+    assert arg_defaults(instructions)["PACKAGES"] == "index"
+    by_stage = stages(instructions)
+    images = {i.args.split()[0] for i in instructions if i.keyword == "FROM"}
+    # Base images: the one build argument, scratch, stages of this file, one per PACKAGES value.
+    base_arg = "${CUDA_IMAGE}" if path.name == "Dockerfile" else "${PYTHON_IMAGE}"
+    assert images - set(by_stage) == {base_arg, "scratch", "install-${PACKAGES}"}
+    assert {f"install-{v}" for v in ("index", "wheelhouse")} <= set(by_stage)
+    # The wheelhouse is where scripts/docker-build.sh fills it for this Dockerfile.
+    helper = (REPO / "scripts" / "docker-build.sh").read_text()
+    variant = VARIANT[path.name]
+    assert re.search(rf"^  {variant}\) dockerfile={path.relative_to(REPO)} ", helper, re.M)
+    assert 'wheelhouse="build/wheelhouse/$variant"' in helper
 
 
 def test_image_extras_exist_and_cpu_extra_mirrors_onnx() -> None:
@@ -106,13 +147,18 @@ def test_image_extras_exist_and_cpu_extra_mirrors_onnx() -> None:
     assert "onnxruntime-gpu" not in names(extras["onnx-cpu"])
 
 
-@pytest.mark.parametrize("path", DOCKERFILES, ids=IDS)
-def test_copies_exist_and_pass_dockerignore(path: Path) -> None:
+def _passes_dockerignore(src: str) -> bool:
+    """The allow-list of .dockerignore: a path passes when it or a folder above it is listed."""
     allowed = [
         line[1:].rstrip("/")
         for line in (REPO / ".dockerignore").read_text().splitlines()
         if line.startswith("!")
     ]
+    return any(src == a or src.startswith(f"{a}/") for a in allowed)
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=IDS)
+def test_copies_exist_and_pass_dockerignore(path: Path) -> None:
     copied: set[str] = set()
     for ins in read_dockerfile(path):
         if ins.keyword != "COPY" or "--from=" in ins.args:
@@ -121,23 +167,40 @@ def test_copies_exist_and_pass_dockerignore(path: Path) -> None:
         for src in sources:
             src = src.rstrip("/")
             assert (REPO / src).exists(), f"{path.name}:{ins.line}: {src} does not exist"
-            assert src in allowed, f"{path.name}:{ins.line}: {src} is excluded by .dockerignore"
+            assert _passes_dockerignore(src), f"{path.name}:{ins.line}: {src} is excluded"
             copied.add(src)
+    # Bind mounts of the build context (install.sh, the wheelhouse) must reach the builder too.
+    for ins in read_dockerfile(path):
+        for src in re.findall(r"--mount=type=bind,source=([^,\s]+)", ins.args):
+            assert _passes_dockerignore(src), f"{path.name}:{ins.line}: {src} is excluded"
     # Every package pyproject installs is in the build context, or the install would miss it.
     packages = pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
     for pattern in packages:
         assert pattern.rstrip("*") in copied, f"{path.name} does not copy {pattern}"
     assert "README.md" in copied  # pyproject's readme: the build needs it
+    # Never the host's virtual environment, data, runs or the rest of build/.
+    for excluded in (".venv", "runs", "data", ".git", "build/lib"):
+        assert not _passes_dockerignore(excluded), excluded
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=IDS)
 def test_runtime_stage(path: Path, tmp_path: Path) -> None:
     by_stage = stages(read_dockerfile(path))
-    assert list(by_stage) == ["build", "runtime", "bundle", "bundled", "serve"]
+    assert list(by_stage) == [
+        "sources", "base", "install-index", "install-wheelhouse", "runtime", "bundle", "bundled",
+        "serve",
+    ]  # fmt: skip
     runtime = by_stage["runtime"]
     keywords = [i.keyword for i in runtime]
-    # Multi-stage: the runtime copies the venv built in another stage and installs nothing.
-    assert any(i.keyword == "COPY" and i.args.startswith("--from=build /opt/venv") for i in runtime)
+    # The sources are copied only into the scratch stage the install mounts: no layer of the
+    # image holds them, and the runtime stage installs nothing more.
+    for name, instructions in by_stage.items():
+        copies = [i.args for i in instructions if i.keyword == "COPY" and "--from=" not in i.args]
+        if name == "sources":
+            assert instructions[0].args == "scratch AS sources" and len(copies) >= 6
+        elif name != "runtime":
+            assert not copies, (name, copies)
+    assert runtime[0].args == "install-${PACKAGES} AS runtime"
     assert not any(INSTALL in i.args for i in runtime)
 
     user = next(i.args for i in runtime if i.keyword == "USER")
