@@ -71,10 +71,15 @@ byId("key-form").addEventListener("submit", (event) => {
   start();
 });
 
+let starting = false;
+
 async function start() {
+  if (starting || state.model) return; // a second Enter on the key form, say
+  starting = true;
   try {
     state.model = await getJSON("/v1/model");
   } catch (err) {
+    starting = false;
     if (err instanceof ApiError && err.status === 401) {
       setKey(null);
       askKey(err.message);
@@ -153,7 +158,8 @@ function setUpControls(model) {
   slider.value = String(preferred >= 0 ? preferred : state.stops.length - 1);
   const ticks = byId("budget-ticks");
   fill(ticks, state.stops.map((stop, i) => {
-    const tick = h("span", {}, stop.short, h("br"), num(stop.mflops, 1));
+    // The cost always; the name only when it is short (the ticks must not collide on a phone).
+    const tick = h("span", {}, num(stop.mflops, 1), h("br"), stop.short.length <= 6 ? stop.short : "");
     tick.style.left = `${state.stops.length === 1 ? 0 : (100 * i) / (state.stops.length - 1)}%`;
     return tick;
   }));

@@ -46,6 +46,7 @@ export function renderModelCard(model, config) {
   const points = [...model.operating_points].sort((a, b) => a.expected_mflops - b.expected_mflops);
   show(byId("model-uncalibrated"), points.length === 0);
   show(byId("model-points"), points.length > 0);
+  show(byId("model-points-note"), points.length > 0);
   fill(
     byId("model-points").tBodies[0],
     points.map((p) => h(

@@ -51,7 +51,9 @@ function render(summary) {
       `Exit mix: ${shares.map((v, i) => `exit ${i + 1} ${pct(v, 0, true)}`).join(", ")}`));
   }
 
-  const points = summary.operating_points;
+  // Cheapest first, in a fixed order: rows that swap places every poll are hard to read.
+  const points = [...summary.operating_points].sort((a, b) =>
+    (expectedOf(a.name) ?? Infinity) - (expectedOf(b.name) ?? Infinity) || a.name.localeCompare(b.name));
   const only = points.length === 1 ? expectedOf(points[0].name) : null;
   const mflopsBox = byId("live-mflops");
   fill(mflopsBox, series(summary.timeline.mflops_per_image, widthOf(mflopsBox), {

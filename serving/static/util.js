@@ -55,7 +55,7 @@ export function num(value, digits = 2) {
 /** A percentage of 0..100 (or of 0..1 with `fraction`). */
 export function pct(value, digits = 1, fraction = false) {
   if (value === null || value === undefined) return "–";
-  return `${(fraction ? value * 100 : value).toFixed(digits)} %`;
+  return `${(fraction ? value * 100 : value).toFixed(digits)}\u00a0%`; // no line break before %
 }
 
 /** Milliseconds, with fewer decimals as they grow. */

@@ -34,6 +34,8 @@ KEY = "browser-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 TIMEOUT_MS = 15_000
 
+pytestmark = pytest.mark.slow  # a server process and a browser: ~20 s for the module
+
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
 )
