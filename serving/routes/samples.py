@@ -115,7 +115,9 @@ def load_samples(bundle_dir: Path, data_root: Path | None, count: int = SAMPLE_C
                 error = err
         else:
             assert error is not None
-            return SampleSet(split.dataset, split.source_split, [], f"no sample images: {error}")
+            # The reader's message names where it looked; the server's own knob is the env var.
+            note = f"no sample images (the server reads EXITWISE_DATA_ROOT): {error}"
+            return SampleSet(split.dataset, split.source_split, [], note)
         if len(indices) and int(indices.max()) >= len(ds):
             return SampleSet(
                 split.dataset,

@@ -225,6 +225,26 @@ def test_upload_and_every_budget_show_what_the_api_answers(
     assert {c["exit"] for c in shown(page)} == {1}
 
 
+def test_the_key_prompt(tab: Page, server: ServerProcess) -> None:
+    page = tab.page
+    page.goto(server.url)
+    page.wait_for_selector("#key-form:not([hidden])")
+    page.fill("#key-input", "wrong")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#key-error:not([hidden])")
+    assert page.text_content("#key-error") == "invalid API key"  # the server's own words
+    assert page.is_hidden("#main")
+    # The browser logs the refused request itself; that one is expected, nothing else is.
+    assert len(tab.errors) == 1 and "401" in tab.errors[0]
+    tab.errors.clear()
+    page.fill("#key-input", KEY)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#main:not([hidden])")
+    page.reload()  # the key stays with the tab (sessionStorage): no second prompt
+    page.wait_for_selector("#main:not([hidden])")
+    assert page.is_hidden("#key-form")
+
+
 def test_a_held_out_sample(tab: Page, server: ServerProcess) -> None:
     page = open_with_key(tab, server.url)
     page.wait_for_selector("#samples:not([hidden]) .sample")

@@ -143,7 +143,7 @@ def test_samples_without_the_data_set_say_why(served: Served, tmp_path: Path) ->
     with TestClient(create_app(settings)) as c:
         listing = c.get("/v1/samples").json()
         assert listing["samples"] == []
-        assert listing["note"].startswith("no sample images: ")
+        assert listing["note"].startswith("no sample images (the server reads EXITWISE_DATA_ROOT)")
         assert str(empty) in listing["note"]
         assert c.get("/v1/samples/0.png").status_code == 404
 
