@@ -57,21 +57,32 @@ def presets(
 def inspect(
     target: str = typer.Argument(..., help="A preset name or a bundle directory."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    image_size: int | None = typer.Option(
+        None,
+        "--image-size",
+        help="A preset sized for N-pixel images (the stem and scales follow N, as training on "
+        "a folder data set with data.image_size N does).",
+    ),
 ) -> None:
     """Per-exit MFLOPs (multiply-adds) and parameters, architecture and classes."""
-    info = _describe(target)
+    info = _describe(target, image_size)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
     _print(info)
 
 
-def _describe(target: str) -> dict[str, Any]:
+def _describe(target: str, image_size: int | None = None) -> dict[str, Any]:
     from ..models import is_preset
 
     if is_preset(target):
-        return _describe_preset(target)
+        return _describe_preset(target, image_size)
     if Path(target).is_dir():
+        if image_size is not None:
+            raise ExitwiseError(
+                f"--image-size applies to presets; the bundle {target} was trained for its own "
+                "input size"
+            )
         return _describe_bundle(Path(target))
     from ..models import list_presets
 
@@ -81,19 +92,23 @@ def _describe(target: str) -> dict[str, Any]:
     )
 
 
-def _describe_preset(name: str) -> dict[str, Any]:
+def _describe_preset(name: str, image_size: int | None = None) -> dict[str, Any]:
     from ..flops import exit_costs
     from ..models import create_model, get_preset
 
     preset = get_preset(name)
-    model = create_model(name)
-    costs = exit_costs(model, preset.input_size, preset.in_channels)
+    size = preset.input_size if image_size is None else image_size
+    try:
+        model = create_model(name) if image_size is None else create_model(name, input_size=size)
+    except ValueError as err:
+        raise ExitwiseError(f"{name} at --image-size {image_size}: {err}") from None
+    costs = exit_costs(model, size, preset.in_channels)
     return {
         "name": name,
         "kind": "preset",
         "arch": preset.arch,
         "arch_kwargs": model.config_dict,
-        "input": {"channels": preset.in_channels, "size": preset.input_size},
+        "input": {"channels": preset.in_channels, "size": size},
         "num_classes": preset.num_classes,
         "exits": [
             {"exit": c.exit, "mflops": round(c.mflops, 4), "params_m": round(c.params_m, 4)}

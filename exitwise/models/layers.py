@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-STEMS = ("cifar", "imagenet")
+STEMS = ("cifar", "half", "imagenet")
 
 
 class ConvBasic(nn.Sequential):
@@ -46,9 +46,12 @@ class ConvBN(nn.Sequential):
 
 
 def stem_conv(stem: str, c_in: int, c_out: int) -> nn.Module:
-    """The first convolution: 3x3/1 for 32x32 inputs; 7x7/2 (with bias) + max-pool for ImageNet."""
+    """The first convolution: 3x3/1 for 32x32 inputs; 7x7/2 (with bias) + max-pool for ImageNet;
+    3x3/2 ("half": half the resolution) between the two (see :mod:`exitwise.models.sizing`)."""
     if stem == "cifar":
         return ConvBasic(c_in, c_out, kernel=3, stride=1)
+    if stem == "half":
+        return ConvBasic(c_in, c_out, kernel=3, stride=2)
     if stem == "imagenet":
         return nn.Sequential(
             nn.Conv2d(c_in, c_out, 7, stride=2, padding=3, bias=True),

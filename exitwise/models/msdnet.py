@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import STEMS, ClassifierHead, ConvBasic, ConvBN, init_weights, stem_conv
+from .sizing import msdnet_kwargs
 from .staged import EarlyExitNet, Stage, State
 
 
@@ -244,5 +245,10 @@ def _has_transition(cfg: MSDNetConfig, t: int, total: int, in_s: int, out_s: int
     return t in (math.floor(total / 3), math.floor(2 * total / 3))
 
 
-def build_msdnet(**kwargs: Any) -> MSDNet:
+def build_msdnet(input_size: int | None = None, **kwargs: Any) -> MSDNet:
+    """MSDNet from its config's fields; ``input_size`` picks the stem and the scales for that
+    many pixels (:mod:`exitwise.models.sizing`), overriding ``stem``, ``gr_factor``, ``bn_factor``
+    (cut or extended to the number of scales)."""
+    if input_size is not None:
+        kwargs = msdnet_kwargs(input_size, kwargs, MSDNetConfig.gr_factor)
     return MSDNet(MSDNetConfig(**kwargs))

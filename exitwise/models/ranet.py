@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import STEMS, ClassifierHead, ConvBasic, ConvBN, init_weights, stem_conv
+from .sizing import ranet_stem
 from .staged import EarlyExitNet, Stage, State
 
 
@@ -340,5 +341,10 @@ def _has_transition(block: int, n_blocks: int, scale: int) -> bool:
     return any(block == math.floor((i + 1) * n_blocks / scale) for i in range(scale - 1))
 
 
-def build_ranet(**kwargs: Any) -> RANet:
+def build_ranet(input_size: int | None = None, **kwargs: Any) -> RANet:
+    """RANet from its config's fields; ``input_size`` picks the stem for that many pixels and
+    refuses sizes its scale flows do not fit (:mod:`exitwise.models.sizing`)."""
+    if input_size is not None:
+        scales = kwargs.get("scale_list", RANetConfig.scale_list)
+        kwargs = {**kwargs, "stem": ranet_stem(input_size, max(scales) - 1)}
     return RANet(RANetConfig(**kwargs))
