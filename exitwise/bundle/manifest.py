@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..datasets.folder import FolderSource
 from ..preprocess import Preprocessing
 
 FORMAT_VERSION = 1
@@ -71,6 +72,8 @@ class Manifest(_Strict):
     weights: WeightsInfo
     heldout: HeldOutSplit | None = None
     training: TrainingSummary = Field(default_factory=TrainingSummary)
+    # A ``folder`` data set: where it was and how it was split (None for the named data sets).
+    folder: FolderSource | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

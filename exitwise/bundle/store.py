@@ -25,6 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .. import __version__
+from ..datasets.folder import FolderSource
 from ..errors import BundleError, CalibrationMismatchError
 from ..fileio import atomic_write_bytes, atomic_write_json, sha256_bytes
 from ..flops import exit_costs
@@ -193,6 +194,7 @@ def save_bundle(
     dataset: str | None = None,
     heldout: tuple[HeldOutSplit, Sequence[int] | np.ndarray] | None = None,
     training: TrainingSummary | dict[str, Any] | None = None,
+    folder: FolderSource | None = None,
 ) -> Bundle:
     """Write ``model`` as a bundle into ``path`` (created if needed; other files are left alone).
 
@@ -230,6 +232,7 @@ def save_bundle(
         weights=WeightsInfo(sha256=sha256_bytes(weights)),
         heldout=heldout_info,
         training=TrainingSummary.model_validate(training or {}),
+        folder=folder,
     )
     atomic_write_bytes(root / WEIGHTS_FILE, weights)
     if heldout is not None and heldout_info is not None:

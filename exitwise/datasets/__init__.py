@@ -1,7 +1,8 @@
 """Data sets by name, the held-out split, and the evaluation view shared by training,
 calibration and serving tests.
 
-``open_dataset(name, split, root)`` returns a reader (see :mod:`.readers`); ``heldout_split``
+``open_dataset(name, split, root)`` returns a reader (see :mod:`.readers`, and :mod:`.folder` for
+your own images, ``folder``, whose preprocessing comes from the recipe); ``heldout_split``
 draws the deterministic held-out subset of the training split; ``EvalImages`` yields exactly the
 uint8 pixels that :func:`exitwise.preprocess.normalize` turns into network input, the same path
 the server takes for an uploaded image.
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ExitwiseError
 from ..preprocess import CIFAR10, CIFAR100, FASHION_MNIST, IMAGENET, Preprocessing, to_uint8
+from .folder import FOLDER, FolderSource, read_folder
 from .readers import (
     DatasetNotFoundError,
     ImageDataset,
@@ -35,20 +37,39 @@ DATASETS: dict[str, Preprocessing] = {
     "imagenet": IMAGENET,
 }
 
+# Every name open_dataset knows: the above, plus image folders, sized and normalised by the recipe.
+NAMES = (*DATASETS, FOLDER)
+
+# Held-out images an exit's threshold should rest on: the threshold is an order statistic of
+# the confidences of the images that exit there, and with fewer it moves with every image.
+MIN_HELDOUT_PER_EXIT = 20
+
 # Held-out sizes by default: 5,000 for the 32x32 sets, 50,000 for ImageNet (as MSDNet's paper).
 DEFAULT_HELDOUT = {"fashion-mnist": 5000, "cifar10": 5000, "cifar100": 5000, "imagenet": 50000}
 
 
 def _check_name(name: str) -> None:
-    if name not in DATASETS:
-        raise ExitwiseError(f"unknown data set {name!r}; known: {', '.join(sorted(DATASETS))}")
+    if name not in NAMES:
+        raise ExitwiseError(f"unknown data set {name!r}; known: {', '.join(sorted(NAMES))}")
 
 
-def open_dataset(name: str, split: str, root: str | os.PathLike[str] | None = None) -> ImageDataset:
-    """The ``split`` ("train" or "test") of data set ``name`` from ``root`` (or its default)."""
+def open_dataset(
+    name: str,
+    split: str,
+    root: str | os.PathLike[str] | None = None,
+    *,
+    source: FolderSource | None = None,
+) -> ImageDataset:
+    """The ``split`` ("train" or "test") of data set ``name`` from ``root`` (or its default).
+
+    ``source``: a ``folder`` data set's record from a bundle's manifest (``manifest.folder``):
+    the same split, by default from the same place, and checked to be the same images.
+    """
     _check_name(name)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    if name == FOLDER:
+        return read_folder(split, root, source)
     if name == "fashion-mnist":
         return read_fashion_mnist(split, root)
     if name in ("cifar10", "cifar100"):
@@ -58,6 +79,11 @@ def open_dataset(name: str, split: str, root: str | os.PathLike[str] | None = No
 
 def default_preprocessing(name: str) -> Preprocessing:
     _check_name(name)
+    if name not in DATASETS:
+        raise ExitwiseError(
+            f"{name}: no fixed preprocessing; it comes from the recipe (data.image_size, "
+            "data.channels, data.mean, data.std) and is stored in the bundle"
+        )
     return DATASETS[name]
 
 
@@ -122,8 +148,12 @@ class EvalImages(Dataset[tuple[torch.Tensor, int]]):
 __all__ = [
     "DATASETS",
     "DEFAULT_HELDOUT",
+    "FOLDER",
+    "MIN_HELDOUT_PER_EXIT",
+    "NAMES",
     "DatasetNotFoundError",
     "EvalImages",
+    "FolderSource",
     "ImageDataset",
     "InvalidDatasetError",
     "default_preprocessing",
