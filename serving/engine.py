@@ -23,13 +23,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from exitwise.errors import ExitwiseError
 from exitwise.runtime import StageRunner, judge_stage, run_early_exit, top_k_of
 
 from .budgets import ExitPlan
@@ -60,8 +61,24 @@ class ImageResult:
 @dataclass(frozen=True)
 class InferOutcome:
     results: list[ImageResult]
-    queue_seconds: float  # the request's time in the engine not spent running its stages
+    queue_seconds: float  # the request's time in the engine not spent decoding or computing
     compute_seconds: float  # summed over the stage batches its images ran in
+    decode_seconds: float = 0.0  # decoding its images in the worker (encoded inputs)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Images still encoded (PNG, JPEG, ...): the worker decodes them with the engine's
+    ``decode`` just before they run, and normalises a whole batch's pixels at once."""
+
+    blobs: Sequence[bytes]
+    labels: Sequence[str] | None = None  # per image, for error messages
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+
+Decoder = Callable[[Sequence[bytes], Sequence[str] | None], np.ndarray]
 
 
 @dataclass(eq=False)
@@ -85,6 +102,7 @@ class _Job:
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     compute_seconds: float = 0.0
+    decode_seconds: float = 0.0
 
 
 class Engine:
@@ -98,9 +116,15 @@ class Engine:
         max_stage_wait_s: float | None = None,
         max_queue_images: int = 1024,
         metrics: Metrics | None = None,
+        decode: Decoder | None = None,
+        normalize: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
+        """``decode`` (encoded images to uint8 ``[N, C, H, W]`` pixels) and ``normalize``
+        (pixels to network input) are needed to submit :class:`Encoded` images."""
         if len(exit_mflops) != runner.num_exits:
             raise ValueError("one MFLOPs figure per exit is required")
+        self._decode = decode
+        self._normalize = normalize
         self.runner = runner
         self.num_exits = runner.num_exits
         self.exit_mflops = list(exit_mflops)
@@ -175,13 +199,17 @@ class Engine:
 
     def submit(
         self,
-        images: Tensor,
+        images: Tensor | Encoded,
         plan: ExitPlan,
         top_k: int,
         deadline: float,
         arrival: Arrival | None = None,
     ) -> _Job:
-        n = int(images.shape[0])
+        """Queue ``images`` (a normalised ``[N, C, H, W]`` batch, or :class:`Encoded`)."""
+        encoded = images if isinstance(images, Encoded) else None
+        if encoded is not None and (self._decode is None or self._normalize is None):
+            raise ValueError("this engine was built without a decoder for encoded images")
+        n = len(encoded) if encoded is not None else int(images.shape[0])  # type: ignore[union-attr]
         loop = asyncio.get_running_loop()
         job = _Job(
             top_k=top_k,
@@ -192,12 +220,14 @@ class Engine:
             remaining=n,
         )
         chunk = Chunk(
-            state=[images],
+            state=[] if encoded is not None else [images],  # type: ignore[list-item]
             jobs=[job] * n,
             rows=np.arange(n),
             thresholds=np.broadcast_to(plan.thresholds, (n, self.num_exits)),
             caps=np.full(n, plan.max_index, dtype=np.int64),
             since=job.enqueued,
+            encoded=None if encoded is None else encoded.blobs,
+            labels=None if encoded is None else encoded.labels,
         )
         with self._cond:
             if self._stopping:
@@ -219,7 +249,7 @@ class Engine:
 
     async def infer(
         self,
-        images: Tensor,
+        images: Tensor | Encoded,
         plan: ExitPlan,
         top_k: int,
         deadline: float,
@@ -227,16 +257,26 @@ class Engine:
     ) -> InferOutcome:
         """Queue ``images`` and wait for all of them, at most until ``deadline``."""
         job = self.submit(images, plan, top_k, deadline, arrival)
+        # One timer, not asyncio.wait_for (a wrapper per await): at the deadline the request's
+        # rows leave the queues and its future fails with a 504.
+        timer = job.loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, job)
         try:
-            return await asyncio.wait_for(job.future, max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            self._cancel(job)
-            raise DeadlineExceededError(
-                "the request deadline passed before the images were classified"
-            ) from None
+            return await job.future
         except asyncio.CancelledError:  # the client went away
             self._cancel(job)
             raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, job: _Job) -> None:
+        """On the request's loop: its deadline passed before all its images were classified."""
+        if not job.future.done():
+            self._cancel(job)
+            job.future.set_exception(
+                DeadlineExceededError(
+                    "the request deadline passed before the images were classified"
+                )
+            )
 
     def _cancel(self, job: _Job) -> None:
         with self._cond:
@@ -256,7 +296,12 @@ class Engine:
                 step = self._next_step()
                 if step is None:
                     return
-                index, chunk = step
+                index, chunks = step
+                if index == 0:
+                    chunks = self._decode_entry(chunks)
+                    if not chunks:
+                        continue
+                chunk = concat(chunks)
                 try:
                     self._run(index, chunk)
                 except Exception:  # the network or a bug: fail these requests, keep serving
@@ -264,7 +309,42 @@ class Engine:
                     for job in {id(j): j for j in chunk.jobs}.values():
                         self._fail(job, EngineFailureError("inference failed"))
 
-    def _next_step(self) -> tuple[int, Chunk] | None:
+    def _decode_entry(self, chunks: list[Chunk]) -> list[Chunk]:
+        """Decode the encoded chunks of a first-stage batch and normalise all their pixels in
+        one call; a request whose image cannot be decoded fails alone (its 4xx)."""
+        pending = [c for c in chunks if c.encoded is not None]
+        if not pending:
+            return chunks
+        assert self._decode is not None and self._normalize is not None  # checked in submit
+        pixels: list[np.ndarray] = []
+        ready: list[Chunk] = []
+        for c in chunks:
+            if c.encoded is None:
+                ready.append(c)
+                continue
+            job = c.jobs[0]  # a first-stage chunk holds one request's images
+            start = time.monotonic()
+            try:
+                pixels.append(self._decode(c.encoded, c.labels))
+            except ExitwiseError as err:  # the client's image: a 4xx for its request alone
+                self._fail(job, err)
+                continue
+            except Exception:
+                log.exception("decoding %d images failed", len(c))
+                self._fail(job, EngineFailureError("decoding failed"))
+                continue
+            job.decode_seconds += time.monotonic() - start
+            ready.append(c)
+        if pixels:
+            x = self._normalize(torch.from_numpy(np.concatenate(pixels)))
+            offset = 0
+            for c in ready:
+                if c.encoded is not None:
+                    c.state, c.encoded = [x[offset : offset + len(c)]], None
+                    offset += len(c)
+        return ready
+
+    def _next_step(self) -> tuple[int, list[Chunk]] | None:
         """The stage to run and its batch; ``None`` once stopping and nothing is left."""
         with self._cond:
             while True:
@@ -283,7 +363,7 @@ class Engine:
                     live = [c for c in (self._live(c, now) for c in taken) if c is not None]
                     self._set_depth()
                     if live:
-                        return decision.stage, concat(live)
+                        return decision.stage, live
                 elif isinstance(decision, Idle):
                     if self._stopping:
                         return None
@@ -360,8 +440,9 @@ class Engine:
 
     def _finish(self, job: _Job) -> None:
         done = [r for r in job.results if r is not None]
-        total = time.monotonic() - job.enqueued
-        outcome = InferOutcome(done, max(0.0, total - job.compute_seconds), job.compute_seconds)
+        busy = job.compute_seconds + job.decode_seconds
+        queued = max(0.0, time.monotonic() - job.enqueued - busy)
+        outcome = InferOutcome(done, queued, job.compute_seconds, job.decode_seconds)
 
         def deliver() -> None:
             if not job.future.done():

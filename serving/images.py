@@ -39,6 +39,20 @@ def decode_images(
     labels: Sequence[str] | None = None,
 ) -> Tensor:
     """Encoded images (PNG, JPEG, ...) to a normalised ``[N, C, H, W]`` float32 batch."""
+    return normalize(torch.from_numpy(decode_pixels(blobs, spec, max_pixels, labels)), spec)
+
+
+def decode_pixels(
+    blobs: Sequence[bytes],
+    spec: Preprocessing,
+    max_pixels: int,
+    labels: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Encoded images to the uint8 ``[N, C, crop, crop]`` pixels :func:`normalize` takes.
+
+    Normalising is elementwise, so the engine normalises the pixels of many requests in one
+    call (the same values, bit for bit, as one request at a time, at a fraction of the cost).
+    """
     arrays = []
     for i, blob in enumerate(blobs):
         where = _label(labels, i, len(blobs))
@@ -52,7 +66,7 @@ def decode_images(
             raise ImageTooLargeError(f"{where}{err}") from None
         except InvalidImageError as err:
             raise InvalidImageError(f"{where}{err}") from None
-    return normalize(torch.from_numpy(np.stack(arrays)), spec)
+    return np.stack(arrays)
 
 
 def tensor_images(array: np.ndarray, spec: Preprocessing) -> Tensor:

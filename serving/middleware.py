@@ -5,7 +5,8 @@
   error table); routes that never read a body are unaffected.
 - Metrics: ``requests_total{route,code}`` and ``request_duration_seconds{route}``, labelled with
   the matched route's template (unmatched paths share one label, so scanners cannot blow up the
-  label set).
+  label set); ``inflight_requests`` while an inference request (``POST /v1/classify``,
+  ``POST /v2/.../infer``) is handled. Labelled children are looked up once and kept.
 - Catch-all: an exception nobody mapped is logged with its traceback and answered with a
   generic 500; its text never reaches the client.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,11 +28,22 @@ log = logging.getLogger("exitwise.serving")
 _GENERIC_500 = json.dumps({"error": "internal server error"}).encode()
 
 
+def _is_inference(scope: Scope) -> bool:
+    path: str = scope["path"]
+    return scope["method"] == "POST" and (
+        path == "/v1/classify" or (path.startswith("/v2/models/") and path.endswith("/infer"))
+    )
+
+
 class ServingMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        # (route, code) -> requests_total child; route -> request_duration child. A labels()
+        # lookup per request costs more than the increment itself.
+        self._counters: dict[tuple[str, int], Any] = {}
+        self._durations: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,6 +76,9 @@ class ServingMiddleware:
                 started = True
             await send(message)
 
+        inference = _is_inference(scope)
+        if inference:
+            self.metrics.inflight.inc()
         try:
             await self.app(scope, limited_receive, tracking_send)
         except Exception:
@@ -81,10 +97,20 @@ class ServingMiddleware:
                 )
                 await send({"type": "http.response.body", "body": _GENERIC_500})
         finally:
+            if inference:
+                self.metrics.inflight.dec()
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(route=label, code=str(status)).inc()
-            self.metrics.request_duration.labels(route=label).observe(time.perf_counter() - start)
+            counter = self._counters.get((label, status))
+            if counter is None:
+                counter = self.metrics.requests.labels(route=label, code=str(status))
+                self._counters[(label, status)] = counter
+            counter.inc()
+            duration = self._durations.get(label)
+            if duration is None:
+                duration = self.metrics.request_duration.labels(route=label)
+                self._durations[label] = duration
+            duration.observe(time.perf_counter() - start)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -83,4 +83,3 @@ def pick(
         if until > now:
             return Wait(min(until, queues[0].oldest + max_stage_wait_s))
     return Run(max(busy, key=lambda k: (queues[k].rows, k)))
-

@@ -29,6 +29,7 @@ import uvicorn
 from .lifecycle import Lifecycle
 from .loading import LoadedModel
 from .settings import Settings
+from .threads import torch_threads
 
 log = logging.getLogger("exitwise.serving")
 
@@ -80,22 +81,11 @@ def configure_logging(level: str) -> None:
     logging.getLogger("exitwise").setLevel(level.upper())
 
 
-def default_torch_threads(workers: int, cores: int | None = None) -> int:
-    """Intra-op threads per worker when none are set: half the cores, shared by the workers.
-
-    The other half is for the event loop, HTTP parsing and image decoding. Giving torch every
-    core makes its spin-waiting threads fight the engine's own threads: on a 2-core machine the
-    demo model served at batch 1 took 16.8 ms per image with 2 threads and 3.5 ms with 1.
-    """
-    cores = cores or os.cpu_count() or 1
-    return max(1, cores // 2 // workers)
-
-
 def _configure_process(settings: Settings) -> None:
     configure_logging(settings.log_level)
     import torch
 
-    threads = settings.torch_threads or default_torch_threads(settings.workers)
+    threads = torch_threads(settings)
     torch.set_num_threads(threads)
     log.info("torch uses %d intra-op thread(s) per process", threads)
 
@@ -107,6 +97,9 @@ def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         port=settings.port,
         log_level=settings.log_level,
         lifespan="on",
+        # A line per request costs tens of microseconds of a budget of a few hundred; requests
+        # are counted and timed in /metrics. Off unless asked for.
+        access_log=settings.access_log,
         # Requests finish within their deadline, so a graceful shutdown never needs longer.
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
         server_header=False,

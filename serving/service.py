@@ -16,22 +16,20 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-from torch import Tensor
+
+from exitwise.preprocess import normalize
 
 from .budgets import ExitPlan
-from .engine import Arrival, Engine
-from .errors import (
-    BadRequestError,
-    DeadlineExceededError,
-    InvalidParameterError,
-    PayloadTooLargeError,
-)
-from .images import decode_images, tensor_images
+from .deadlines import before
+from .engine import Encoded, Engine, InferOutcome
+from .errors import BadRequestError, InvalidParameterError, PayloadTooLargeError
+from .images import decode_images, decode_pixels, tensor_images
 from .live import LiveStats
 from .loading import LoadedModel
 from .metrics import Metrics
 from .params import RequestParams
 from .settings import Settings
+from .threads import decode_threads
 
 T = TypeVar("T")
 
@@ -104,18 +102,24 @@ class ModelService:
         self.runner = loaded.runner
         self.class_names = list(manifest.class_names)
         self.exit_mflops = manifest.exit_mflops
-        self.preprocessing = manifest.preprocessing
+        self.preprocessing = spec = manifest.preprocessing
+        max_pixels = settings.max_image_pixels
         self.engine = Engine(
             loaded.runner,
             exit_mflops=self.exit_mflops,
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_wait_s,
+            max_stage_wait_s=settings.max_stage_wait_s,
             max_queue_images=settings.max_queue_images,
             metrics=metrics,
+            decode=lambda blobs, labels: decode_pixels(blobs, spec, max_pixels, labels),
+            normalize=lambda pixels: normalize(pixels, spec),
         )
-        self._executor = ThreadPoolExecutor(
-            settings.decode_threads, thread_name_prefix="exitwise-decode"
-        )
+        # 0 decoding threads: the engine's worker decodes (see serving.threads). The pool also
+        # parses large v2 JSON tensors off the loop; its threads start only when first used.
+        threads = decode_threads(settings)
+        self.decode_in_worker = threads == 0
+        self._executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="exitwise-decode")
         metrics.describe_model(
             self.name,
             loaded.runner.backend,
@@ -197,10 +201,8 @@ class ModelService:
 
     async def _within(self, awaitable: Awaitable[T], deadline: float, doing: str) -> T:
         """``awaitable``'s result, or a 504 when ``deadline`` passes first."""
-        try:
-            return await asyncio.wait_for(awaitable, max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            raise DeadlineExceededError(f"the request deadline passed while {doing}") from None
+        with before(deadline, doing):
+            return await awaitable
 
     async def _off_loop(self, fn: Callable[[], T], deadline: float, doing: str) -> T:
         """Run CPU-bound ``fn`` (decoding, parsing) in the decode pool, never on the loop."""
@@ -210,9 +212,12 @@ class ModelService:
     async def _classify_encoded(
         self, request: ClassifyRequest, plan: ExitPlan, top_k: int, deadline: float
     ) -> ClassifyResult:
-        """Encoded images (PNG, JPEG, ...): decode off the loop, then classify."""
+        """Encoded images (PNG, JPEG, ...): decoded by the engine's worker, or in the pool."""
         blobs, labels = request.encoded, request.labels
         self._check_count(len(blobs))
+        if self.decode_in_worker:
+            outcome = await self.engine.infer(Encoded(blobs, labels), plan, top_k, deadline)
+            return self._result(request, plan, outcome, outcome.decode_seconds)
         start = time.monotonic()
         spec, max_pixels = self.preprocessing, self.settings.max_image_pixels
         # While decoding, the engine knows these images are coming and may hold a batch open
@@ -224,7 +229,8 @@ class ModelService:
                 "decoding the images",
             )
             decode_seconds = time.monotonic() - start
-            return await self._run(request, images, plan, top_k, deadline, decode_seconds, arrival)
+            outcome = await self.engine.infer(images, plan, top_k, deadline, arrival)
+        return self._result(request, plan, outcome, decode_seconds)
 
     async def _classify_tensor(
         self, request: ClassifyRequest, plan: ExitPlan, top_k: int, deadline: float
@@ -239,27 +245,25 @@ class ModelService:
             lambda: tensor_images(array, spec), deadline, "checking the input tensor"
         )
         decode_seconds = time.monotonic() - start
-        return await self._run(request, images, plan, top_k, deadline, decode_seconds)
+        outcome = await self.engine.infer(images, plan, top_k, deadline)
+        return self._result(request, plan, outcome, decode_seconds)
 
-    async def _run(
+    def _result(
         self,
         request: ClassifyRequest,
-        images: Tensor,
         plan: ExitPlan,
-        top_k: int,
-        deadline: float,
+        outcome: InferOutcome,
         decode_seconds: float,
-        arrival: Arrival | None = None,
     ) -> ClassifyResult:
-        outcome = await self.engine.infer(images, plan, top_k, deadline, arrival)
         names = self.class_names
+        mflops = self.exit_mflops
         predictions = [
             Prediction(
                 class_id=r.class_id,
                 class_name=names[r.class_id],
                 confidence=r.confidence,
                 exit=r.exit_index + 1,
-                mflops=self.exit_mflops[r.exit_index],
+                mflops=mflops[r.exit_index],
                 top=[(c, names[c], p) for c, p in r.top],
             )
             for r in outcome.results

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = Field(default=False, description="Log a line per HTTP request.")
     drain_seconds: float = Field(
         default=2.0,
         ge=0,
@@ -50,8 +51,20 @@ class Settings(BaseSettings):
     # --- batching --------------------------------------------------------------------------------
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_wait_ms: float = Field(default=2.0, ge=0, le=10_000)
+    max_stage_wait_ms: float = Field(
+        default=5.0,
+        ge=0,
+        le=10_000,
+        description="Longest a row waits in front of a stage for company (at least max_wait_ms).",
+    )
     max_queue_images: int = Field(default=1024, ge=1)
-    decode_threads: int = Field(default=2, ge=1, le=64)
+    decode_threads: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="Image-decoding threads; 0: the engine's worker decodes (default: 0 when "
+        "torch has every usable core, else up to 2).",
+    )
 
     # --- budgets ---------------------------------------------------------------------------------
     default_budget_mflops: float | None = Field(default=None, gt=0)
@@ -115,6 +128,10 @@ class Settings(BaseSettings):
     @property
     def max_wait_s(self) -> float:
         return self.max_wait_ms / 1000.0
+
+    @property
+    def max_stage_wait_s(self) -> float:
+        return self.max_stage_wait_ms / 1000.0
 
     @property
     def auth_enabled(self) -> bool:

@@ -27,52 +27,65 @@ from .scheduler import EMPTY, QueueView
 
 @dataclass(eq=False)
 class Chunk:
-    state: State  # batch-first tensors, ``rows`` rows each
+    state: State  # batch-first tensors, ``rows`` rows each (empty while ``encoded``)
     jobs: list[Any]  # the request of each row (the engine's job objects)
     rows: np.ndarray  # int64 [n]: each row's index within its request
     thresholds: np.ndarray  # float64 [n, K]
     caps: np.ndarray  # int64 [n]: 0-based exit cap
     since: float  # time.monotonic() it joined this queue
+    # First stage only: images still encoded (PNG, JPEG, ...), decoded by the worker just
+    # before they run, and a label per image for error messages.
+    encoded: Sequence[bytes] | None = None
+    labels: Sequence[str] | None = None
 
     def __len__(self) -> int:
         return len(self.jobs)
 
     def split(self, n: int) -> tuple[Chunk, Chunk]:
         """The first ``n`` rows and the rest (views of the same tensors and arrays)."""
-        head = Chunk(
-            [t[:n] for t in self.state],
-            self.jobs[:n],
-            self.rows[:n],
-            self.thresholds[:n],
-            self.caps[:n],
-            self.since,
-        )
-        tail = Chunk(
-            [t[n:] for t in self.state],
-            self.jobs[n:],
-            self.rows[n:],
-            self.thresholds[n:],
-            self.caps[n:],
-            self.since,
-        )
-        return head, tail
+        parts = []
+        for part in (slice(None, n), slice(n, None)):
+            parts.append(
+                Chunk(
+                    [t[part] for t in self.state],
+                    self.jobs[part],
+                    self.rows[part],
+                    self.thresholds[part],
+                    self.caps[part],
+                    self.since,
+                    None if self.encoded is None else self.encoded[part],
+                    None if self.labels is None else self.labels[part],
+                )
+            )
+        return parts[0], parts[1]
 
     def keep(self, mask: np.ndarray) -> Chunk:
         """Only the rows where ``mask`` is true (the state on its own device)."""
-        device = self.state[0].device
-        picked = [j for j, m in zip(self.jobs, mask.tolist(), strict=True) if m]
+        index = np.flatnonzero(mask)
+        picked = [self.jobs[i] for i in index.tolist()]
+        state = self.state
+        if state:
+            # An index, not the mask: torch's boolean indexing costs several times more.
+            state = select_rows(state, torch.from_numpy(index).to(state[0].device))
+        encoded = labels = None
+        if self.encoded is not None:
+            encoded = [self.encoded[i] for i in index.tolist()]
+        if self.labels is not None:
+            labels = [self.labels[i] for i in index.tolist()]
         return Chunk(
-            select_rows(self.state, torch.from_numpy(mask).to(device)),
+            state,
             picked,
-            self.rows[mask],
-            self.thresholds[mask],
-            self.caps[mask],
+            self.rows[index],
+            self.thresholds[index],
+            self.caps[index],
             self.since,
+            encoded,
+            labels,
         )
 
 
 def concat(chunks: Sequence[Chunk]) -> Chunk:
-    """One chunk of all rows, in order (no copy for a single chunk)."""
+    """One chunk of all rows, in order (no copy for a single chunk); all must be decoded."""
     if len(chunks) == 1:
         return chunks[0]
     first = chunks[0]

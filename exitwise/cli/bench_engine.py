@@ -37,8 +37,8 @@ def bench_engine(
     from exitwise.preprocess import normalize
     from serving.bench.engine import markdown, run_engine_bench
     from serving.loading import load_model
-    from serving.server import default_torch_threads
     from serving.settings import Settings
+    from serving.threads import default_torch_threads
 
     sizes = parse_ints(batch_sizes, "--batch-sizes")
     # The server's default when not given, so the engine is measured as it is served.

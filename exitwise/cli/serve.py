@@ -33,6 +33,12 @@ def serve(
     precision: str | None = typer.Option(None, help="torch on CUDA: fp32, bf16 or fp16 [fp32]."),
     max_batch_size: int | None = typer.Option(None, help="Images per batch [32]."),
     max_wait_ms: float | None = typer.Option(None, help="Longest wait to fill a batch [2]."),
+    max_stage_wait_ms: float | None = typer.Option(
+        None, help="Longest a row waits in front of a stage for company [5]."
+    ),
+    decode_threads: int | None = typer.Option(
+        None, help="Image-decoding threads; 0: the engine's worker decodes [auto]."
+    ),
     max_queue_images: int | None = typer.Option(None, help="Queue bound, in images [1024]."),
     workers: int | None = typer.Option(None, help="Server processes, each with a model [1]."),
     default_budget_mflops: float | None = typer.Option(
@@ -45,6 +51,9 @@ def serve(
     ),
     torch_threads: int | None = typer.Option(None, help="torch intra-op threads per process."),
     log_level: str | None = typer.Option(None, help="critical, error, warning, info, debug."),
+    access_log: bool | None = typer.Option(
+        None, "--access-log/--no-access-log", help="Log a line per HTTP request [off]."
+    ),
 ) -> None:
     """Serve a bundle over HTTP: REST v1, Open Inference Protocol v2, /metrics, health."""
     overrides: dict[str, Any] = {

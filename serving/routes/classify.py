@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..deps import Authorized, InFlight, Service
+from ..deps import authorize, service_of
 from ..errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from ..params import merge_fields, parse_params
 from ..service import ClassifyRequest, ClassifyResult
@@ -104,13 +104,11 @@ _BODY = {
 }  # fmt: skip
 
 
-@router.post(
-    "/v1/classify",
-    dependencies=[Authorized, InFlight],
-    openapi_extra={"parameters": _PARAMS, "requestBody": _BODY},
-)
-async def classify(request: Request, service: Service) -> JSONResponse:
+@router.post("/v1/classify", openapi_extra={"parameters": _PARAMS, "requestBody": _BODY})
+async def classify(request: Request) -> JSONResponse:
     started = time.monotonic()
+    authorize(request)
+    service = service_of(request)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     form_fields: list[tuple[str, str]] = []
     filenames: list[str] | None = None

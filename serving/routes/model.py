@@ -73,6 +73,7 @@ def describe(service: ModelService) -> dict[str, Any]:
         "limits": {
             "max_batch_size": s.max_batch_size,
             "max_wait_ms": s.max_wait_ms,
+            "max_stage_wait_ms": s.max_stage_wait_ms,
             "max_queue_images": s.max_queue_images,
             "max_images_per_request": s.max_images_per_request,
             "max_body_bytes": s.max_body_bytes,

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 
 from exitwise import __version__
 
-from ..deps import Authorized, InFlight, Service, get_lifecycle
+from ..deps import Authorized, Service, authorize, get_lifecycle, service_of
 from ..errors import BadRequestError, ModelNotFoundError, error_response
 from ..lifecycle import Lifecycle
 from ..params import parse_params
@@ -119,20 +119,20 @@ def _metadata(service: ModelService, name: str, version: str | None) -> Any:
     }
 
 
-@router.post("/v2/models/{name}/infer", dependencies=[Authorized, InFlight])
-async def infer(request: Request, service: Service, name: str) -> Response:
-    return await _infer(request, service, name, None)
+@router.post("/v2/models/{name}/infer")
+async def infer(request: Request, name: str) -> Response:
+    return await _infer(request, name, None)
 
 
-@router.post("/v2/models/{name}/versions/{version}/infer", dependencies=[Authorized, InFlight])
-async def infer_version(request: Request, service: Service, name: str, version: str) -> Response:
-    return await _infer(request, service, name, version)
+@router.post("/v2/models/{name}/versions/{version}/infer")
+async def infer_version(request: Request, name: str, version: str) -> Response:
+    return await _infer(request, name, version)
 
 
-async def _infer(
-    request: Request, service: ModelService, name: str, version: str | None
-) -> Response:
+async def _infer(request: Request, name: str, version: str | None) -> Response:
     started = time.monotonic()
+    authorize(request)
+    service = service_of(request)
     _check_model(service, name, version)
     body = await service.receive(request.body(), started, "reading the request body")
     header_length = request.headers.get(HEADER_LENGTH)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.server import default_torch_threads
+from serving.threads import default_torch_threads
 
 
 @pytest.mark.parametrize(
