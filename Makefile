@@ -6,13 +6,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all venv data test lint typecheck pytest demo demo-stop results clean help
+.PHONY: all venv data test lint typecheck pytest test-docker demo demo-stop results clean help
 
 all: help
 
 help:
 	@echo "make demo   train (if needed), calibrate, export and serve the Fashion-MNIST demo model"
 	@echo "make test   lint, type-check and run the test suite"
+	@echo "make test-docker   build both Docker images without a registry and test them (root)"
 	@echo "make demo-stop     stop the demo server"
 	@echo "make results       L2W vs uniform on Fashion-MNIST (about 2.5 hours on a 2-core CPU)"
 
@@ -34,8 +35,20 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 # The tests write the small data files they need; real Fashion-MNIST is for the demo and results.
+# The Docker image tests have their own target (they build images for minutes when cold).
 pytest: venv
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not docker"
+
+# Build both images without a registry (scripts/docker-build.sh: Debian base image, wheelhouse)
+# and run them (tests/e2e/test_docker_image.py); skipped where no Docker engine can run. The CPU
+# image's torch: the CPU wheel this machine's pip finds (torch 2.13.0+cpu in its find-links; the
+# CPU index download.pytorch.org is not reachable here). Where it is reachable:
+#   make test-docker DOCKER_CPU_TORCH=2.14.1 DOCKER_CPU_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+DOCKER_CPU_TORCH ?= 2.13.0+cpu
+DOCKER_CPU_TORCH_INDEX_URL ?=
+test-docker: venv
+	CPU_TORCH_VERSION=$(DOCKER_CPU_TORCH) CPU_TORCH_INDEX_URL=$(DOCKER_CPU_TORCH_INDEX_URL) \
+	  $(VENV)/bin/pytest -m docker
 
 test: lint typecheck pytest
 

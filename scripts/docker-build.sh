@@ -65,15 +65,25 @@ trap '[[ -n "$tmp" ]] && rm -rf "$tmp"' EXIT
 
 if [[ "$packages" == wheelhouse ]]; then
   wheelhouse="build/wheelhouse/$variant"
-  # What the wheels depend on; a match means the wheelhouse is complete for this build.
-  key="$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16) $extras $torch_version $torch_index $("$python" -c 'import sys; print(sys.version_info[:2])')"
-  if [[ ! -f "$wheelhouse/.filled" || "$(cat "$wheelhouse/.filled")" != "$key" ]]; then
+  # What the wheels depend on: the project's requirements (not the rest of pyproject.toml),
+  # install.sh, the torch choice and the Python version. The stamp lies beside the wheelhouse,
+  # not in it, so that wheels filled again unchanged keep Docker's cached layers valid.
+  stamp="$wheelhouse.filled"
+  key="$("$python" - "$extras" "$torch_version" "$torch_index" <<'EOF'
+import hashlib, json, sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+parts = [project.get("dependencies"), project.get("optional-dependencies"), sys.argv[1:],
+         list(sys.version_info[:2]), open("scripts/install.sh").read()]
+print(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest())
+EOF
+)"
+  if [[ ! -d "$wheelhouse" || ! -f "$stamp" || "$(cat "$stamp")" != "$key" ]]; then
     log "filling $wheelhouse (torch $torch_version${torch_index:+ from $torch_index}) ..."
-    rm -rf "$wheelhouse"
+    rm -rf "$wheelhouse" "$stamp"
     PYTHON="$python" TORCH_VERSION="$torch_version" TORCH_INDEX_URL="$torch_index" \
       scripts/install.sh --wheelhouse "$wheelhouse" "$extras" >"build/wheelhouse-$variant.log" 2>&1 \
       || { tail -n 20 "build/wheelhouse-$variant.log" >&2; log "filling $wheelhouse failed"; exit 1; }
-    echo "$key" >"$wheelhouse/.filled"
+    echo "$key" >"$stamp"
   fi
   log "$wheelhouse: $(du -sh "$wheelhouse" | cut -f1) ($(( $(now) - t0 )) s so far)"
 else
