@@ -128,7 +128,8 @@ def open_splits(bundle: Bundle, data_root: str | os.PathLike[str] | None) -> lis
             f"{m.heldout.source_split!r} (expected 'train')"
         )
     indices = bundle.heldout_indices()
-    source = open_dataset(name, m.heldout.source_split, data_root)
+    # A folder data set comes back from the bundle's record: its place and split, checked.
+    source = open_dataset(name, m.heldout.source_split, data_root, source=m.folder)
     check_dataset(bundle, source)
     if len(indices) and int(indices.max()) >= len(source):
         raise DataMismatchError(
@@ -136,7 +137,7 @@ def open_splits(bundle: Bundle, data_root: str | os.PathLike[str] | None) -> lis
             f"indexes image {int(indices.max())} (is --data-root the data set the bundle was "
             "trained on?)"
         )
-    test = open_dataset(name, "test", data_root)
+    test = open_dataset(name, "test", data_root, source=m.folder)
     check_dataset(bundle, test)
     return [
         SplitData(

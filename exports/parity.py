@@ -76,7 +76,7 @@ def load_parity_images(
     else:
         indices = bundle.heldout_indices()[:count]  # a corrupted split is refused, not skipped
         try:
-            train = open_dataset(m.dataset, m.heldout.source_split, data_root)
+            train = open_dataset(m.dataset, m.heldout.source_split, data_root, source=m.folder)
         except DatasetNotFoundError as err:
             reason = f"the {m.dataset} data set is not available ({err})"
         else:

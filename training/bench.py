@@ -25,13 +25,13 @@ from typing import Any
 import torch
 
 from exitwise.benchkit import describe_cpu, markdown_table, sync
-from exitwise.datasets import default_preprocessing
 from exitwise.fileio import atomic_write_text
 
 from .build import build_model, make_autocast, seed_everything
 from .config import Recipe
 from .data import Normalizer
 from .distributed import DistContext, resolve_device
+from .folder_data import input_preprocessing
 from .meta_learner import MetaLearner
 from .step import TrainStep
 
@@ -75,7 +75,7 @@ def _device_name(device: torch.device) -> str:
 
 def _make_step(recipe: Recipe, weighting: str, device: torch.device, mode: str) -> TrainStep:
     seed_everything(recipe.seed)
-    preprocessing = default_preprocessing(recipe.data.dataset)
+    preprocessing = input_preprocessing(recipe.data)
     classes = [str(i) for i in range(int(_num_classes(recipe)))]
     module = build_model(recipe, preprocessing, classes).to(device)
     if recipe.channels_last:
@@ -116,7 +116,7 @@ def run_bench(
     device = resolve_device(recipe.device, DistContext())
     if device.type == "cpu" and recipe.cpu_threads is not None:
         torch.set_num_threads(recipe.cpu_threads)
-    preprocessing = default_preprocessing(recipe.data.dataset)
+    preprocessing = input_preprocessing(recipe.data)
     b, c, s = recipe.batch_size, preprocessing.channels, preprocessing.input_size
     gen = torch.Generator().manual_seed(recipe.seed)
     pixels = torch.randint(0, 256, (b, c, s, s), generator=gen, dtype=torch.uint8).to(device)

@@ -12,13 +12,20 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from exitwise.bundle import CALIBRATION_FILE, HELDOUT_FILE, MANIFEST_FILE, WEIGHTS_FILE
-from exitwise.datasets import ImageDataset, default_preprocessing, open_dataset
+from exitwise.datasets import (
+    FOLDER,
+    FolderSource,
+    ImageDataset,
+    default_preprocessing,
+    open_dataset,
+)
 from exitwise.errors import ExitwiseError
 from exitwise.models import EarlyExitNet, create_model, get_preset, is_preset
 from exitwise.preprocess import Preprocessing
@@ -27,6 +34,7 @@ from .checkpoint import CHECKPOINT_DIR, Checkpoint, Progress, checkpoint_path, l
 from .config import Recipe, RecipeError, check_resume_compatible
 from .data import Split, TrainStream, build_stream, make_split
 from .distributed import DistContext
+from .folder_data import FolderData, folder_preprocessing, heldout_note, open_folder
 from .logs import LOG_FILE, TENSORBOARD_DIR
 from .meta_learner import MetaLearner
 from .schedule import Schedule
@@ -97,12 +105,24 @@ def make_autocast(device: torch.device, precision: str) -> AutocastFactory:
     return factory
 
 
+def _folder_kwargs(name: str, preprocessing: Preprocessing, classes: int) -> dict[str, Any]:
+    """A folder data set sizes the network: its classes, channels and image size (the recipe's
+    model.kwargs still win)."""
+    kwargs: dict[str, Any] = {"num_classes": classes, "in_channels": preprocessing.channels}
+    if not is_preset(name) or get_preset(name).input_size != preprocessing.input_size:
+        kwargs["input_size"] = preprocessing.input_size
+    return kwargs
+
+
 def build_model(
     recipe: Recipe, preprocessing: Preprocessing, class_names: list[str]
 ) -> EarlyExitNet:
     name = recipe.model.preset
+    kwargs = dict(recipe.model.kwargs)
+    if recipe.data.dataset == FOLDER:
+        kwargs = {**_folder_kwargs(name, preprocessing, len(class_names)), **kwargs}
     try:
-        model = create_model(name, **recipe.model.kwargs)
+        model = create_model(name, **kwargs)
     except ExitwiseError:
         raise
     except (TypeError, ValueError, KeyError) as err:
@@ -120,9 +140,10 @@ def build_model(
             f"model {name!r} has {classes} classes; {recipe.data.dataset} has "
             f"{len(class_names)} (set model.kwargs.num_classes or pick another preset)"
         )
-    if is_preset(name) and get_preset(name).input_size != preprocessing.input_size:
+    size = kwargs.get("input_size") or (get_preset(name).input_size if is_preset(name) else None)
+    if size is not None and size != preprocessing.input_size:
         raise RecipeError(
-            f"model {name!r} is built for {get_preset(name).input_size}-pixel inputs; "
+            f"model {name!r} is built for {size}-pixel inputs; "
             f"{recipe.data.dataset} gives {preprocessing.input_size}"
         )
     return model
@@ -166,6 +187,8 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     checkpoint: Checkpoint | None = None
     changed: list[str] = field(default_factory=list)  # recipe keys changed since the checkpoint
+    folder: FolderSource | None = None  # a folder data set: where it is, how it was split
+    notes: list[str] = field(default_factory=list)  # about the data, said before training
 
 
 def build_run(
@@ -190,11 +213,24 @@ def build_run(
 
     seed_everything(recipe.seed)
     data = recipe.data
-    train_set = open_dataset(data.dataset, "train", data.root)
-    test_set = open_dataset(data.dataset, "test", data.root) if recipe.eval.test else None
-    preprocessing = default_preprocessing(data.dataset)
+    folder: FolderData | None = None
+    train_set: ImageDataset
+    test_set: ImageDataset | None
+    if data.dataset == FOLDER:
+        folder = open_folder(data, with_test=recipe.eval.test)
+        train_set, test_set = folder.train, folder.test
+    else:
+        train_set = open_dataset(data.dataset, "train", data.root)
+        test_set = open_dataset(data.dataset, "test", data.root) if recipe.eval.test else None
     split = make_split(train_set, data)
+    if folder is not None:
+        preprocessing = folder_preprocessing(data, folder.train, split.train)
+    else:
+        preprocessing = default_preprocessing(data.dataset)
     module = build_model(recipe, preprocessing, train_set.class_names).to(device)
+    notes = list(folder.notes) if folder is not None else []
+    small = heldout_note(len(split.heldout), module.num_exits)
+    notes += [small] if small else []
     if ckpt is not None:
         ckpt.check_architecture(module.arch, module.config_dict)
     if recipe.channels_last:
@@ -230,6 +266,7 @@ def build_run(
         device=device,
         rank=ctx.rank,
         world=ctx.world,
+        preprocessing=preprocessing,
     )
     if stream.num_batches == 0:
         raise ExitwiseError("no complete training batch: lower batch_size or train on more images")
@@ -278,4 +315,6 @@ def build_run(
         progress=progress,
         checkpoint=ckpt,
         changed=changed,
+        folder=folder.source if folder is not None else None,
+        notes=notes,
     )

@@ -8,6 +8,7 @@ The resolved recipe (file + overrides + defaults) is what the trainer runs, what
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,11 +18,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from exitwise.datasets import DEFAULT_HELDOUT
+from exitwise.datasets.folder import DEFAULT_TEST_FRACTION
 from exitwise.errors import ExitwiseError
 
 
 class RecipeError(ExitwiseError):
     """A recipe that cannot be read or does not validate."""
+
+
+DEFAULT_IMAGE_SIZE = 64  # folder data sets
+DEFAULT_HELDOUT_FRACTION = 0.1
+FOLDER_ONLY = ("image_size", "channels", "mean", "std", "test_fraction")
 
 
 class _Section(BaseModel):
@@ -34,17 +41,76 @@ class ModelSpec(_Section):
 
 
 class DataSpec(_Section):
-    dataset: Literal["fashion-mnist", "cifar10", "cifar100", "imagenet"]
+    dataset: Literal["fashion-mnist", "cifar10", "cifar100", "imagenet", "folder"]
     root: str | None = None  # None: the data set's default location (Fashion-MNIST only)
     heldout_size: int | None = Field(default=None, ge=1)  # None: 5,000 (32x32) / 50,000 (ImageNet)
+    # Held-out size as a share of the training split, clamped to [heldout_min, heldout_max] and to
+    # half the split (the default for folder data sets: 0.1).
+    heldout_fraction: float | None = Field(default=None, gt=0, lt=1)
+    heldout_min: int = Field(default=100, ge=1)
+    heldout_max: int = Field(default=5000, ge=1)
     split_seed: int = 0  # seeds the held-out split and the subset (kept apart from `seed`)
     train_subset: int | None = Field(default=None, ge=1)  # train on this many images only
     augment: bool = True
     workers: int = Field(default=8, ge=0)  # loader processes for image folders (ImageNet)
+    # Folder data sets only (the named ones have a fixed preprocessing):
+    image_size: int | None = Field(default=None, ge=16, le=512)  # None: 64
+    channels: Literal[1, 3] | None = None  # None: 3
+    mean: list[float] | None = None  # None: computed on the training images
+    std: list[float] | None = None
+    test_fraction: float | None = Field(default=None, gt=0, lt=1)  # without val/; None: 0.1
+    max_memory_gb: float = Field(default=8.0, gt=0)  # decoded images are held in memory
+
+    @model_validator(mode="after")
+    def _folder_keys(self) -> DataSpec:
+        if self.dataset != "folder":
+            given = [k for k in FOLDER_ONLY if getattr(self, k) is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to folder data "
+                    f"sets; {self.dataset} has a fixed preprocessing"
+                )
+            return self
+        if self.root is None:
+            raise ValueError("a folder data set needs data.root (the directory holding train/)")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and len(values) != self.folder_channels:
+                raise ValueError(f"{key} needs {self.folder_channels} value(s), one per channel")
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError("std values must be positive")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither (then both are computed)")
+        if self.heldout_min > self.heldout_max:
+            raise ValueError("heldout_min must not exceed heldout_max")
+        return self
+
+    @property
+    def folder_image_size(self) -> int:
+        return self.image_size or DEFAULT_IMAGE_SIZE
+
+    @property
+    def folder_channels(self) -> int:
+        return self.channels or 3
+
+    @property
+    def folder_test_fraction(self) -> float:
+        return self.test_fraction or DEFAULT_TEST_FRACTION
 
     @property
     def resolved_heldout_size(self) -> int:
+        """The held-out size of a named data set (a folder's depends on its size)."""
         return self.heldout_size or DEFAULT_HELDOUT[self.dataset]
+
+    def heldout_count(self, n_train: int) -> int:
+        """Images held out of a training split of ``n_train`` images."""
+        if self.heldout_size is not None:
+            return self.heldout_size
+        if self.heldout_fraction is None and self.dataset != "folder":
+            return DEFAULT_HELDOUT[self.dataset]
+        share = round((self.heldout_fraction or DEFAULT_HELDOUT_FRACTION) * n_train)
+        size = min(max(share, self.heldout_min), self.heldout_max)
+        return max(1, min(size, n_train // 2))  # training keeps at least half
 
 
 class OptimSpec(_Section):
@@ -246,8 +312,16 @@ RESUME_FIXED = (
     "model",
     "data.dataset",
     "data.heldout_size",
+    "data.heldout_fraction",
+    "data.heldout_min",
+    "data.heldout_max",
     "data.split_seed",
     "data.train_subset",
+    "data.image_size",
+    "data.channels",
+    "data.mean",
+    "data.std",
+    "data.test_fraction",
     "weighting",
     "batch_size",
     "seed",
@@ -276,6 +350,9 @@ def diff_recipes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 def check_resume_compatible(old: dict[str, Any], new: Recipe, where: str) -> list[str]:
     """Refuse a resume whose recipe changes what the checkpoint depends on; return other changes."""
     new_d = new.to_dict()
+    # A recipe saved before a key existed ran with that key's default (else: compared as saved).
+    with contextlib.suppress(ValidationError):
+        old = Recipe.model_validate(old).to_dict()
     for key in RESUME_FIXED:
         if _get(old, key) != _get(new_d, key):
             raise RecipeError(

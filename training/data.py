@@ -8,6 +8,9 @@ calibration and the server take.
 - In-memory sets (Fashion-MNIST, CIFAR) live as one ``[N, C, S, S]`` uint8 tensor (the eval
   geometry applied once, Fashion-MNIST zero-padded 28 -> 32); augmentation (random crop with 4
   pixels of zero padding, horizontal flip) runs on whole uint8 batches, on the training device.
+- Folder data sets (your own images) are decoded once into memory by
+  :mod:`training.folder_data` and then treated like CIFAR, with a random-crop padding of an
+  eighth of the crop.
 - Image folders (ImageNet) go through torchvision (``RandomResizedCrop(224)`` + flip) in
   DataLoader worker processes and arrive as uint8 batches.
 
@@ -31,6 +34,7 @@ from torch import Tensor
 
 from exitwise.bundle import HeldOutSplit, indices_sha256
 from exitwise.datasets import (
+    FOLDER,
     EvalImages,
     ImageDataset,
     InvalidDatasetError,
@@ -44,6 +48,11 @@ from exitwise.preprocess import Preprocessing, to_uint8
 from .config import DataSpec
 
 CROP_PADDING = 4  # random-crop padding of the 32x32 sets (algorithm.md section 7)
+
+
+def crop_padding(spec: Preprocessing) -> int:
+    """A folder data set's random-crop padding: an eighth of the crop, as 4 is of 32."""
+    return max(1, round(spec.crop / 8))
 
 
 def derived_seed(*parts: int) -> int:
@@ -69,7 +78,7 @@ def make_split(dataset: ImageDataset, spec: DataSpec) -> Split:
     """The held-out split (seeded by ``split_seed``) and the training indices (optionally a
     seeded subset of them)."""
     n = len(dataset)
-    size = spec.resolved_heldout_size
+    size = spec.heldout_count(n)
     held = heldout_split(n, size, spec.split_seed)
     train = train_indices(n, held)
     if spec.train_subset is not None and spec.train_subset < len(train):
@@ -178,11 +187,13 @@ class InMemoryStream:
         device: torch.device,
         rank: int = 0,
         world: int = 1,
+        padding: int = CROP_PADDING,
     ) -> None:
         if len(indices) < batch_size:
             raise InvalidDatasetError(
                 f"{len(indices)} training images, fewer than one batch of {batch_size}"
             )
+        self.padding = padding
         # Keep the whole set on the device (CIFAR: 150 MB of uint8) when it is a GPU.
         self.images = images.to(device)
         self.labels = labels.to(device)
@@ -203,7 +214,7 @@ class InMemoryStream:
             x = self.images[rows]
             if self.augment:
                 gen = torch.Generator().manual_seed(derived_seed(self.seed, epoch, b, 3))
-                x = random_crop_flip(x, CROP_PADDING, gen)
+                x = random_crop_flip(x, self.padding, gen)
             yield (
                 _rank_slice(x, self.rank, self.world),
                 _rank_slice(self.labels[rows], self.rank, self.world),
@@ -320,8 +331,11 @@ def build_stream(
     device: torch.device,
     rank: int = 0,
     world: int = 1,
+    preprocessing: Preprocessing | None = None,
 ) -> TrainStream:
-    preprocessing = default_preprocessing(spec.dataset)
+    """The training batches; ``preprocessing`` defaults to the named data set's (a folder's
+    comes from the recipe and the training images)."""
+    preprocessing = preprocessing or default_preprocessing(spec.dataset)
     if isinstance(dataset, ArrayDataset):
         images = stack_images(dataset, preprocessing)
         labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64))
@@ -335,6 +349,7 @@ def build_stream(
             device=device,
             rank=rank,
             world=world,
+            padding=crop_padding(preprocessing) if spec.dataset == FOLDER else CROP_PADDING,
         )
     return FolderStream(
         dataset,
@@ -350,6 +365,11 @@ def build_stream(
     )
 
 
-def eval_view(dataset: ImageDataset, indices: np.ndarray | None, name: str) -> EvalImages:
+def eval_view(
+    dataset: ImageDataset,
+    indices: np.ndarray | None,
+    name: str,
+    preprocessing: Preprocessing | None = None,
+) -> EvalImages:
     """Un-augmented images (held-out or test) in the exact eval geometry."""
-    return EvalImages(dataset, default_preprocessing(name), indices)
+    return EvalImages(dataset, preprocessing or default_preprocessing(name), indices)

@@ -106,6 +106,8 @@ def _train(
         say(f"resuming {out} at epoch {prog.epoch + 1}, batch {prog.batch} (iteration {prog.step})")
     if run.changed:
         say(f"resuming with changed recipe keys: {', '.join(run.changed)}")
+    for note in run.notes:
+        say(note)
     log = RunLog(
         out,
         enabled=ctx.is_main,
@@ -276,7 +278,7 @@ def _log_step(
 
 
 def _heldout(run: Run) -> list[float]:
-    view = eval_view(run.train_set, run.split.heldout, run.recipe.data.dataset)
+    view = eval_view(run.train_set, run.split.heldout, run.recipe.data.dataset, run.preprocessing)
     return exit_accuracy(run.module, view, run.device, batch_size=run.recipe.eval.batch_size,
                          workers=_eval_workers(run), ctx=run.ctx)  # fmt: skip
 
@@ -296,7 +298,7 @@ def _finish(run: Run, log: RunLog, reporter: Reporter, wall: float) -> TrainResu
     heldout = _heldout(run)
     test = None
     if run.test_set is not None:
-        view = eval_view(run.test_set, None, recipe.data.dataset)
+        view = eval_view(run.test_set, None, recipe.data.dataset, run.preprocessing)
         test = exit_accuracy(run.module, view, run.device, batch_size=recipe.eval.batch_size,
                              workers=_eval_workers(run), ctx=run.ctx)  # fmt: skip
     log.record({"kind": "eval", "step": prog.step, "epoch": prog.epoch,
@@ -336,6 +338,7 @@ def _finish(run: Run, log: RunLog, reporter: Reporter, wall: float) -> TrainResu
             dataset=recipe.data.dataset,
             heldout=(run.split.info, run.split.heldout),
             training=summary,
+            folder=run.folder,
         )
     barrier(run.ctx)
     return TrainResult(run.out, bundle, heldout, test, summary)

@@ -72,6 +72,34 @@ def calibrate(
     )
     # Piped output keeps the full table instead of wrapping it at 80 columns.
     print_summary(result, Console() if sys.stdout.isatty() else Console(width=120))
+    note = small_heldout_note(
+        len(result.heldout.labels),
+        {p.name: p.heldout.exit_fractions for p in result.calibration.operating_points},
+    )
+    if note:
+        err.print(note, highlight=False, soft_wrap=True)
+
+
+def small_heldout_note(images: int, fractions: dict[str, list[float]]) -> str | None:
+    """A warning when an early exit's threshold of some operating point rests on few held-out
+    images; it says how many held-out images would give each exit enough."""
+    from ..datasets import MIN_HELDOUT_PER_EXIT
+
+    thin: list[str] = []
+    needed = 0
+    for name, shares in fractions.items():
+        counts = [round(f * images) for f in shares[:-1]]  # the last exit takes the rest
+        few = [(k + 1, c) for k, c in enumerate(counts) if 0 < c < MIN_HELDOUT_PER_EXIT]
+        if few:
+            thin.append(f"{name}: " + ", ".join(f"exit {k} on {c}" for k, c in few))
+            needed = max(needed, -(-MIN_HELDOUT_PER_EXIT * images // min(c for _, c in few)))
+    if not thin:
+        return None
+    return (
+        f"warning: with {images} held-out images some thresholds rest on few images "
+        f"({'; '.join(thin)}); {MIN_HELDOUT_PER_EXIT} per exit needs about {needed} held-out "
+        "images (train with a larger held-out split: data.heldout_fraction, data.heldout_size)"
+    )
 
 
 def _command(
