@@ -224,6 +224,8 @@ def build_run(
         test_set = open_dataset(data.dataset, "test", data.root) if recipe.eval.test else None
     split = make_split(train_set, data)
     if folder is not None:
+        if ckpt is not None:
+            ckpt.check_folder(folder.source.model_dump())
         preprocessing = folder_preprocessing(data, folder.train, split.train)
     else:
         preprocessing = default_preprocessing(data.dataset)

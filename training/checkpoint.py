@@ -97,6 +97,7 @@ def save_checkpoint(
     wpn: nn.Module | None,
     meta_optimizer: torch.optim.Optimizer | None,
     scaler: torch.amp.GradScaler | None,
+    folder: dict[str, Any] | None = None,
 ) -> None:
     payload = {
         "format": FORMAT,
@@ -112,6 +113,8 @@ def save_checkpoint(
         "scaler": scaler.state_dict() if scaler is not None else {},
         "rng": rng_state(),
     }
+    if folder is not None:  # a folder data set's record: a resume must find the same images
+        payload["folder"] = json.dumps(folder, sort_keys=True)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -138,6 +141,20 @@ class Checkpoint:
     @property
     def progress(self) -> Progress:
         return Progress(**self.payload["progress"])
+
+    def check_folder(self, folder: dict[str, Any]) -> None:
+        """Refuse to resume on a folder whose images changed since the checkpoint (their
+        held-out split would differ); checkpoints of other data sets have no record."""
+        saved = json.loads(self.payload.get("folder") or "null")
+        if saved is None:
+            return
+        for split in ("train", "test"):
+            if saved[f"{split}_sha256"] != folder[f"{split}_sha256"]:
+                raise CheckpointError(
+                    f"{self.path}: the folder's {split} images changed since this checkpoint "
+                    f"({folder[f'{split}_images']} now, {saved[f'{split}_images']} then, or files "
+                    "renamed or changed); restore the folder, or start a new run (--overwrite)"
+                )
 
     def check_architecture(self, arch: str, arch_kwargs: dict[str, Any]) -> None:
         """Refuse to resume a checkpoint of another architecture (one line)."""

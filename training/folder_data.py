@@ -181,8 +181,8 @@ def scan_notes(scan: FolderScan, crop: int) -> list[str]:
     if scan.ignored:
         extensions = " ".join(sorted(EXTENSIONS))
         notes.append(
-            f"ignored {len(scan.ignored)} file(s) without an image extension ({extensions}): "
-            f"{_names(scan.ignored)}"
+            f"ignored {len(scan.ignored)} file(s) outside class folders or without an image "
+            f"extension ({extensions}): {_names(scan.ignored)}"
         )
     large = scan.large_images(crop)
     if large:

@@ -224,6 +224,7 @@ def _save(run: Run, clock: _Clock | None) -> None:
         wpn=meta.wpn if meta is not None else None,
         meta_optimizer=meta.optimizer if meta is not None else None,
         scaler=run.scaler,
+        folder=run.folder.model_dump() if run.folder is not None else None,
     )
 
 

@@ -10,7 +10,8 @@ TIFF, grayscale or colour, any size; sub-folders of a class folder are searched 
   from the training side, by :func:`exitwise.datasets.heldout_split`.)
 - **Bad files are skipped and counted**: a file with an image extension that cannot be opened as
   an image (empty, not an image, an unknown format) is left out and listed in the scan's
-  ``skipped``; files with other extensions are ignored and counted. A file that opens but whose
+  ``skipped``; files with other extensions, or beside the class folders, are ignored and
+  counted. A file that opens but whose
   pixel data is damaged is found when it is decoded and refused, naming the file (training
   decodes every image before its first step).
 - **Refused, one line each**: a missing ``train/``, no class folders, an empty class folder, a
@@ -86,7 +87,7 @@ class FolderScan:
     test_fraction: float
     split_seed: int
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
-    ignored: list[str] = field(default_factory=list)  # not image files (relative paths)
+    ignored: list[str] = field(default_factory=list)  # not images, or not in a class folder
 
     def entries(self, split: str) -> list[Entry]:
         return self.train if split == "train" else self.test
@@ -216,6 +217,10 @@ def scan_folder(
             )
     scan = FolderScan(base, classes, [], [], "val" if has_val else "train",
                       test_fraction, split_seed)  # fmt: skip
+    for split in ("train", "val"):  # files beside the class folders belong to no class
+        if (base / split).is_dir():
+            loose = sorted(f for f in (base / split).iterdir() if f.is_file())
+            scan.ignored += [f.relative_to(base).as_posix() for f in loose if f.name[0] != "."]
     train = _scan_split(base, "train", classes, scan)
     empty = [f"train/{cls}" for cls, entries in train.items() if not entries]
     val = _scan_split(base, "val", classes, scan) if has_val else {}

@@ -10,7 +10,8 @@ and pools 2x2, so it needs a 5-8 pixel map at the coarsest scale (the seed's 8 a
   224 px: 4 after the ImageNet stem), with ``gr_factor`` / ``bn_factor`` cut to that many entries
   or extended with their last value. Blocks (exits), widths and growth stay as given.
 - **RANet** keeps its scale flows: the first of those stems whose coarsest flow fits the exits is
-  taken, and a size none fits is refused (the CIFAR flows fit 17-192 pixels).
+  taken, and a size none fits is refused (the CIFAR preset fits 17-192 pixels, the ImageNet
+  one 33-384).
 
 At a preset's own input size the rule gives the preset's own geometry, so
 ``create_model(preset, input_size=preset.input_size)`` is the preset itself.

@@ -51,11 +51,12 @@ def test_a_run_reports_the_data_and_keeps_the_held_out_split(
     for path in sorted((data / "train" / "coat").glob("coat-*"))[4:]:
         path.unlink()  # 'coat' keeps 4 images, the others 20
     Image.new("RGB", (300, 140), (90, 90, 90)).save(data / "train" / "bag" / "large.jpg")
+    Image.new("RGB", (20, 20)).save(data / "train" / "loose.png")  # in no class folder
     assert _train(tmp_path, _recipe(data), "a") == 0
     err = capsys.readouterr().err
     assert "3 classes" in err and "warning: classes are imbalanced" in err
     assert "skipped 2 unreadable file(s): train/bag/empty.png (not an image PIL can read)" in err
-    assert "ignored 1 file(s) without an image extension" in err
+    assert "ignored 2 file(s) outside class folders or without an image extension" in err
     assert "warning: held-out split of 10 images" in err  # and how many it would take
     assert (
         "1 image(s) are more than 8x the 16-pixel crop on their shorter side (largest 300x140)"
@@ -67,6 +68,22 @@ def test_a_run_reports_the_data_and_keeps_the_held_out_split(
     assert json.loads((tmp_path / "b" / "heldout_indices.json").read_text()) == first
     assert _train(tmp_path, _recipe(data), "c", "data.split_seed=1") == 0
     assert json.loads((tmp_path / "c" / "heldout_indices.json").read_text()) != first
+
+
+def test_resume_refuses_a_folder_that_changed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_folder(tmp_path / "data", per_class=10)
+    assert _train(tmp_path, _recipe(data), "run") == 0
+    capsys.readouterr()
+    resume = ["train", "--out", str(tmp_path / "run"), "--resume", "--set", "epochs=2"]
+    shutil.copy(next((data / "train" / "bag").glob("*.png")), data / "train" / "bag" / "new.png")
+    assert main(resume) == 1
+    err = capsys.readouterr().err.strip()
+    assert "images changed since this checkpoint" in err and "restore the folder" in err
+    assert len(err.splitlines()) == 1
+    (data / "train" / "bag" / "new.png").unlink()
+    assert main(resume) == 0  # the same images again: the run goes on
 
 
 def test_held_out_size_is_a_fraction_with_a_floor_and_a_cap() -> None:

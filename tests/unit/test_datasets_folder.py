@@ -29,12 +29,14 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_classes_formats_and_what_was_left_out(folder: Path) -> None:
+    (folder / "train" / "loose.jpg").write_bytes(b"beside the class folders")
     scan = scan_folder(folder)
     assert scan.classes == CLASSES and scan.test_split == "train"
     assert len(scan.train) + len(scan.test) == 4 * 20
     assert sorted(path for path, _ in scan.skipped) == sorted(BAD_FILES)
     assert all("not an image" in why for _, why in scan.skipped)
-    assert scan.ignored == ["train/bag/notes.txt"]  # hidden files (.DS_Store) are not counted
+    # hidden files (.DS_Store) are not counted
+    assert scan.ignored == ["train/loose.jpg", "train/bag/notes.txt"]
     formats, modes = set(), set()
     train = FolderImages(scan, "train")
     for i in range(12):
