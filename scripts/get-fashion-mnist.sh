@@ -17,20 +17,8 @@ if have "$debian_dir" || have "$local_dir"; then
   exit 0
 fi
 
-if command -v apt-get >/dev/null 2>&1; then
-  sudo=""
-  if [[ "$(id -u)" != "0" ]]; then
-    if command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; else sudo="unavailable"; fi
-  fi
-  if [[ "$sudo" != "unavailable" ]]; then
-    echo "installing Debian package dataset-fashion-mnist ..." >&2
-    if DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
-      || { $sudo apt-get update -q >/dev/null 2>&1 \
-           && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; then
-      have "$debian_dir" && exit 0
-    fi
-    echo "could not install dataset-fashion-mnist with apt-get" >&2
-  fi
+if "$(dirname "$0")/apt-install.sh" dataset-fashion-mnist && have "$debian_dir"; then
+  exit 0
 fi
 
 if [[ "${ALLOW_DOWNLOAD:-0}" == "1" ]]; then

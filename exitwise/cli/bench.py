@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import typer
 
-from . import bench_backends, bench_calibration, bench_engine, bench_http, bench_train
+from . import (
+    bench_backends,
+    bench_calibration,
+    bench_engine,
+    bench_http,
+    bench_peer,
+    bench_train,
+)
 
 app = typer.Typer(
-    help="Benchmarks: training step, engine, HTTP, backends, calibration.", no_args_is_help=True
+    help="Benchmarks: training step, engine, HTTP, a peer server, backends, calibration.",
+    no_args_is_help=True,
 )
 
 bench_backends.register(app)
 bench_calibration.register(app)
 bench_engine.register(app)
 bench_http.register(app)
+bench_peer.register(app)
 bench_train.register(app)

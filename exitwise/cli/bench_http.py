@@ -27,6 +27,12 @@ def bench_http(
         None, help="Comma list of MFLOPs budgets or exitM [every operating point]."
     ),
     images_per_request: int = typer.Option(1, min=1, help="Images in each request."),
+    client: str = typer.Option(
+        "python", help="python (httpx, any request) or wrk (C, one image per request)."
+    ),
+    client_cpus: str | None = typer.Option(
+        None, help="wrk: pin the client to these CPUs (taskset), e.g. 0; pin the server apart."
+    ),
     images_dir: Path | None = typer.Option(None, "--images", help="Send these image files."),
     dataset: str | None = typer.Option(None, help="Send test images of this data set."),
     data_root: Path | None = typer.Option(None, help="Where that data set lives."),
@@ -38,9 +44,12 @@ def bench_http(
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON."),
     markdown_out: Path | None = typer.Option(None, "--markdown", help="Write a markdown table."),
 ) -> None:
-    """Throughput, p50/p95/p99 and served exits per budget vs the last exit, one invocation."""
-    import asyncio
+    """Throughput, p50/p95/p99 and served exits per budget vs the last exit, one invocation.
 
+    ``--client wrk`` drives the C load generator (closed loop, one PNG per request, rotating
+    over the images; ``--duration`` seconds per workload and round) and reads what the server
+    did from its /metrics; the Python client also sends several images per request.
+    """
     from exitwise.benchkit import parse_ints
     from exitwise.fileio import atomic_write_json, atomic_write_text
     from serving.bench.http import (
@@ -48,55 +57,103 @@ def bench_http(
         load_images,
         markdown,
         model_info,
-        run_load,
         workloads_for,
     )
 
     levels = parse_ints(concurrency, "--concurrency")
+    if client not in ("python", "wrk"):
+        raise ExitwiseError(f"--client must be python or wrk, not {client!r}")
+    if client == "wrk" and images_per_request != 1:
+        raise ExitwiseError("--client wrk sends one image per request; use --client python")
+    if client_cpus is not None and client != "wrk":
+        raise ExitwiseError("--client-cpus applies to --client wrk")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     info = model_info(url, headers)
     loads = workloads_for(info, budgets.split(",") if budgets else None)
     images = load_images(num_images, images_dir, dataset or info.get("dataset"), data_root)
     oracle_times = _oracle(oracle) if oracle else None
-    all_rows: list[dict[str, Any]] = []
+    if client == "wrk":
+        from serving.bench.wrk import find_wrk
+        from serving.bench.wrk_load import run_wrk_loads
+
+        find_wrk()
+        all_rows = run_wrk_loads(
+            url,
+            images,
+            loads,
+            num_exits=len(info["exits"]),
+            levels=levels,
+            rounds=rounds,
+            duration_s=duration,
+            headers=headers,
+            client_cpus=client_cpus,
+        )
+    else:
+        all_rows = []
+        for c in levels:
+            all_rows += _python_rows(
+                url, images, loads, c, rounds, requests, duration, images_per_request, headers
+            )
     for c in levels:
-        pooled: dict[str, Any] = {}
-        for _ in range(rounds):  # interleaved, so machine-load drift hits every workload alike
-            for w in loads:
-                result = asyncio.run(
-                    run_load(
-                        url.rstrip("/"),
-                        images,
-                        w,
-                        concurrency=c,
-                        requests=requests,
-                        duration_s=duration,
-                        images_per_request=images_per_request,
-                        headers=headers,
-                    )
-                )
-                if w.label in pooled:
-                    pooled[w.label].merge(result)
-                else:
-                    pooled[w.label] = result
-        rows = []
-        for w in loads:
-            summary = pooled[w.label].summary()
-            if summary["ok"] == 0:
+        rows = [r for r in all_rows if r["concurrency"] == c]
+        for r in rows:
+            if r["ok"] == 0:
                 raise ExitwiseError(
-                    f"workload {w.label!r}: no successful request ({summary['first_error']})"
+                    f"workload {r['workload']!r}: no successful request ({r['first_error']})"
                 )
-            rows.append(summary)
         key = _oracle_key(oracle_times, 1 if c == 1 else info["limits"]["max_batch_size"])
         add_ratios(rows, oracle_times[key] if oracle_times and key else None)
-        all_rows.extend(rows)
     table = markdown(all_rows)
     typer.echo(table)
-    out = {"url": url, "model": info["name"], "device": info["device"], "rows": all_rows}
+    out = {
+        "url": url,
+        "model": info["name"],
+        "device": info["device"],
+        "client": client,
+        "rows": all_rows,
+    }
     if json_out is not None:
         atomic_write_json(json_out, out)
     if markdown_out is not None:
         atomic_write_text(markdown_out, table + "\n")
+
+
+def _python_rows(
+    url: str,
+    images: list[bytes],
+    loads: list[Any],
+    concurrency: int,
+    rounds: int,
+    requests: int,
+    duration: float,
+    images_per_request: int,
+    headers: dict[str, str] | None,
+) -> list[dict[str, Any]]:
+    """The Python client's rows at one concurrency: the rounds of each workload pooled."""
+    import asyncio
+
+    from serving.bench.http import run_load
+
+    pooled: dict[str, Any] = {}
+    for _ in range(rounds):  # interleaved, so machine-load drift hits every workload alike
+        for w in loads:
+            result = asyncio.run(
+                run_load(
+                    url.rstrip("/"),
+                    images,
+                    w,
+                    concurrency=concurrency,
+                    requests=requests,
+                    duration_s=duration,
+                    images_per_request=images_per_request,
+                    headers=headers,
+                )
+            )
+            if w.label in pooled:
+                pooled[w.label].merge(result)
+            else:
+                pooled[w.label] = result
+    return [pooled[w.label].summary() for w in loads]
 
 
 def _oracle(path: Path) -> dict[str, list[float]]:
