@@ -34,7 +34,7 @@ def docker_client() -> str | None:
     """The docker client: $DOCKER, else Debian's /usr/bin/docker (a client without BuildKit
     may come first on PATH), else the one on PATH."""
     if os.environ.get("DOCKER"):
-        return os.environ["DOCKER"]
+        return shutil.which(os.environ["DOCKER"])
     if os.access("/usr/bin/docker", os.X_OK):
         return "/usr/bin/docker"
     return shutil.which("docker")
