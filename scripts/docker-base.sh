@@ -58,7 +58,7 @@ root="$work/root"
 cleanup() {
   # debootstrap mounts /proc and /sys inside the tree; never delete through a mount.
   local m
-  for m in $(awk -v r="$root" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r); do
+  awk -v r="$root" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null || true
   done
   rm -rf --one-file-system "$work"

@@ -12,7 +12,7 @@
 # Environment:
 #   PYTHON           interpreter to install (or fill the wheelhouse) with (default: python3); a
 #                    wheelhouse holds wheels for this interpreter's Python version and platform
-#   TORCH_VERSION    torch release to pin (default 2.14.1; in a WHEELHOUSE install: the wheelhouse's)
+#   TORCH_VERSION    torch release to pin (default 2.14.1; with WHEELHOUSE: the wheelhouse's torch)
 #   TORCH_INDEX_URL  optional index for the torch wheels (e.g. the CPU-only index)
 #   EDITABLE         1 (default) installs the project editable; 0 installs a normal copy
 #   WHEELHOUSE       install from this directory of wheels alone (pip --no-index): no network
@@ -55,16 +55,19 @@ if [[ -n "$wheelhouse_out" ]]; then
   # compiler; setuptools too: pip builds the project itself from source with it, offline.
   mkdir -p "$wheelhouse_out"
   wheelhouse_out="$(cd "$wheelhouse_out" && pwd)"
-  "$python" -m pip wheel "${pip_args[@]}" --wheel-dir "$wheelhouse_out" "${torch_index[@]}" \
-    "${torch_pins[@]}"
+  "$python" -m pip wheel "${pip_args[@]}" --wheel-dir "$wheelhouse_out" \
+    ${torch_index[@]+"${torch_index[@]}"} "${torch_pins[@]}"
   # The second resolution must keep the torch just saved (not the index's newest): pin the
   # exact release, local label (+cpu) included, and let pip take it from the wheelhouse.
   saved=("$wheelhouse_out"/torch-[0-9]*.whl)
-  [[ ${#saved[@]} == 1 ]] || { echo "error: $wheelhouse_out holds ${#saved[@]} torch wheels" >&2; exit 1; }
+  if [[ ${#saved[@]} != 1 ]]; then
+    echo "error: $wheelhouse_out holds ${#saved[@]} torch wheels; empty it first" >&2
+    exit 1
+  fi
   exact="$(basename "${saved[0]}" | cut -d- -f2)"
   "$python" -m pip wheel "${pip_args[@]}" --wheel-dir "$wheelhouse_out" \
     --find-links "$wheelhouse_out" "torch==${exact//%2B/+}" "${torch_pins[@]:1}" \
-    "$here[$extras]" "setuptools>=68" wheel
+    "${here}[$extras]" "setuptools>=68" wheel
   rm -f "$wheelhouse_out"/exitwise-*.whl  # the project is installed from its sources
   exit 0
 fi
@@ -74,12 +77,12 @@ if [[ -n "${WHEELHOUSE:-}" ]]; then
   export PIP_NO_INDEX=1 PIP_FIND_LINKS="$WHEELHOUSE"
   torch_index=()
 fi
-"$python" -m pip install "${pip_args[@]}" "${torch_index[@]}" "${torch_pins[@]}"
+"$python" -m pip install "${pip_args[@]}" ${torch_index[@]+"${torch_index[@]}"} "${torch_pins[@]}"
 if [[ "$torch_only" == "1" ]]; then
   exit 0
 fi
 if [[ "${EDITABLE:-1}" == "1" ]]; then
-  "$python" -m pip install "${pip_args[@]}" -e "$here[$extras]"
+  "$python" -m pip install "${pip_args[@]}" -e "${here}[$extras]"
 else
-  "$python" -m pip install "${pip_args[@]}" "$here[$extras]"
+  "$python" -m pip install "${pip_args[@]}" "${here}[$extras]"
 fi
