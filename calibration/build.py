@@ -17,6 +17,7 @@ from exitwise.bundle import (
     utc_now,
 )
 
+from .control import control_table
 from .errors import CalibrationError
 from .evaluate import (
     SWEEP_QS,
@@ -145,5 +146,6 @@ def build_calibration(
         default_operating_point=default or choose_default(operating_points),
         anytime=anytime_exits,
         sweep=sweep_points,
+        control=control_table(solver, costs),
     )
     return calibration, solved

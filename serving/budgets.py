@@ -37,10 +37,16 @@ class ExitPlan:
     budget_mflops: float | None  # the budget that picked the point
     max_exit: int | None  # the cap asked for (1-based)
     source: Source
+    # Budget control (serving.budget_control): whether the request lets it act, and whether it
+    # had moved the operating point's thresholds (then: the held-out budget they were solved for).
+    control: bool = True
+    controlled: bool = False
+    control_mflops: float | None = None
 
     @property
     def name(self) -> str:
-        """A short label: the operating point, ``exit-m`` for anytime, or both joined."""
+        """A short label: the operating point, ``max-exit-m`` for a cap, both joined, or
+        ``exit-K`` for an uncalibrated bundle's default (the last exit)."""
         parts = []
         if self.operating_point is not None:
             parts.append(self.operating_point)
@@ -56,6 +62,8 @@ class ExitPlan:
             "max_exit": self.max_exit,
             "expected_mflops": self.expected_mflops,
             "source": self.source,
+            "controlled": self.controlled,
+            "control_mflops": self.control_mflops,
         }
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import InvalidParameterError
 
-NAMES = ("budget_mflops", "max_exit", "top_k", "timeout_ms")
+NAMES = ("budget_mflops", "max_exit", "top_k", "timeout_ms", "budget_control")
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class RequestParams:
     max_exit: int | None = None
     top_k: int | None = None
     timeout_s: float | None = None  # the client's deadline, if shorter than the server's
+    budget_control: bool | None = None  # False: this request keeps the calibrated thresholds
 
 
 def _number(name: str, raw: Any) -> float:
@@ -45,6 +46,18 @@ def _integer(name: str, raw: Any) -> int:
         raise InvalidParameterError(f"{name} must be an integer, not {raw!r}") from None
 
 
+_SWITCH = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
+
+
+def _switch(name: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = _SWITCH.get(str(raw).strip().lower())
+    if value is None:
+        raise InvalidParameterError(f"{name} must be on or off, not {raw!r}")
+    return value
+
+
 def parse_params(
     values: Mapping[str, Any], timeout_key: str = "timeout_ms", timeout_unit: float = 1e-3
 ) -> RequestParams:
@@ -59,6 +72,7 @@ def parse_params(
         return None if raw is None or (isinstance(raw, str) and not raw.strip()) else raw
 
     budget, max_exit, top_k = get("budget_mflops"), get("max_exit"), get("top_k")
+    control = get("budget_control")
     timeout = get(timeout_key)
     timeout_s = None
     if timeout is not None:
@@ -70,6 +84,7 @@ def parse_params(
         max_exit=None if max_exit is None else _integer("max_exit", max_exit),
         top_k=None if top_k is None else _integer("top_k", top_k),
         timeout_s=timeout_s,
+        budget_control=None if control is None else _switch("budget_control", control),
     )
 
 

@@ -19,7 +19,9 @@ import numpy as np
 
 from exitwise.preprocess import normalize
 
+from .budget_control import BudgetControl
 from .budgets import ExitPlan
+from .control import ControlSettings
 from .deadlines import before
 from .engine import Encoded, Engine, InferOutcome
 from .errors import BadRequestError, InvalidParameterError, PayloadTooLargeError
@@ -100,6 +102,16 @@ class ModelService:
         self.name = settings.model_name or manifest.name
         self.resolver = loaded.resolver
         self.runner = loaded.runner
+        self.control = BudgetControl(
+            loaded.calibration,
+            loaded.resolver.points,
+            ControlSettings(
+                window=settings.budget_control_window,
+                tolerance=settings.budget_control_tolerance,
+            ),
+            enabled=settings.budget_control == "on",
+        )
+        self.control.register(metrics.registry)
         self.class_names = list(manifest.class_names)
         self.exit_mflops = manifest.exit_mflops
         self.preprocessing = spec = manifest.preprocessing
@@ -160,19 +172,17 @@ class ModelService:
         params = request.params
         deadline = self._deadline(request.started, params.timeout_s)
         plan = self.resolver.resolve(params.budget_mflops, params.max_exit)
+        plan = self.control.plan(plan, params.budget_control)
         top_k = self._top_k(params.top_k)
         if request.tensor is not None:
             result = await self._classify_tensor(request, plan, top_k, deadline)
         else:
             result = await self._classify_encoded(request, plan, top_k, deadline)
+        costs = [p.mflops for p in result.predictions]
+        self.control.observe(plan, costs)
         if self.live is not None:
-            preds = result.predictions
-            self.live.record(
-                plan.name,
-                time.monotonic() - request.started,
-                [p.exit for p in preds],
-                [p.mflops for p in preds],
-            )
+            exits = [p.exit for p in result.predictions]
+            self.live.record(plan.name, time.monotonic() - request.started, exits, costs)
         return result
 
     # --- steps -----------------------------------------------------------------------------------

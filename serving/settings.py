@@ -71,6 +71,18 @@ class Settings(BaseSettings):
     default_max_exit: int | None = Field(default=None, ge=1)
     default_top_k: int = Field(default=5, ge=0)
 
+    # --- budget control (serving.control) --------------------------------------------------------
+    budget_control: Literal["on", "off"] = Field(
+        default="on",
+        description="Keep each operating point's realised MFLOPs per image on target.",
+    )
+    budget_control_window: int = Field(
+        default=4000, ge=1, description="Images a decision looks at, at most."
+    )
+    budget_control_tolerance: float = Field(
+        default=0.02, ge=0, le=1, description="Relative deadband around the target."
+    )
+
     # --- limits ----------------------------------------------------------------------------------
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_images_per_request: int = Field(default=64, ge=1)

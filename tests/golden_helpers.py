@@ -7,9 +7,12 @@ exact in any maths library), so response bytes do not depend on the CPU's floati
 Images still go through decoding and the engine; budgets and caps choose the exit, and each exit
 names another class.
 
-``tests/golden/responses.json`` holds what the server answered to :data:`REQUESTS` before the
-request path was made lean (regenerate with ``python -m tests.golden_helpers OUT`` only when a
-response is meant to change).
+``tests/golden/responses.json`` holds what the server answered to :func:`requests`. It was first
+written by the server as it stood before the request path was made lean, and the lean path gave
+it byte for byte; budget control then added two keys to each plan's description
+(``controlled``, ``control_mflops``) and one known parameter to an error message, and the file
+was written again. Regenerate it (``python -m tests.golden_helpers OUT``) only when a response
+is meant to change, and say what changed.
 """
 
 from __future__ import annotations

@@ -24,8 +24,10 @@ import torch
 from PIL import Image
 
 from calibration.build import split_result, thresholds_json
+from calibration.control import control_table
 from calibration.evaluate import evaluate_thresholds
 from calibration.scores import SplitScores
+from calibration.solver import BudgetSolver
 from calibration.thresholds import find_thresholds
 from exitwise.bundle import (
     AnytimeExit,
@@ -115,7 +117,8 @@ def write_test_calibration(
     bundle: Bundle, heldout: Split, test: Split, qs: Sequence[float] = (0.3, 1.0, 2.0)
 ) -> Calibration:
     """Operating points ``q0.3``, ``q1``, ``q2`` (cheap to expensive) solved with calibration's
-    threshold rule and evaluated with its evaluation; the default is the middle one.
+    threshold rule and evaluated with its evaluation; the default is the middle one; and
+    calibration's control table for budget control.
 
     (``exitwise calibrate`` names its points after budgets; fixed q values keep these tests
     independent of the tiny model's exact costs.)"""
@@ -153,6 +156,7 @@ def write_test_calibration(
         operating_points=points,
         default_operating_point=points[len(points) // 2].name,
         anytime=anytime,
+        control=control_table(BudgetSolver(h.confidence, exit_mflops), exit_mflops),
     )
     write_calibration(bundle, calibration)
     return calibration

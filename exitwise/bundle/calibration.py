@@ -78,6 +78,21 @@ class SweepPoint(_Strict):
     exit_fractions: list[float]
 
 
+class ControlPoint(_Strict):
+    """Thresholds solved on the held-out split for one budget: a row of the table the server's
+    budget control moves along (see ``serving.control``)."""
+
+    mflops: float  # expected cost on the held-out split
+    thresholds: list[float | None]
+
+    def threshold_array(self) -> np.ndarray:
+        arr = np.array(
+            [math.inf if t is None else float(t) for t in self.thresholds], dtype=np.float64
+        )
+        arr[-1] = -math.inf
+        return arr
+
+
 class Calibration(_Strict):
     format_version: int = CALIBRATION_FORMAT_VERSION
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -88,6 +103,9 @@ class Calibration(_Strict):
     default_operating_point: str
     anytime: list[AnytimeExit] = Field(default_factory=list)
     sweep: list[SweepPoint] = Field(default_factory=list)
+    # Budgets from the first exit's cost to the last's, about 1 % apart, cheapest first (empty in
+    # calibrations made before budget control existed: the server then runs open loop).
+    control: list[ControlPoint] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> Calibration:
@@ -99,6 +117,10 @@ class Calibration(_Strict):
         k = len(self.exit_mflops)
         if any(len(p.thresholds) != k for p in self.operating_points):
             raise ValueError(f"every operating point needs {k} thresholds")
+        if any(len(c.thresholds) != k for c in self.control):
+            raise ValueError(f"every control point needs {k} thresholds")
+        if any(a.mflops > b.mflops for a, b in zip(self.control, self.control[1:], strict=False)):
+            raise ValueError("control points must be ordered by cost, cheapest first")
         return self
 
     def point(self, name: str) -> OperatingPoint:

@@ -45,6 +45,15 @@ def serve(
         None, help="Budget for requests that give none [calibration's default point]."
     ),
     default_max_exit: int | None = typer.Option(None, help="Exit cap for requests that give none."),
+    budget_control: str | None = typer.Option(
+        None, help="on: keep each operating point's realised MFLOPs on target; off [on]."
+    ),
+    budget_control_window: int | None = typer.Option(
+        None, help="Budget control: images a decision looks at, at most [4000]."
+    ),
+    budget_control_tolerance: float | None = typer.Option(
+        None, help="Budget control: relative deadband around the target [0.02]."
+    ),
     request_timeout_s: float | None = typer.Option(None, help="Request deadline, seconds [30]."),
     drain_seconds: float | None = typer.Option(
         None, help="After SIGTERM, seconds of 503 readiness before closing [2]."

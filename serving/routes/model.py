@@ -32,6 +32,7 @@ def describe(service: ModelService) -> dict[str, Any]:
             item["test_accuracy"] = anytime[e.exit].test_top1
         exits.append(item)
     resolver = service.resolver
+    control = service.control
     points = [
         {
             "name": p.name,
@@ -40,6 +41,7 @@ def describe(service: ModelService) -> dict[str, Any]:
             "thresholds": p.thresholds,
             "heldout": p.heldout.model_dump(),
             "test": p.test.model_dump() if p.test else None,
+            "budget_control": control.describe(p.name),
         }
         for p in resolver.points
     ]
@@ -67,6 +69,12 @@ def describe(service: ModelService) -> dict[str, Any]:
         "default_operating_point": cal.default_operating_point if cal else None,
         "budget_mflops_range": list(budget_range) if budget_range else None,
         "default_plan": resolver.resolve().describe(),
+        "budget_control": {
+            "enabled": control.enabled,
+            "available": control.available,
+            "window": control.settings.window,
+            "tolerance": control.settings.tolerance,
+        },
         "backend": runner.backend,
         "device": str(runner.device),
         "provider": runner.provider,

@@ -50,7 +50,11 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
 @pytest.fixture(scope="module", params=["torch", "onnx"])
 def client(request: pytest.FixtureRequest, pipeline: dict[str, Any]) -> Iterator[TestClient]:
     settings = Settings(  # type: ignore[call-arg]
-        bundle=pipeline["bundle"].path, backend=request.param, device="cpu", max_batch_size=16
+        bundle=pipeline["bundle"].path,
+        backend=request.param,
+        device="cpu",
+        max_batch_size=16,
+        budget_control="off",  # calibration's thresholds exactly (see the control-on test below)
     )
     with TestClient(create_app(settings)) as c:
         yield c
@@ -100,6 +104,36 @@ def test_served_exits_and_classes_equal_calibrations_simulation(
         assert reported is not None
         assert float(costs[exits].mean()) == pytest.approx(reported.mflops, rel=1e-9)
         assert reported.mflops == pytest.approx(point.expected_mflops, rel=0.03)
+
+
+def test_with_budget_control_on_clean_images_exit_as_calibration_simulated(
+    pipeline: dict[str, Any],
+) -> None:
+    # Clean images look like the held-out split: the controllers keep the calibrated thresholds.
+    settings = Settings(bundle=pipeline["bundle"].path, device="cpu")  # type: ignore[call-arg]
+    result: CalibrateResult = pipeline["calibration"]
+    costs = np.asarray(pipeline["bundle"].manifest.exit_mflops)
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/v1/model").json()["budget_control"]["enabled"] is True
+        for point in _points(pipeline):
+            for split, scores in (("heldout", result.heldout), ("test", result.test)):
+                assert scores is not None
+                exits = decide_exits(scores.confidence, point.threshold_array())
+                n = min(len(exits), 480)
+                got = (
+                    np.array(
+                        [
+                            r["exit"]
+                            for r in classify(c, pipeline[split].pixels[:n], point.expected_mflops)
+                        ]
+                    )
+                    - 1
+                )
+                assert (got == exits[:n]).mean() >= 0.99, (point.name, split)
+                realised = float(costs[got].mean())
+                assert realised == pytest.approx(float(costs[exits[:n]].mean()), rel=0.01)
+        described = c.get("/v1/model").json()["operating_points"]
+        assert not any(p["budget_control"]["controlled"] for p in described)
 
 
 def test_onnx_and_torch_backends_answer_alike(pipeline: dict[str, Any]) -> None:

@@ -29,7 +29,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
 
 @pytest.fixture(scope="module")
 def client(served: Served) -> Iterator[TestClient]:
-    settings = Settings(bundle=served.path, max_images_per_request=100, max_batch_size=32)
+    # Budget control off: these tests compare served exits with calibration's thresholds.
+    settings = Settings(
+        bundle=served.path, max_images_per_request=100, max_batch_size=32, budget_control="off"
+    )
     with TestClient(create_app(settings)) as c:
         yield c
 

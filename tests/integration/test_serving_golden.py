@@ -1,9 +1,10 @@
-"""The request path answers byte for byte what it answered before it was made lean.
+"""The request path answers byte for byte what the golden file says.
 
-``tests/golden/responses.json`` was written by the server as it stood before the lean request
-path (continuous batching, worker-side decoding, routes without dependency injection), from a
-bundle whose answers are exact on any CPU (see ``tests/golden_helpers.py``). REST v1 and the
-Open Inference Protocol v2, successes and errors, JSON and binary tensors.
+``tests/golden/responses.json`` was first written by the server as it stood before the lean
+request path (continuous batching, worker-side decoding, routes without dependency injection),
+from a bundle whose answers are exact on any CPU (see ``tests/golden_helpers.py`` for what has
+changed in it since, on purpose). REST v1 and the Open Inference Protocol v2, successes and
+errors, JSON and binary tensors, with decoding in the engine's worker and in the pool.
 """
 
 from __future__ import annotations
