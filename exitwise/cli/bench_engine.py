@@ -51,7 +51,8 @@ def bench_engine(
     m = loaded.bundle.manifest
     if m.dataset is None:
         raise ExitwiseError(f"{bundle}: the manifest names no data set to draw test images from")
-    view = EvalImages(open_dataset(m.dataset, "test", data_root), m.preprocessing)
+    test = open_dataset(m.dataset, "test", data_root, source=m.folder)
+    view = EvalImages(test, m.preprocessing)
     n = min(max(images, max(sizes)), len(view))
     pixels = torch.from_numpy(np.stack([view[i][0].numpy() for i in range(n)]))
     x = normalize(pixels, m.preprocessing)

@@ -62,7 +62,7 @@ def bench_peer(
     )
     if b.manifest.dataset is None:
         raise ExitwiseError(f"{bundle}: the manifest names no data set to draw test images from")
-    images = load_images(num_images, None, b.manifest.dataset, data_root)
+    images = load_images(num_images, None, b.manifest.dataset, data_root, b.manifest.folder)
     result = compare(
         bundle,
         images,

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from exitwise.benchkit import markdown_table
+from exitwise.datasets import FolderSource
 from exitwise.errors import ExitwiseError
 
 
@@ -113,8 +114,10 @@ def load_images(
     images_dir: Path | None = None,
     dataset: str | None = None,
     data_root: Path | None = None,
+    source: FolderSource | None = None,
 ) -> list[bytes]:
-    """Encoded images to send: files from ``images_dir``, or the first test images of a data set."""
+    """Encoded images to send: files from ``images_dir``, or the first test images of a data set
+    (``source``: a folder data set's record from the bundle's manifest)."""
     if images_dir is not None:
         files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
         if not files:
@@ -124,7 +127,7 @@ def load_images(
         raise BenchError("the model names no data set: pass --dataset or --images")
     from exitwise.datasets import open_dataset
 
-    ds = open_dataset(dataset, "test", data_root)
+    ds = open_dataset(dataset, "test", data_root, source=source)
     return [encode_png(ds.image(i)) for i in range(min(count, len(ds)))]
 
 

@@ -109,7 +109,8 @@ def load_samples(bundle_dir: Path, data_root: Path | None, count: int = SAMPLE_C
         error: ExitwiseError | None = None
         for root in _data_roots(manifest.training.recipe, data_root):
             try:
-                ds = open_dataset(split.dataset, split.source_split, root)
+                # A folder data set: its record finds (and checks) the same files again.
+                ds = open_dataset(split.dataset, split.source_split, root, source=manifest.folder)
                 break
             except ExitwiseError as err:
                 error = err
