@@ -78,7 +78,8 @@ def _check_geometry(where: str, ds: ImageDataset, spec: Preprocessing) -> None:
     channels = 1 if images.ndim == 3 else images.shape[3]
     expected = spec.resize if spec.resize is not None else spec.crop
     fits = min(h, w) == expected if spec.resize is not None else min(h, w) >= spec.crop
-    if channels != spec.channels or not fits:
+    grey_as_colour = channels == 1 and spec.channels == 3  # e.g. Fashion-MNIST, data.channels: 3
+    if (channels != spec.channels and not grey_as_colour) or not fits:
         raise DataMismatchError(
             f"{where}: images are {channels}x{h}x{w} but the bundle expects {spec.channels} "
             f"channel(s) with a shorter side of {expected} (input {spec.input_size}x"

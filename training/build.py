@@ -228,7 +228,7 @@ def build_run(
             ckpt.check_folder(folder.source.model_dump())
         preprocessing = folder_preprocessing(data, folder.train, split.train)
     else:
-        preprocessing = default_preprocessing(data.dataset)
+        preprocessing = default_preprocessing(data.dataset, data.channels)
     module = build_model(recipe, preprocessing, train_set.class_names).to(device)
     notes = list(folder.notes) if folder is not None else []
     small = heldout_note(len(split.heldout), module.num_exits)

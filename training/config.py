@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from exitwise.datasets import DEFAULT_HELDOUT
+from exitwise.datasets import CHANNEL_OPTIONS, DEFAULT_HELDOUT
 from exitwise.datasets.folder import DEFAULT_TEST_FRACTION
 from exitwise.errors import ExitwiseError
 
@@ -53,9 +53,10 @@ class DataSpec(_Section):
     train_subset: int | None = Field(default=None, ge=1)  # train on this many images only
     augment: bool = True
     workers: int = Field(default=8, ge=0)  # loader processes for image folders (ImageNet)
-    # Folder data sets only (the named ones have a fixed preprocessing):
+    # Folder data sets only (the named ones have a fixed preprocessing), except channels: 3 for
+    # Fashion-MNIST (the grey channel replicated, for the 3-channel CIFAR architectures):
     image_size: int | None = Field(default=None, ge=16, le=512)  # None: 64
-    channels: Literal[1, 3] | None = None  # None: 3
+    channels: Literal[1, 3] | None = None  # None: 3 (folder), the data set's own (named sets)
     mean: list[float] | None = None  # None: computed on the training images
     std: list[float] | None = None
     test_fraction: float | None = Field(default=None, gt=0, lt=1)  # without val/; None: 0.1
@@ -65,6 +66,11 @@ class DataSpec(_Section):
     def _folder_keys(self) -> DataSpec:
         if self.dataset != "folder":
             given = [k for k in FOLDER_ONLY if getattr(self, k) is not None]
+            if self.channels in CHANNEL_OPTIONS.get(self.dataset, ()):
+                given.remove("channels")  # e.g. Fashion-MNIST as 3-channel input
+            elif given == ["channels"] and CHANNEL_OPTIONS.get(self.dataset):
+                options = " or ".join(map(str, CHANNEL_OPTIONS[self.dataset]))
+                raise ValueError(f"channels: {self.dataset} is read with {options} channels")
             if given:
                 raise ValueError(
                     f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to folder data "

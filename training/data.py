@@ -161,6 +161,9 @@ def stack_images(dataset: ImageDataset, spec: Preprocessing) -> Tensor:
     images = getattr(dataset, "images", None)
     if isinstance(images, np.ndarray) and images.dtype == np.uint8:
         arr = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+        if arr.shape[1] == 1 and spec.channels == 3:
+            # Grey to colour, as PIL's "L" -> "RGB" (to_uint8) does it: the channel repeated.
+            arr = np.repeat(arr, 3, axis=1)
         if arr.shape[1:] != (spec.channels, spec.crop, spec.crop):
             arr = np.stack([to_uint8(images[i], spec) for i in range(len(images))])
     else:
@@ -335,7 +338,7 @@ def build_stream(
 ) -> TrainStream:
     """The training batches; ``preprocessing`` defaults to the named data set's (a folder's
     comes from the recipe and the training images)."""
-    preprocessing = preprocessing or default_preprocessing(spec.dataset)
+    preprocessing = preprocessing or default_preprocessing(spec.dataset, spec.channels)
     if isinstance(dataset, ArrayDataset):
         images = stack_images(dataset, preprocessing)
         labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64))

@@ -36,7 +36,7 @@ def input_preprocessing(spec: DataSpec) -> Preprocessing:
     """The data set's preprocessing; a folder's with the recipe's mean/std (or placeholders until
     they are computed: the geometry is all decoding needs)."""
     if spec.dataset != FOLDER:
-        return default_preprocessing(spec.dataset)
+        return default_preprocessing(spec.dataset, spec.channels)
     size, channels = spec.folder_image_size, spec.folder_channels
     return Preprocessing(
         input_size=size,

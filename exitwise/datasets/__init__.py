@@ -77,14 +77,36 @@ def open_dataset(
     return read_image_folder(split, root, name)
 
 
-def default_preprocessing(name: str) -> Preprocessing:
+# Named data sets that may also be read with another channel count (``data.channels``).
+CHANNEL_OPTIONS: dict[str, tuple[int, ...]] = {"fashion-mnist": (1, 3)}
+
+
+def default_preprocessing(name: str, channels: int | None = None) -> Preprocessing:
+    """The fixed preprocessing of a named data set; ``channels=3`` on a grey one (Fashion-MNIST)
+    gives colour input for the 3-channel architectures (the CIFAR presets): the grey channel
+    replicated, and its mean and std with it, so the three channels are identical and normalised
+    exactly as the one was. The geometry is unchanged (Fashion-MNIST: 28 pixels, zero-padded 2
+    on every side to 32)."""
     _check_name(name)
     if name not in DATASETS:
         raise ExitwiseError(
             f"{name}: no fixed preprocessing; it comes from the recipe (data.image_size, "
             "data.channels, data.mean, data.std) and is stored in the bundle"
         )
-    return DATASETS[name]
+    spec = DATASETS[name]
+    if channels is None or channels == spec.channels:
+        return spec
+    if channels not in CHANNEL_OPTIONS.get(name, ()):
+        raise ExitwiseError(f"{name} is read with {spec.channels} channels, not {channels}")
+    # Only grey -> colour is offered: replicating one channel loses nothing and adds nothing.
+    return Preprocessing(
+        **{
+            **spec.model_dump(),
+            "channels": channels,
+            "mean": spec.mean * channels,
+            "std": spec.std * channels,
+        }
+    )
 
 
 def heldout_split(n_train: int, size: int, seed: int) -> np.ndarray:
@@ -146,6 +168,7 @@ class EvalImages(Dataset[tuple[torch.Tensor, int]]):
 
 
 __all__ = [
+    "CHANNEL_OPTIONS",
     "DATASETS",
     "DEFAULT_HELDOUT",
     "FOLDER",
