@@ -27,7 +27,7 @@ from exitwise.datasets import (
     open_dataset,
 )
 from exitwise.errors import ExitwiseError
-from exitwise.models import EarlyExitNet, create_model, get_preset, is_preset
+from exitwise.models import EarlyExitNet, apply_init, create_model, get_preset, is_preset
 from exitwise.preprocess import Preprocessing
 
 from .checkpoint import CHECKPOINT_DIR, Checkpoint, Progress, checkpoint_path, load_checkpoint
@@ -123,6 +123,7 @@ def build_model(
         kwargs = {**_folder_kwargs(name, preprocessing, len(class_names)), **kwargs}
     try:
         model = create_model(name, **kwargs)
+        apply_init(model, recipe.model.init)
     except ExitwiseError:
         raise
     except (TypeError, ValueError, KeyError) as err:

@@ -38,6 +38,9 @@ class _Section(BaseModel):
 class ModelSpec(_Section):
     preset: str = Field(min_length=1)  # a preset (or architecture) name known to create_model
     kwargs: dict[str, Any] = Field(default_factory=dict)  # overrides of the preset's arguments
+    # he: He-normal everywhere (the builders' own); original: what the original code ran
+    # (MSDNet-PyTorch: PyTorch's defaults everywhere; RANet-pytorch: its first layer's).
+    init: Literal["he", "original"] = "he"
 
 
 class DataSpec(_Section):

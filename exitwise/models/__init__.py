@@ -1,5 +1,6 @@
 """Architectures (MSDNet, RANet), their staged forward pass, and the registry of presets."""
 
+from .init import INITS, Init, apply_init
 from .msdnet import MSDNet, MSDNetConfig
 from .ranet import RANet, RANetConfig
 from .registry import (
@@ -15,7 +16,9 @@ from .registry import (
 from .staged import EarlyExitNet, Stage, State, select_rows
 
 __all__ = [
+    "INITS",
     "EarlyExitNet",
+    "Init",
     "MSDNet",
     "MSDNetConfig",
     "Preset",
@@ -23,6 +26,7 @@ __all__ = [
     "RANetConfig",
     "Stage",
     "State",
+    "apply_init",
     "create_model",
     "get_preset",
     "is_preset",
