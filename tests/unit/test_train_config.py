@@ -29,13 +29,38 @@ MINIMAL = {
 
 @pytest.mark.parametrize(
     "name",
-    ["demo", "fmnist", "cifar10", "cifar100", "imagenet-step4", "imagenet-step6", "imagenet-step7"],
+    [
+        "demo",
+        "fmnist",
+        "fmnist-rgb-bench",
+        "fmnist-rgb-paper",
+        "cifar10",
+        "cifar100",
+        "imagenet-step4",
+        "imagenet-step6",
+        "imagenet-step7",
+    ],
 )
 def test_shipped_configs_validate(name: str) -> None:
     recipe = load_recipe(CONFIGS / f"{name}.yaml")
     assert recipe.epochs >= 1
     # The resolved recipe round-trips through YAML.
     assert Recipe.model_validate(yaml.safe_load(recipe.to_yaml())) == recipe
+
+
+def test_fmnist_rgb_recipes_build_the_cifar_network() -> None:
+    from training.build import build_model
+    from training.folder_data import input_preprocessing
+
+    for name in ("fmnist-rgb-bench", "fmnist-rgb-paper"):
+        recipe = load_recipe(CONFIGS / f"{name}.yaml")
+        spec = input_preprocessing(recipe.data)
+        assert spec.channels == 3 and spec.input_size == 32
+        model = build_model(recipe, spec, [str(i) for i in range(10)])
+        assert model.num_exits == 5 and model.config_dict["in_channels"] == 3
+    paper = load_recipe(CONFIGS / "fmnist-rgb-paper.yaml")
+    assert (paper.batch_size, paper.optim.lr, paper.meta.interval) == (1024, 0.8, 1)
+    assert paper.model.init == "original"
 
 
 def test_seed_hyper_parameters() -> None:
