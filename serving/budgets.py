@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -42,6 +43,8 @@ class ExitPlan:
     control: bool = True
     controlled: bool = False
     control_mflops: float | None = None
+    # Under load (serving.degrade): the plan the request asked for, when it got a cheaper one.
+    degraded_from: str | None = None
 
     @property
     def name(self) -> str:
@@ -64,6 +67,7 @@ class ExitPlan:
             "source": self.source,
             "controlled": self.controlled,
             "control_mflops": self.control_mflops,
+            "degraded_from": self.degraded_from,
         }
 
 
@@ -147,6 +151,27 @@ class BudgetResolver:
             )
         chosen = None if budget_mflops is None else self._point_for(budget_mflops)
         return self._plan(chosen, budget_mflops, max_exit, source)
+
+    def degrade(self, plan: ExitPlan, level: int) -> ExitPlan:
+        """``plan`` ``level`` calibrated points cheaper (the cheapest at most).
+
+        The ladder is the calibrated points, cheapest first, with the plan's own place on it:
+        its operating point, or, for an anytime plan (an exit cap without a budget, or the last
+        exit), just above the points cheaper than its exit. A cap the request set stays.
+        """
+        if level <= 0 or not self.points:
+            return plan
+        if plan.operating_point is not None:
+            names = [p.name for p in self.points]
+            place = names.index(plan.operating_point)
+        else:
+            cost = self.exit_mflops[plan.max_index]
+            place = sum(p.expected_mflops < cost for p in self.points)
+        target = max(0, place - level)
+        if target >= place:
+            return plan
+        cheaper = self._plan(self.points[target], plan.budget_mflops, plan.max_exit, plan.source)
+        return dataclasses.replace(cheaper, control=plan.control, degraded_from=plan.name)
 
     def _plan(
         self,

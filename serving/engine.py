@@ -3,17 +3,18 @@
 Stage-level continuous batching. A request's images join stage 1's queue together, each carrying
 its request's thresholds and cap. The worker repeatedly asks the scheduler
 (:func:`serving.scheduler.pick`) which stage to run, takes up to ``max_batch_size`` rows from
-that stage's queue (from one request or many, whatever their budgets), runs the stage, applies
-the exit rule (:func:`exitwise.runtime.judge_stage`, the function calibration's simulation
-uses) and puts the survivors in the next stage's queue, where they wait with the survivors of
-other batches. Late stages therefore run on full batches when traffic allows, while new images
-keep entering stage 1; no row waits longer than ``max_stage_wait_s`` in front of a stage.
+that stage's queue (from one request or many, whatever their budgets), and has the
+:class:`~serving.execute.StageExecutor` run the stage, apply the exit rule and answer who stops;
+the survivors join the next stage's queue, where they wait with the survivors of other batches.
+Late stages therefore run on full batches when traffic allows, while new images keep entering
+stage 1; no row waits longer than ``max_stage_wait_s`` in front of a stage, and a row with a
+``deadline_ms`` is run in time or answered from the exit it passed last.
 
-A request completes the moment its last image exits: its asyncio future is resolved on the
-request's event loop (thread-safe), and the event loop never waits on the model. A full engine
-refuses new requests at once (:class:`~serving.errors.QueueFullError`, a 503 with Retry-After)
-instead of letting them hang; rows of a request whose deadline passed or whose client went away
-are dropped from every queue.
+A request completes the moment its last image is answered: its asyncio future is resolved on
+the request's event loop (thread-safe), and the event loop never waits on the model. A full
+engine refuses new requests at once (:class:`~serving.errors.QueueFullError`, a 503 with
+Retry-After) instead of letting them hang; rows of a request whose hard deadline passed or whose
+client went away are dropped from every queue.
 """
 
 from __future__ import annotations
@@ -23,86 +24,45 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from exitwise.errors import ExitwiseError
-from exitwise.runtime import StageRunner, judge_stage, run_early_exit, top_k_of
+from exitwise.runtime import StageRunner, run_early_exit
 
 from .budgets import ExitPlan
 from .errors import DeadlineExceededError, NotReadyError, QueueFullError
+from .execute import StageExecutor
+from .jobs import (
+    Arrival,
+    Decoder,
+    Encoded,
+    EngineFailureError,
+    ImageResult,
+    InferOutcome,
+    Job,
+)
+from .latency import LatencyModel
 from .metrics import Metrics
 from .scheduler import Idle, Run, pick
 from .stage_queue import Chunk, StageQueue, concat
+
+__all__ = [
+    "Arrival",
+    "Encoded",
+    "Engine",
+    "EngineFailureError",
+    "ImageResult",
+    "InferOutcome",
+]
 
 log = logging.getLogger("exitwise.serving.engine")
 
 # The longest a row may wait in front of a stage while its queue collects company (and at
 # least max_wait: the first stage's batch-filling wait is one such wait).
 DEFAULT_MAX_STAGE_WAIT_S = 0.005
-
-
-class EngineFailureError(RuntimeError):
-    """The network raised while running a batch (a bug or a device fault: a generic 500)."""
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    exit_index: int  # 0-based
-    class_id: int
-    confidence: float
-    top: tuple[tuple[int, float], ...]  # (class id, probability), best first
-
-
-@dataclass(frozen=True)
-class InferOutcome:
-    results: list[ImageResult]
-    queue_seconds: float  # the request's time in the engine not spent decoding or computing
-    compute_seconds: float  # summed over the stage batches its images ran in
-    decode_seconds: float = 0.0  # decoding its images in the worker (encoded inputs)
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Images still encoded (PNG, JPEG, ...): the worker decodes them with the engine's
-    ``decode`` just before they run, and normalises a whole batch's pixels at once."""
-
-    blobs: Sequence[bytes]
-    labels: Sequence[str] | None = None  # per image, for error messages
-
-    def __len__(self) -> int:
-        return len(self.blobs)
-
-
-Decoder = Callable[[Sequence[bytes], Sequence[str] | None], np.ndarray]
-
-
-@dataclass(eq=False)
-class Arrival:
-    """A request announced by :meth:`Engine.expecting`; ``arrived`` once it is queued."""
-
-    arrived: bool = False
-
-
-@dataclass(eq=False)
-class _Job:
-    """One request in the engine. ``results``, ``remaining`` and the timings belong to the
-    worker thread; ``cancelled`` may be set from the event loop (under the engine's lock)."""
-
-    top_k: int
-    deadline: float  # time.monotonic()
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[InferOutcome]
-    results: list[ImageResult | None]
-    remaining: int
-    enqueued: float = field(default_factory=time.monotonic)
-    cancelled: bool = False
-    compute_seconds: float = 0.0
-    decode_seconds: float = 0.0
 
 
 class Engine:
@@ -123,9 +83,6 @@ class Engine:
         (pixels to network input) are needed to submit :class:`Encoded` images."""
         if len(exit_mflops) != runner.num_exits:
             raise ValueError("one MFLOPs figure per exit is required")
-        self._decode = decode
-        self._normalize = normalize
-        self.runner = runner
         self.num_exits = runner.num_exits
         self.exit_mflops = list(exit_mflops)
         self.max_batch_size = max_batch_size
@@ -134,6 +91,11 @@ class Engine:
         self.max_stage_wait_s = max(stage_wait, max_wait_s)
         self.max_queue_images = max_queue_images
         self.metrics = metrics
+        self.latency = LatencyModel(runner.num_exits, max_batch_size)
+        self.executor = StageExecutor(
+            runner, self.exit_mflops, self.latency, metrics, decode, normalize
+        )
+        self._decodes = decode is not None and normalize is not None
         self._queues = [StageQueue() for _ in range(runner.num_exits)]
         self._queued = 0  # rows in all queues
         self._cond = threading.Condition()
@@ -141,15 +103,41 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
 
+    @property
+    def runner(self) -> StageRunner:
+        """The stage runner (the executor's: replacing it here replaces it there)."""
+        return self.executor.runner
+
+    @runner.setter
+    def runner(self, runner: StageRunner) -> None:
+        self.executor.runner = runner
+
     # --- life cycle ------------------------------------------------------------------------------
 
     def warm_up(self, input_shape: tuple[int, int, int], batch_sizes: tuple[int, ...] = ()) -> None:
-        """Run every stage at batch 1 and at the largest batch (allocators, kernels, autotuning)."""
+        """Run every stage at batch 1 and at the largest batch (allocators, kernels, autotuning),
+        then time every stage at each batch size bucket for the latency model."""
         k = self.num_exits
         for n in batch_sizes or (1, self.max_batch_size):
             x = torch.zeros((n, *input_shape), dtype=torch.float32)
             thr = np.full((n, k), np.inf, dtype=np.float64)
             run_early_exit(self.runner, x, thr, np.full(n, k - 1, dtype=np.int64))
+        self._measure(input_shape)
+
+    @torch.inference_mode()
+    def _measure(self, input_shape: tuple[int, int, int], repeats: int = 2) -> None:
+        for n in self.latency.buckets:
+            x = torch.zeros((n, *input_shape), dtype=torch.float32)
+            best = [float("inf")] * self.num_exits
+            for _ in range(repeats):
+                state = self.runner.initial_state(x)
+                for index in range(self.num_exits):
+                    start = time.perf_counter()
+                    state, logits = self.runner.run_stage(index, state)
+                    logits.cpu()  # the confidences' sync point, as served
+                    best[index] = min(best[index], time.perf_counter() - start)
+            for index, seconds in enumerate(best):
+                self.latency.set(index, n, seconds)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -179,6 +167,15 @@ class Engine:
         with self._cond:
             return [q.rows for q in self._queues]
 
+    def queue_delay(self) -> float:
+        """Seconds requests wait before their first stage now: the recent average, or the age
+        of the oldest request not started yet when that is longer (a stall shows at once)."""
+        now = time.monotonic()
+        with self._cond:
+            oldest = self._queues[0].oldest_unstarted()
+        age = max(0.0, now - oldest) if oldest != float("inf") else 0.0
+        return max(self.executor.entry_wait(now), age)
+
     @contextlib.contextmanager
     def expecting(self) -> Iterator[Arrival]:
         """Marks a request on its way (being read or decoded) until it is submitted with the
@@ -204,20 +201,23 @@ class Engine:
         top_k: int,
         deadline: float,
         arrival: Arrival | None = None,
-    ) -> _Job:
-        """Queue ``images`` (a normalised ``[N, C, H, W]`` batch, or :class:`Encoded`)."""
+        answer_by: float | None = None,
+    ) -> Job:
+        """Queue ``images`` (a normalised ``[N, C, H, W]`` batch, or :class:`Encoded`);
+        ``answer_by``: the request's ``deadline_ms`` as a ``time.monotonic()`` moment."""
         encoded = images if isinstance(images, Encoded) else None
-        if encoded is not None and (self._decode is None or self._normalize is None):
+        if encoded is not None and not self._decodes:
             raise ValueError("this engine was built without a decoder for encoded images")
         n = len(encoded) if encoded is not None else int(images.shape[0])  # type: ignore[union-attr]
         loop = asyncio.get_running_loop()
-        job = _Job(
+        job = Job(
             top_k=top_k,
             deadline=deadline,
             loop=loop,
             future=loop.create_future(),
             results=[None] * n,
             remaining=n,
+            answer_by=answer_by,
         )
         chunk = Chunk(
             state=[] if encoded is not None else [images],  # type: ignore[list-item]
@@ -254,9 +254,10 @@ class Engine:
         top_k: int,
         deadline: float,
         arrival: Arrival | None = None,
+        answer_by: float | None = None,
     ) -> InferOutcome:
         """Queue ``images`` and wait for all of them, at most until ``deadline``."""
-        job = self.submit(images, plan, top_k, deadline, arrival)
+        job = self.submit(images, plan, top_k, deadline, arrival, answer_by)
         # One timer, not asyncio.wait_for (a wrapper per await): at the deadline the request's
         # rows leave the queues and its future fails with a 504.
         timer = job.loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, job)
@@ -268,7 +269,7 @@ class Engine:
         finally:
             timer.cancel()
 
-    def _expire(self, job: _Job) -> None:
+    def _expire(self, job: Job) -> None:
         """On the request's loop: its deadline passed before all its images were classified."""
         if not job.future.done():
             self._cancel(job)
@@ -278,7 +279,7 @@ class Engine:
                 )
             )
 
-    def _cancel(self, job: _Job) -> None:
+    def _cancel(self, job: Job) -> None:
         with self._cond:
             job.cancelled = True
             self._queued -= sum(q.drop(lambda j: j is job) for q in self._queues)
@@ -298,59 +299,36 @@ class Engine:
                     return
                 index, chunks = step
                 if index == 0:
-                    chunks = self._decode_entry(chunks)
-                    if not chunks:
-                        continue
-                chunk = concat(chunks)
+                    chunks = self.executor.decode_entry(chunks)
+                if not chunks:
+                    continue
+                chunk: Chunk | None = concat(chunks)
                 try:
-                    self._run(index, chunk)
+                    if index > 0:
+                        chunk = self.executor.answer_late(index, chunk, time.monotonic())  # type: ignore[arg-type]
+                    if chunk is None:
+                        continue
+                    waiting = self._queues[index + 1].rows if index + 1 < self.num_exits else 0
+                    survivors = self.executor.run(index, chunk, waiting)
                 except Exception:  # the network or a bug: fail these requests, keep serving
-                    log.exception("stage %d failed on a batch of %d rows", index + 1, len(chunk))
-                    for job in {id(j): j for j in chunk.jobs}.values():
-                        self._fail(job, EngineFailureError("inference failed"))
-
-    def _decode_entry(self, chunks: list[Chunk]) -> list[Chunk]:
-        """Decode the encoded chunks of a first-stage batch and normalise all their pixels in
-        one call; a request whose image cannot be decoded fails alone (its 4xx)."""
-        pending = [c for c in chunks if c.encoded is not None]
-        if not pending:
-            return chunks
-        assert self._decode is not None and self._normalize is not None  # checked in submit
-        pixels: list[np.ndarray] = []
-        ready: list[Chunk] = []
-        for c in chunks:
-            if c.encoded is None:
-                ready.append(c)
-                continue
-            job = c.jobs[0]  # a first-stage chunk holds one request's images
-            start = time.monotonic()
-            try:
-                pixels.append(self._decode(c.encoded, c.labels))
-            except ExitwiseError as err:  # the client's image: a 4xx for its request alone
-                self._fail(job, err)
-                continue
-            except Exception:
-                log.exception("decoding %d images failed", len(c))
-                self._fail(job, EngineFailureError("decoding failed"))
-                continue
-            job.decode_seconds += time.monotonic() - start
-            ready.append(c)
-        if pixels:
-            x = self._normalize(torch.from_numpy(np.concatenate(pixels)))
-            offset = 0
-            for c in ready:
-                if c.encoded is not None:
-                    c.state, c.encoded = [x[offset : offset + len(c)]], None
-                    offset += len(c)
-        return ready
+                    log.exception("stage %d failed on a batch of rows", index + 1)
+                    for job in {id(j): j for c in chunks for j in c.jobs}.values():
+                        job.fail(EngineFailureError("inference failed"))
+                    continue
+                if survivors is not None:
+                    self._advance(index + 1, survivors)
 
     def _next_step(self) -> tuple[int, list[Chunk]] | None:
         """The stage to run and its batch; ``None`` once stopping and nothing is left."""
         with self._cond:
             while True:
                 now = time.monotonic()
+                views = [
+                    q.view(self.latency.estimate(k, min(q.rows, self.max_batch_size)))
+                    for k, q in enumerate(self._queues)
+                ]
                 decision = pick(
-                    [q.view() for q in self._queues],
+                    views,
                     now,
                     max_batch=self.max_batch_size,
                     max_wait_s=self.max_wait_s,
@@ -371,59 +349,18 @@ class Engine:
                 else:
                     self._cond.wait(decision.until - now)
 
-    def _live(self, chunk: Chunk, now: float) -> Chunk | None:
-        """``chunk`` without the rows of requests that were cancelled or are past their
+    @staticmethod
+    def _live(chunk: Chunk, now: float) -> Chunk | None:
+        """``chunk`` without the rows of requests that were cancelled or are past their hard
         deadline (those fail with a 504 here). Under the lock."""
         dead = {id(j): j for j in chunk.jobs if j.cancelled or now > j.deadline}
         if not dead:
             return chunk
         for job in dead.values():
             if not job.cancelled:
-                self._fail(job, DeadlineExceededError("the request deadline passed"))
+                job.fail(DeadlineExceededError("the request deadline passed"))
         mask = np.array([id(j) not in dead for j in chunk.jobs], dtype=bool)
         return chunk.keep(mask) if mask.any() else None
-
-    def _run(self, index: int, chunk: Chunk) -> None:
-        start = time.monotonic()
-        runner = self.runner
-        state = runner.initial_state(chunk.state[0]) if index == 0 else chunk.state
-        state, logits = runner.run_stage(index, state)
-        verdict = judge_stage(logits, index, self.num_exits, chunk.thresholds[:, index], chunk.caps)
-        stop = verdict.stop
-        stopped = np.flatnonzero(stop).tolist()
-        jobs = chunk.jobs
-        survivors = None
-        if len(stopped) < len(chunk):
-            survivors = Chunk(state, jobs, chunk.rows, chunk.thresholds, chunk.caps, 0.0)
-            survivors = survivors.keep(~stop)
-        top_k = max((jobs[i].top_k for i in stopped), default=0)
-        ids: list[list[int]] = []
-        probs: list[list[float]] = []
-        if top_k:
-            top_ids, top_probs = top_k_of(logits, stop, top_k)
-            ids, probs = top_ids.tolist(), top_probs.tolist()
-        seconds = time.monotonic() - start
-        for job in {id(j): j for j in jobs}.values():
-            job.compute_seconds += seconds
-        if survivors is not None:
-            self._advance(index + 1, survivors)
-        if self.metrics is not None:
-            waits = [start - j.enqueued for j in jobs] if index == 0 else None
-            self.metrics.record_stage(
-                index, len(chunk), len(stopped), self.exit_mflops[index], seconds, waits
-            )
-        rows = chunk.rows.tolist()
-        classes = verdict.prediction.tolist()
-        confidences = verdict.confidence.tolist()
-        for pos, i in enumerate(stopped):
-            job = jobs[i]
-            top: tuple[tuple[int, float], ...] = ()
-            if job.top_k:
-                top = tuple(zip(ids[pos][: job.top_k], probs[pos][: job.top_k], strict=True))
-            job.results[rows[i]] = ImageResult(index, classes[i], confidences[i], top)
-            job.remaining -= 1
-            if job.remaining == 0 and not job.cancelled:
-                self._finish(job)
 
     def _advance(self, index: int, survivors: Chunk) -> None:
         """Queue the survivors of a stage in front of stage ``index`` (0-based)."""
@@ -437,30 +374,3 @@ class Engine:
             self._queues[index].push(survivors)
             self._queued += len(survivors)
             self._set_depth()
-
-    def _finish(self, job: _Job) -> None:
-        done = [r for r in job.results if r is not None]
-        busy = job.compute_seconds + job.decode_seconds
-        queued = max(0.0, time.monotonic() - job.enqueued - busy)
-        outcome = InferOutcome(done, queued, job.compute_seconds, job.decode_seconds)
-
-        def deliver() -> None:
-            if not job.future.done():
-                job.future.set_result(outcome)
-
-        self._deliver(job, deliver)
-
-    def _fail(self, job: _Job, err: Exception) -> None:
-        job.cancelled = True  # its other rows, if still queued, are skipped
-
-        def deliver() -> None:
-            if not job.future.done():
-                job.future.set_exception(err)
-
-        self._deliver(job, deliver)
-
-    @staticmethod
-    def _deliver(job: _Job, callback: Callable[[], None]) -> None:
-        # A closed loop (RuntimeError) means nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            job.loop.call_soon_threadsafe(callback)

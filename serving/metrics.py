@@ -12,12 +12,18 @@ Names (prefix ``exitwise_``; histograms in seconds; labels kept low-cardinality)
   of each image's exit.
 - ``inflight_requests``: inference requests being handled; ``queue_depth``: images waiting in
   front of any stage; ``stage_queue_depth{stage}``: rows waiting in front of each stage.
+- ``stage_seconds{stage}``: per stage batch, its time; ``stops_total{reason}``: images answered
+  by why they stopped (``confident``, ``cap``, ``deadline``).
+- ``degraded_total{operating_point}``: images served at a cheaper point than asked, under load;
+  ``degradation_level``: how many points the server steps down now.
 - ``model_info{model,backend,device,provider}``: 1, labels describe what is served.
 
 Series for every exit and stage exist from the start (at 0), so dashboards see them at once.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -42,6 +48,7 @@ class Metrics:
         self._exits: list[Counter] = []
         self._stage_rows: list[Histogram] = []
         self._stage_depth: list[Gauge] = []
+        self._stage_seconds: list[Histogram] = []
         self.requests = Counter(
             "exitwise_requests_total",
             "HTTP requests by route template and status code.",
@@ -108,6 +115,31 @@ class Metrics:
             ("stage",),
             registry=registry,
         )
+        self.stage_seconds = Histogram(
+            "exitwise_stage_seconds",
+            "Per stage batch: time running each stage (1-based) and its exit rule.",
+            ("stage",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.stops = Counter(
+            "exitwise_stops_total",
+            "Images answered, by why they stopped: confident, cap (max_exit or the last exit) "
+            "or deadline (deadline_ms).",
+            ("reason",),
+            registry=registry,
+        )
+        self.degraded = Counter(
+            "exitwise_degraded_total",
+            "Images served at a cheaper operating point than asked, because of queueing delay.",
+            ("operating_point",),
+            registry=registry,
+        )
+        self.degradation_level = Gauge(
+            "exitwise_degradation_level",
+            "Operating points the server steps down under load now (0: none).",
+            registry=registry,
+        )
         self.model_info = Gauge(
             "exitwise_model_info",
             "The model being served (value 1).",
@@ -123,6 +155,8 @@ class Metrics:
             1
         )
         self._bind(num_exits)
+        for reason in ("confident", "cap", "deadline"):
+            self.stops.labels(reason=reason)
 
     def _bind(self, num_exits: int) -> None:
         """Create (at 0) and keep the per-exit and per-stage series of exits 1..num_exits."""
@@ -130,6 +164,7 @@ class Metrics:
             self._exits.append(self.exits.labels(exit=str(k)))
             self._stage_rows.append(self.stage_batch_size.labels(stage=str(k)))
             self._stage_depth.append(self.stage_queue_depth.labels(stage=str(k)))
+            self._stage_seconds.append(self.stage_seconds.labels(stage=str(k)))
 
     def record_stage(
         self,
@@ -139,15 +174,20 @@ class Metrics:
         exit_mflops: float,
         seconds: float,
         queue_waits: list[float] | None = None,
+        reasons: Sequence[str] = (),
     ) -> None:
         """One stage batch (0-based ``index``): its rows, how many left at its exit (each
-        costing ``exit_mflops``), its time, and for the first stage each image's wait."""
+        costing ``exit_mflops``), its time, for the first stage each image's wait, and why
+        each image that left stopped."""
         if index >= len(self._exits):
             self._bind(index + 1)
         if index == 0:
             self.batch_size.observe(rows)
         self.compute.observe(seconds)
+        self._stage_seconds[index].observe(seconds)
         self._stage_rows[index].observe(rows)
+        for reason in set(reasons):
+            self.stops.labels(reason=reason).inc(list(reasons).count(reason))
         if exited:
             self._exits[index].inc(exited)
             for _ in range(exited):

@@ -9,7 +9,15 @@ from typing import Any
 
 from .errors import InvalidParameterError
 
-NAMES = ("budget_mflops", "max_exit", "top_k", "timeout_ms", "budget_control")
+NAMES = (
+    "budget_mflops",
+    "max_exit",
+    "top_k",
+    "timeout_ms",
+    "budget_control",
+    "deadline_ms",
+    "degrade",
+)
 
 
 @dataclass(frozen=True)
@@ -19,6 +27,8 @@ class RequestParams:
     top_k: int | None = None
     timeout_s: float | None = None  # the client's deadline, if shorter than the server's
     budget_control: bool | None = None  # False: this request keeps the calibrated thresholds
+    deadline_s: float | None = None  # deadline_ms: answer by then from the deepest exit reached
+    degrade: bool | None = None  # may be served at a cheaper point under load (default: setting)
 
 
 def _number(name: str, raw: Any) -> float:
@@ -54,7 +64,7 @@ def _switch(name: str, raw: Any) -> bool:
         return raw
     value = _SWITCH.get(str(raw).strip().lower())
     if value is None:
-        raise InvalidParameterError(f"{name} must be on or off, not {raw!r}")
+        raise InvalidParameterError(f"{name} must be on or off (true or false), not {raw!r}")
     return value
 
 
@@ -72,7 +82,12 @@ def parse_params(
         return None if raw is None or (isinstance(raw, str) and not raw.strip()) else raw
 
     budget, max_exit, top_k = get("budget_mflops"), get("max_exit"), get("top_k")
-    control = get("budget_control")
+    control, deadline, degrade = get("budget_control"), get("deadline_ms"), get("degrade")
+    deadline_s = None
+    if deadline is not None:
+        deadline_s = _number("deadline_ms", deadline) / 1000
+        if deadline_s <= 0:
+            raise InvalidParameterError(f"deadline_ms must be positive, not {deadline!r}")
     timeout = get(timeout_key)
     timeout_s = None
     if timeout is not None:
@@ -85,6 +100,8 @@ def parse_params(
         top_k=None if top_k is None else _integer("top_k", top_k),
         timeout_s=timeout_s,
         budget_control=None if control is None else _switch("budget_control", control),
+        deadline_s=deadline_s,
+        degrade=None if degrade is None else _switch("degrade", degrade),
     )
 
 

@@ -6,9 +6,10 @@ Each time the worker is free it asks :func:`pick` what to do, given how many row
 stage and how long the oldest has waited:
 
 1. **Age bound.** A stage whose oldest row has waited ``max_stage_wait_s`` runs now (the deepest
-   such stage first). While the machine keeps up with the load, no row waits in front of a stage
-   longer than that plus the stages that run before it once it is overdue (the one running then,
-   which is never preempted, and deeper overdue ones: at most one per stage).
+   such stage first); so does a stage that must start now for a row's ``deadline_ms`` to be met
+   (its ``due`` time). While the machine keeps up with the load, no row waits in front of a
+   stage longer than that plus the stages that run before it once it is overdue (the one running
+   then, which is never preempted, and deeper overdue ones: at most one per stage).
 2. **Full batches.** Else the deepest stage holding at least ``max_batch`` rows runs.
 3. **Filling the first batch.** Else, when only stage 1 holds rows, fewer than ``max_batch``,
    and more requests are on their way (being read and decoded), wait for them, at most
@@ -36,6 +37,9 @@ class QueueView:
 
     rows: int
     oldest: float  # time.monotonic() the oldest row joined; math.inf when empty
+    # The latest moment the stage can start and still finish before the earliest deadline_ms
+    # of its rows (math.inf: no row has one).
+    due: float = math.inf
 
 
 EMPTY = QueueView(0, math.inf)
@@ -72,7 +76,9 @@ def pick(
     busy = [k for k, q in enumerate(queues) if q.rows > 0]
     if not busy:
         return Idle()
-    overdue = [k for k in busy if now - queues[k].oldest >= max_stage_wait_s]
+    overdue = [
+        k for k in busy if now - queues[k].oldest >= max_stage_wait_s or now >= queues[k].due
+    ]
     if overdue:
         return Run(overdue[-1])
     full = [k for k in busy if queues[k].rows >= max_batch]

@@ -23,9 +23,11 @@ from .budget_control import BudgetControl
 from .budgets import ExitPlan
 from .control import ControlSettings
 from .deadlines import before
+from .degrade import Degrader
 from .engine import Encoded, Engine, InferOutcome
 from .errors import BadRequestError, InvalidParameterError, PayloadTooLargeError
 from .images import decode_images, decode_pixels, tensor_images
+from .jobs import StopReason
 from .live import LiveStats
 from .loading import LoadedModel
 from .metrics import Metrics
@@ -34,6 +36,10 @@ from .settings import Settings
 from .threads import decode_threads
 
 T = TypeVar("T")
+
+# A deadline_ms answer is due this much before the deadline itself: what follows the engine
+# (building the response, sending it) takes a fraction of it.
+ANSWER_MARGIN_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,17 @@ class Prediction:
     exit: int  # 1-based
     mflops: float  # cumulative cost of that exit
     top: list[tuple[int, str, float]]  # (class id, class name, probability), best first
+    stopped: StopReason = "confident"  # why it left there: confident, cap or deadline
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What admission decided for a request: its plan, top-k and deadlines."""
+
+    plan: ExitPlan
+    top_k: int
+    deadline: float  # time.monotonic(): the request timeout (504 past it)
+    answer_by: float | None  # time.monotonic(): deadline_ms, answered by then
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,13 @@ class ModelService:
             enabled=settings.budget_control == "on",
         )
         self.control.register(metrics.registry)
+        high = settings.degrade_queue_ms / 1000
+        self.degrader = Degrader(
+            max_level=len(loaded.resolver.points),
+            high_s=high,
+            low_s=high / 4,
+            hold_s=settings.degrade_hold_ms / 1000,
+        )
         self.class_names = list(manifest.class_names)
         self.exit_mflops = manifest.exit_mflops
         self.preprocessing = spec = manifest.preprocessing
@@ -168,22 +192,49 @@ class ModelService:
         return await self._off_loop(fn, self._deadline(started), doing)
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResult:
-        """Classify the request's images with its budget, cap and top-k, by its deadline."""
-        params = request.params
-        deadline = self._deadline(request.started, params.timeout_s)
-        plan = self.resolver.resolve(params.budget_mflops, params.max_exit)
-        plan = self.control.plan(plan, params.budget_control)
-        top_k = self._top_k(params.top_k)
+        """Classify the request's images with its budget, cap and top-k, by its deadlines."""
+        ticket = self._admit(request)
         if request.tensor is not None:
-            result = await self._classify_tensor(request, plan, top_k, deadline)
+            result = await self._classify_tensor(request, ticket)
         else:
-            result = await self._classify_encoded(request, plan, top_k, deadline)
+            result = await self._classify_encoded(request, ticket)
+        plan = ticket.plan
         costs = [p.mflops for p in result.predictions]
         self.control.observe(plan, costs)
+        if plan.degraded_from is not None and plan.operating_point is not None:
+            self.metrics.degraded.labels(operating_point=plan.operating_point).inc(len(costs))
         if self.live is not None:
             exits = [p.exit for p in result.predictions]
             self.live.record(plan.name, time.monotonic() - request.started, exits, costs)
         return result
+
+    def _admit(self, request: ClassifyRequest) -> Ticket:
+        """The request's deadlines and plan: its budget's point, a cheaper one while the queue
+        is long (if it allows), with budget control's thresholds."""
+        params, started = request.params, request.started
+        answer_by = None
+        if params.deadline_s is not None:
+            limit = self.settings.request_timeout_s
+            if params.deadline_s > limit:
+                raise InvalidParameterError(
+                    f"deadline_ms must be at most the server's request timeout, {limit * 1000:g}"
+                )
+            first = self.engine.latency.estimate(0, 1)
+            if params.deadline_s < first:
+                raise InvalidParameterError(
+                    f"deadline_ms {params.deadline_s * 1000:g} is shorter than the first exit "
+                    f"takes on this server (about {first * 1000:.2g} ms)"
+                )
+            answer_by = started + params.deadline_s - ANSWER_MARGIN_S
+        plan = self.resolver.resolve(params.budget_mflops, params.max_exit)
+        level = self.degrader.update(self.engine.queue_delay(), time.monotonic())
+        self.metrics.degradation_level.set(level)
+        allowed = params.degrade if params.degrade is not None else self.settings.degrade
+        if level and allowed:
+            plan = self.resolver.degrade(plan, level)
+        plan = self.control.plan(plan, params.budget_control)
+        deadline = self._deadline(started, params.timeout_s)
+        return Ticket(plan, self._top_k(params.top_k), deadline, answer_by)
 
     # --- steps -----------------------------------------------------------------------------------
 
@@ -219,15 +270,15 @@ class ModelService:
         loop = asyncio.get_running_loop()
         return await self._within(loop.run_in_executor(self._executor, fn), deadline, doing)
 
-    async def _classify_encoded(
-        self, request: ClassifyRequest, plan: ExitPlan, top_k: int, deadline: float
-    ) -> ClassifyResult:
+    async def _classify_encoded(self, request: ClassifyRequest, t: Ticket) -> ClassifyResult:
         """Encoded images (PNG, JPEG, ...): decoded by the engine's worker, or in the pool."""
         blobs, labels = request.encoded, request.labels
         self._check_count(len(blobs))
         if self.decode_in_worker:
-            outcome = await self.engine.infer(Encoded(blobs, labels), plan, top_k, deadline)
-            return self._result(request, plan, outcome, outcome.decode_seconds)
+            outcome = await self.engine.infer(
+                Encoded(blobs, labels), t.plan, t.top_k, t.deadline, answer_by=t.answer_by
+            )
+            return self._result(request, t.plan, outcome, outcome.decode_seconds)
         start = time.monotonic()
         spec, max_pixels = self.preprocessing, self.settings.max_image_pixels
         # While decoding, the engine knows these images are coming and may hold a batch open
@@ -235,16 +286,16 @@ class ModelService:
         with self.engine.expecting() as arrival:
             images = await self._off_loop(
                 lambda: decode_images(blobs, spec, max_pixels, labels),
-                deadline,
+                t.deadline,
                 "decoding the images",
             )
             decode_seconds = time.monotonic() - start
-            outcome = await self.engine.infer(images, plan, top_k, deadline, arrival)
-        return self._result(request, plan, outcome, decode_seconds)
+            outcome = await self.engine.infer(
+                images, t.plan, t.top_k, t.deadline, arrival, t.answer_by
+            )
+        return self._result(request, t.plan, outcome, decode_seconds)
 
-    async def _classify_tensor(
-        self, request: ClassifyRequest, plan: ExitPlan, top_k: int, deadline: float
-    ) -> ClassifyResult:
+    async def _classify_tensor(self, request: ClassifyRequest, t: Ticket) -> ClassifyResult:
         """An already normalised FP32 ``[N, C, H, W]`` batch."""
         array = request.tensor
         assert array is not None  # the caller checked
@@ -252,11 +303,13 @@ class ModelService:
         start = time.monotonic()
         spec = self.preprocessing
         images = await self._off_loop(
-            lambda: tensor_images(array, spec), deadline, "checking the input tensor"
+            lambda: tensor_images(array, spec), t.deadline, "checking the input tensor"
         )
         decode_seconds = time.monotonic() - start
-        outcome = await self.engine.infer(images, plan, top_k, deadline)
-        return self._result(request, plan, outcome, decode_seconds)
+        outcome = await self.engine.infer(
+            images, t.plan, t.top_k, t.deadline, answer_by=t.answer_by
+        )
+        return self._result(request, t.plan, outcome, decode_seconds)
 
     def _result(
         self,
@@ -275,6 +328,7 @@ class ModelService:
                 exit=r.exit_index + 1,
                 mflops=mflops[r.exit_index],
                 top=[(c, names[c], p) for c, p in r.top],
+                stopped=r.reason,
             )
             for r in outcome.results
         ]

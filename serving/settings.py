@@ -83,6 +83,23 @@ class Settings(BaseSettings):
         default=0.02, ge=0, le=1, description="Relative deadband around the target."
     )
 
+    # --- under load (serving.degrade) ------------------------------------------------------------
+    degrade: bool = Field(
+        default=True,
+        description="Requests may be served at cheaper operating points while the queue is "
+        "long (a request's degrade=false opts out).",
+    )
+    degrade_queue_ms: float = Field(
+        default=50.0,
+        gt=0,
+        le=60_000,
+        description="Queueing wait above which the server steps down a point (back up below a "
+        "quarter of it).",
+    )
+    degrade_hold_ms: float = Field(
+        default=200.0, ge=0, le=60_000, description="Least time between two steps."
+    )
+
     # --- limits ----------------------------------------------------------------------------------
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_images_per_request: int = Field(default=64, ge=1)

@@ -9,10 +9,12 @@ names another class.
 
 ``tests/golden/responses.json`` holds what the server answered to :func:`requests`. It was first
 written by the server as it stood before the request path was made lean, and the lean path gave
-it byte for byte; budget control then added two keys to each plan's description
-(``controlled``, ``control_mflops``) and one known parameter to an error message, and the file
-was written again. Regenerate it (``python -m tests.golden_helpers OUT``) only when a response
-is meant to change, and say what changed.
+it byte for byte. Since then, on purpose: budget control added two keys to each plan's
+description (``controlled``, ``control_mflops``); deadlines and degradation added
+``degraded_from`` to it, ``stopped`` to each v1 result and the ``stop_reason`` output to v2; the
+known parameters an error message lists grew. Each time the file was written again.
+Regenerate it (``python -m tests.golden_helpers OUT``) only when a response is meant to change,
+and say what changed.
 """
 
 from __future__ import annotations

@@ -66,6 +66,7 @@ def render(service_name: str, result: ClassifyResult, filenames: list[str] | Non
             class_name=p.class_name,
             confidence=p.confidence,
             exit=p.exit,
+            stopped=p.stopped,
             mflops=p.mflops,
             top_k=[{"class_id": c, "class_name": n, "probability": pr} for c, n, pr in p.top],
         )
@@ -87,7 +88,15 @@ _PARAMS = [
     {"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 0},
      "description": "Classes with probabilities to return per image (default 5)."},
     {"name": "timeout_ms", "in": "query", "schema": {"type": "number", "exclusiveMinimum": 0},
-     "description": "A deadline shorter than the server's."},
+     "description": "A hard deadline shorter than the server's (504 past it)."},
+    {"name": "deadline_ms", "in": "query", "schema": {"type": "number", "exclusiveMinimum": 0},
+     "description": "Answer within this time, as well as possible: each image from the deepest "
+                    "exit it completes in time (its `stopped` says `deadline`)."},
+    {"name": "degrade", "in": "query", "schema": {"type": "boolean"},
+     "description": "Under load, may be served at a cheaper operating point (default: the "
+                    "server's setting)."},
+    {"name": "budget_control", "in": "query", "schema": {"type": "string", "enum": ["on", "off"]},
+     "description": "off: the calibrated thresholds even while budget control has moved them."},
 ]  # fmt: skip
 _BODY = {
     "required": True,

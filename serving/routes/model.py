@@ -69,6 +69,13 @@ def describe(service: ModelService) -> dict[str, Any]:
         "default_operating_point": cal.default_operating_point if cal else None,
         "budget_mflops_range": list(budget_range) if budget_range else None,
         "default_plan": resolver.resolve().describe(),
+        "latency_model": service.engine.latency.describe(),
+        "degradation": {
+            "enabled_by_default": s.degrade,
+            "level": service.degrader.level,
+            "queue_ms": s.degrade_queue_ms,
+            "hold_ms": s.degrade_hold_ms,
+        },
         "budget_control": {
             "enabled": control.enabled,
             "available": control.available,

@@ -6,9 +6,11 @@ Inputs (exactly one per request):
 - ``image``: BYTES ``[N]`` (or ``[N, 1]``), encoded images (PNG, JPEG, ...), decoded and
   preprocessed by the server exactly like REST v1 uploads.
 
-Budget in the request's top-level ``parameters``: ``budget_mflops`` and/or ``max_exit``.
-Outputs: ``class_id`` INT64, ``class_name`` BYTES, ``confidence`` FP64, ``exit`` INT64 (1-based),
-``mflops`` FP64; the response's ``parameters`` say which operating point was used.
+Budget in the request's top-level ``parameters``: ``budget_mflops`` and/or ``max_exit``, and
+``deadline_ms``, ``degrade``, ``budget_control`` as in REST v1. Outputs: ``class_id`` INT64,
+``class_name`` BYTES, ``confidence`` FP64, ``exit`` INT64 (1-based), ``mflops`` FP64,
+``stop_reason`` BYTES (confident, cap, deadline); the response's ``parameters`` say which
+operating point was used.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ OUTPUTS = {
     "confidence": "FP64",
     "exit": "INT64",
     "mflops": "FP64",
+    "stop_reason": "BYTES",
 }
 
 
@@ -181,6 +184,7 @@ def _respond(
         "confidence": np.array([p.confidence for p in preds], dtype=np.float64),
         "exit": np.array([p.exit for p in preds], dtype=np.int64),
         "mflops": np.array([p.mflops for p in preds], dtype=np.float64),
+        "stop_reason": [p.stopped for p in preds],
     }
     binary_all = parameters.get("binary_data_output") is True
     if requested:

@@ -19,6 +19,13 @@ const OPTIONAL_CONTROLS = [
   },
 ];
 
+// Why an image left where it did (the response's `stopped`).
+const STOP_REASONS = {
+  confident: "confident enough at this exit for the operating point",
+  cap: "the exit cap (max_exit) or the network's last exit",
+  deadline: "the next stage would not have finished before deadline_ms",
+};
+
 const state = {
   config: null,
   model: null,
@@ -322,9 +329,13 @@ function renderResults() {
   const phases = ["decode", "queue", "compute"].filter((p) => p in timing).map((p) => `${p} ${ms(timing[p])}`);
   const line = byId("request-line");
   line.dataset.seq = String(state.seq);
+  const moved = [
+    point.degraded_from ? `stepped down from ${point.degraded_from} under load` : "",
+    point.controlled ? "thresholds moved by budget control" : "",
+  ].filter(Boolean);
   fill(
     line,
-    `Operating point ${point.name}${expected}. `,
+    `Operating point ${point.name}${expected}${moved.length ? ` (${moved.join("; ")})` : ""}. `,
     `${images.length === 1 ? "This image" : `These ${images.length} images`}: `,
     h("strong", {}, `${num(body.mean_mflops)} MFLOPs`), " per image. Server time ",
     h("strong", { "data-field": "server-ms" }, `${ms(timing.app)} ms`),
@@ -344,6 +355,7 @@ function resultCard(r, image, full) {
   const card = h(
     "article", {
       class: "result", "data-exit": r.exit, "data-mflops": r.mflops, "data-class-id": r.class_id,
+      "data-stopped": r.stopped,
       "aria-label": `${image ? image.name : `image ${r.index + 1}`}: ${r.class_name}, exit ${r.exit}`,
     },
     h("img", { src: image ? image.url : "", alt: "" }),
@@ -353,7 +365,9 @@ function resultCard(r, image, full) {
       h(
         "p", { class: "meta" },
         `${image ? image.name : ""}${truth} · left at exit `,
-        h("strong", { "data-field": "exit" }, String(r.exit)), ` of ${state.model.exits.length}`,
+        h("strong", { "data-field": "exit" }, String(r.exit)), ` of ${state.model.exits.length} `,
+        h("span", { class: "why", "data-field": "stopped", title: STOP_REASONS[r.stopped] || "" },
+          `(${r.stopped})`),
       ),
       h("div", { class: "strip-box" }),
       h(

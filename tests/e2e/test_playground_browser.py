@@ -137,6 +137,8 @@ def shown(page: Any) -> list[dict[str, Any]]:
             exitText: c.querySelector('[data-field=exit]').textContent,
             mflopsText: c.querySelector('[data-field=mflops]').textContent,
             classId: Number(c.dataset.classId),
+            stopped: c.dataset.stopped,
+            stoppedText: c.querySelector('[data-field=stopped]').textContent,
         }))""",
     )
 
@@ -160,6 +162,7 @@ def check_matches_api(page: Any, url: str, blobs: list[tuple[str, bytes]], query
             r["class_id"],
         )
         assert card["exitText"] == str(r["exit"])
+        assert card["stopped"] == r["stopped"] and card["stoppedText"] == f"({r['stopped']})"
         assert card["mflopsText"] == page.evaluate("v => v.toFixed(2)", r["mflops"])
     return answer
 
@@ -173,7 +176,7 @@ def test_upload_and_every_budget_show_what_the_api_answers(
     assert page.get_attribute("#budget", "max") == str(len(points))  # the points + full network
     assert page.is_visible("#curve-img")
     assert page.evaluate("document.getElementById('curve-img').naturalWidth") == 120
-    assert page.is_hidden("#deadline-control")  # this server has no deadline_ms
+    assert page.is_visible("#deadline-control")  # the server lists deadline_ms
 
     blobs = []
     for i in range(6):
@@ -223,6 +226,14 @@ def test_upload_and_every_budget_show_what_the_api_answers(
     assert query["max_exit"] == ["1"]
     check_matches_api(page, server.url, blobs, query)
     assert {c["exit"] for c in shown(page)} == {1}
+    assert {c["stopped"] for c in shown(page)} == {"cap"}
+
+    # A deadline goes out as deadline_ms; a generous one leaves the answers as they were.
+    page.fill("#deadline-ms", "5000")
+    page.dispatch_event("#deadline-ms", "change")
+    query = wait_for_answer(tab, n + 1)
+    assert query["deadline_ms"] == ["5000"]
+    check_matches_api(page, server.url, blobs, query)
 
 
 def test_the_key_prompt(tab: Page, server: ServerProcess) -> None:

@@ -51,6 +51,10 @@ def server(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "EXITWISE_MAX_IMAGES_PER_REQUEST": "16",
         "EXITWISE_MAX_IMAGE_PIXELS": "10000",
         "EXITWISE_TORCH_THREADS": "1",
+        # These tests compare served exits with calibration's: no moving thresholds (budget
+        # control) and no stepping down under a queue that a busy machine could build.
+        "EXITWISE_BUDGET_CONTROL": "off",
+        "EXITWISE_DEGRADE": "false",
     }
     log = tmp_path_factory.mktemp("server-a") / "server.log"
     args = ("--max-batch-size", "16", "--drain-seconds", "0.2")

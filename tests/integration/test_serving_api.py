@@ -29,9 +29,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
 
 @pytest.fixture(scope="module")
 def client(served: Served) -> Iterator[TestClient]:
-    # Budget control off: these tests compare served exits with calibration's thresholds.
+    # Budget control and degradation off: these tests compare served exits with calibration's
+    # thresholds, 16 clients at once included (a queue on a slow machine, not an overload).
     settings = Settings(
-        bundle=served.path, max_images_per_request=100, max_batch_size=32, budget_control="off"
+        bundle=served.path,
+        max_images_per_request=100,
+        max_batch_size=32,
+        budget_control="off",
+        degrade=False,
     )
     with TestClient(create_app(settings)) as c:
         yield c
@@ -238,6 +243,7 @@ def test_v2_health_and_metadata(client: TestClient) -> None:
         "confidence",
         "exit",
         "mflops",
+        "stop_reason",
     ]
     assert client.get("/v2/models/other").status_code == 404
     assert client.get("/v2/models/tiny/versions/2").status_code == 404
