@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all venv data test lint typecheck pytest test-docker demo demo-stop results clean help
+.PHONY: all venv data test lint typecheck pytest test-docker demo demo-stop results gpu-carry clean help
 
 all: help
 
@@ -16,6 +16,7 @@ help:
 	@echo "make test-docker   build both Docker images without a registry and test them (root)"
 	@echo "make demo-stop     stop the demo server"
 	@echo "make results       L2W vs uniform on Fashion-MNIST (about 2.5 hours on a 2-core CPU)"
+	@echo "make gpu-carry     prepare .gpu-carry/ for scripts/gpu-check.sh on a lent GPU (docs/gpu-check.md)"
 
 $(STAMP): pyproject.toml scripts/install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +63,11 @@ demo-stop: venv
 results: venv data
 	$(PY) scripts/results.py run
 	$(PY) scripts/results.py report
+
+# What scripts/gpu-check.sh needs on a GPU machine without network (docs/gpu-check.md): wheels,
+# wrk, Fashion-MNIST and the demo bundle in .gpu-carry/, and the device tool's call to make.
+gpu-carry: venv data
+	PYTHON=$(PY) scripts/gpu-carry.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -5,6 +5,12 @@
     python scripts/results.py report   # docs/RESULTS.md, docs/results/ (curves.png, results.json)
     make results                        # both
 
+The paper-scale comparison on a GPU (scripts/gpu-check.sh runs it, docs/gpu-check.md):
+
+    python scripts/results.py all --config configs/fmnist-rgb-paper.yaml --device cuda \
+        --runs runs/results-gpu --name RESULTS-gpu --jobs 7 --epochs 30 --init-arm he \
+        --budgets 10,15,20,30
+
 Every run uses the product's own commands (`exitwise train`, `exitwise calibrate`) with the
 `fmnist` recipe and the same overrides, so L2W and uniform differ only in `weighting`. The held-out
 split depends on `data.split_seed` only, so every run calibrates on the same 5,000 images and is
@@ -45,32 +51,34 @@ def _run(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}); see {log}")
 
 
-def train_and_calibrate(plan: Plan, weighting: str, seed: int) -> None:
-    out = plan.run_dir(weighting, seed)
-    log = plan.runs / f"{weighting}-s{seed}.log"
+def train_and_calibrate(plan: Plan, name: str, overrides: list[str]) -> None:
+    out = plan.runs / name
+    log = plan.runs / f"{name}.log"
     data = ["--data-root", plan.data_root] if plan.data_root else []
     if not (out / "manifest.json").exists():
         resume = (out / "checkpoints" / "last.pt").exists()
-        _log(f"{'resuming' if resume else 'training'} {weighting} seed {seed}")
-        cmd = [*_exitwise(), "train", "--out", str(out), *data]
-        cmd += ["--resume"] if resume else ["--config", "configs/fmnist.yaml", "--overwrite"]
-        cmd += plan.overrides(weighting, seed)
+        _log(f"{'resuming' if resume else 'training'} {name}")
+        cmd = [*_exitwise(), "train", "--out", str(out), "--device", plan.device, *data]
+        cmd += ["--resume"] if resume else ["--config", plan.config, "--overwrite"]
+        cmd += overrides
         _run(cmd, log)
     if not (out / "calibration.json").exists():
-        _log(f"calibrating {weighting} seed {seed}")
+        _log(f"calibrating {name}")
         budgets = ",".join(f"{b:g}" for b in plan.budgets)
-        cmd = [*_exitwise(), "calibrate", str(out), "--budgets", budgets, "--device", "cpu", *data]
-        _run(cmd, log)
-    _log(f"done {weighting} seed {seed}")
+        cmd = [*_exitwise(), "calibrate", str(out), "--budgets", budgets, "--device", plan.device]
+        _run(cmd + data, log)
+    _log(f"done {name}")
 
 
 def run(plan: Plan) -> None:
     plan.runs.mkdir(parents=True, exist_ok=True)
     atomic_write_json(plan.runs / "plan.json", plan_json(plan))
     # Longest first (L2W costs several uniform runs), so the pool ends together.
-    jobs = [(w, s) for w in WEIGHTINGS for s in plan.seeds]
+    jobs = [(plan.run_dir(w, s).name, plan.overrides(w, s)) for w in WEIGHTINGS for s in plan.seeds]
+    if plan.init_run is not None:
+        jobs.append((plan.init_run[0], plan.init_run[2]))
     with ThreadPoolExecutor(plan.jobs) as pool:
-        for fut in [pool.submit(train_and_calibrate, plan, w, s) for w, s in jobs]:
+        for fut in [pool.submit(train_and_calibrate, plan, n, o) for n, o in jobs]:
             fut.result()
 
 
@@ -85,6 +93,15 @@ def main() -> None:
     parser.add_argument("--budgets", default="3,5,8")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--data-root", default=None)
+    parser.add_argument("--config", default="configs/fmnist.yaml", help="the recipe of every run")
+    parser.add_argument("--device", default="cpu", help="train and calibrate on: cpu or cuda")
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], help="KEY=VALUE for every run"
+    )
+    parser.add_argument(
+        "--init-arm", default=None, help="also train uniform once (first seed) with this model.init"
+    )
+    parser.add_argument("--name", default="RESULTS", help="docs/NAME.md and docs/<name>/")
     args = parser.parse_args()
     plan = Plan(
         runs=args.runs,
@@ -94,6 +111,11 @@ def main() -> None:
         budgets=tuple(float(b) for b in args.budgets.split(",")),
         jobs=args.jobs,
         data_root=args.data_root,
+        config=args.config,
+        device=args.device,
+        sets=tuple(args.sets),
+        init_arm=args.init_arm,
+        name=args.name,
     )
     if args.action in ("run", "all"):
         run(plan)

@@ -1,16 +1,19 @@
 """The report half of scripts/results.py: docs/RESULTS.md, docs/results/curves.png and
-docs/results/results.json from the runs' bundles (manifest.json + calibration.json)."""
+docs/results/results.json from the runs' bundles (manifest.json + calibration.json); for the GPU
+comparison docs/RESULTS-gpu.md and docs/results-gpu/. The setup it describes is read from the
+runs' own resolved recipes, so the text is true for whatever recipe the plan named."""
 
 from __future__ import annotations
 
 import json
-import os
-import platform
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from results_plan import COLOURS, LABELS, WEIGHTINGS, Plan, plan_json
+from results_plan import COLOURS, LABELS, REPO, WEIGHTINGS, Plan, plan_json
+from results_setup import data_label, init_lines, setup_lines, title
 
 from exitwise.fileio import atomic_path, atomic_write_text
 
@@ -25,6 +28,9 @@ class RunResult:
     sweep_acc: np.ndarray
     budgets: dict[float, tuple[float, float, float]]  # target -> (test acc, test MFLOPs, held-out)
     train_time_s: float
+    recipe: dict[str, Any]  # the resolved recipe the run trained with
+    device: str
+    train_images: int
 
 
 def load_run(path: Path, weighting: str, seed: int) -> RunResult:
@@ -49,6 +55,9 @@ def load_run(path: Path, weighting: str, seed: int) -> RunResult:
         sweep_acc=np.array([p["test_accuracy"] for p in sweep]),
         budgets=budgets,
         train_time_s=float(manifest["training"].get("train_time_s", float("nan"))),
+        recipe=manifest["training"]["recipe"],
+        device=str(manifest["training"].get("device", "cpu")),
+        train_images=int(manifest["training"].get("train_images", 0)),
     )
 
 
@@ -65,8 +74,41 @@ def _ms(values: list[float] | np.ndarray) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
+def _std0(rows: np.ndarray) -> np.ndarray:
+    """Sample standard deviation over seeds (axis 0); zeros for a single seed."""
+    out: np.ndarray = rows.std(0, ddof=1) if len(rows) > 1 else np.zeros(rows.shape[1:])
+    return out
+
+
 def _fmt(mean: float, std: float) -> str:
     return f"{mean:.2f} ± {std:.2f}"
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def plan_args(plan: Plan) -> list[str]:
+    """The options of scripts/results.py that give ``plan`` (for the report's first line)."""
+    args = ["--config", plan.config, "--device", plan.device, "--runs", _rel(plan.runs)]
+    args += ["--name", plan.name, "--seeds", ",".join(map(str, plan.seeds))]
+    args += ["--budgets", ",".join(f"{b:g}" for b in plan.budgets), "--jobs", str(plan.jobs)]
+    args += ["--epochs", str(plan.epochs)] if plan.epochs is not None else []
+    args += ["--train-subset", str(plan.train_subset)] if plan.train_subset else []
+    args += ["--init-arm", plan.init_arm] if plan.init_arm else []
+    return args + [a for s in plan.sets for a in ("--set", s)]
+
+
+def _init_run(plan: Plan) -> tuple[str, RunResult] | None:
+    if plan.init_run is None:
+        return None
+    name, seed, _ = plan.init_run
+    if not (plan.runs / name / "calibration.json").is_file():
+        return None
+    return name, load_run(plan.runs / name, "uniform", seed)
 
 
 def report(plan: Plan, docs: Path) -> None:
@@ -76,9 +118,11 @@ def report(plan: Plan, docs: Path) -> None:
     import matplotlib.pyplot as plt
 
     results = {w: [load_run(plan.run_dir(w, s), w, s) for s in plan.seeds] for w in WEIGHTINGS}
-    out_dir = docs / "results"
+    fig = plan.figures_dir
+    out_dir = docs / fig
     out_dir.mkdir(parents=True, exist_ok=True)
     exit_mflops = results["l2w"][0].exit_mflops
+    recipe = results["l2w"][0].recipe
     k = len(exit_mflops)
 
     # Common MFLOPs grid inside every run's dynamic range.
@@ -87,11 +131,11 @@ def report(plan: Plan, docs: Path) -> None:
     grid = np.linspace(lo, hi, 60)
     curves = {w: np.stack([_interp(r, grid) for r in rs]) for w, rs in results.items()}
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    figure, ax = plt.subplots(figsize=(7, 4.5))
     for w, rs in results.items():
         for r in rs:
             ax.plot(r.sweep_mflops, r.sweep_acc, color=COLOURS[w], alpha=0.25, lw=0.8)
-        mean, std = curves[w].mean(0), curves[w].std(0, ddof=1)
+        mean, std = curves[w].mean(0), _std0(curves[w])
         ax.plot(
             grid, mean, color=COLOURS[w], lw=2, label=f"{LABELS[w]} dynamic (mean of {len(rs)})"
         )
@@ -100,7 +144,7 @@ def report(plan: Plan, docs: Path) -> None:
         ax.errorbar(
             exit_mflops,
             anytime.mean(0),
-            yerr=anytime.std(0, ddof=1),
+            yerr=_std0(anytime),
             fmt="o",
             color=COLOURS[w],
             ms=4,
@@ -111,57 +155,33 @@ def report(plan: Plan, docs: Path) -> None:
         ax.axvline(b, color="grey", ls=":", lw=0.8)
     ax.set_xlabel("mean MFLOPs (multiply-adds) per image, test split")
     ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title("Fashion-MNIST, msdnet-fmnist: L2W-DEN vs uniform weighting")
+    ax.set_title(f"{title(recipe)}: L2W-DEN vs uniform weighting")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    figure.tight_layout()
     with atomic_path(out_dir / "curves.png") as tmp:
-        fig.savefig(tmp, dpi=130, format="png")
-    plt.close(fig)
+        figure.savefig(tmp, dpi=130, format="png")
+    plt.close(figure)
 
     lines: list[str] = []
     add = lines.append
-    add("# Results: L2W-DEN against uniform weighting on Fashion-MNIST")
+    add(f"# Results: L2W-DEN against uniform weighting on {data_label(recipe)}")
     add("")
+    if plan.name == "RESULTS":
+        how = (
+            "`python scripts/results.py run && python scripts/results.py report` "
+            "(or `make results`)"
+        )
+    else:
+        how = f"`python scripts/results.py all {shlex.join(plan_args(plan))}`"
     add(
-        "Generated by `python scripts/results.py run && python scripts/results.py report` "
-        "(or `make results`); every figure below comes from the files in `runs/results/` that "
-        "those commands write. Raw numbers: [results/results.json](results/results.json)."
+        f"Generated by {how}; every figure below comes from the files in `{_rel(plan.runs)}/` "
+        f"that those commands write. Raw numbers: [{fig}/results.json]({fig}/results.json)."
     )
     add("")
     add("## Setup")
     add("")
-    subset = "all 55,000" if plan.train_subset is None else f"{plan.train_subset:,}"
-    add(
-        f"- Model: preset `msdnet-fmnist` (4 exits, {', '.join(f'{m:.2f}' for m in exit_mflops)} "
-        "MFLOPs cumulative)."
-    )
-    add(
-        f"- Recipe: `configs/fmnist.yaml` with `--set epochs={plan.epochs}` "
-        f"(the recipe says 10), {subset} training images, batch 128 split into two halves of 64, "
-        "SGD momentum 0.9, lr 0.1 cosine, weight decay 1e-4, augmentation pad-to-32 + random "
-        "crop + flip. L2W: WPN on per-exit losses, one hidden layer of 500, `col` normalisation, "
-        "epsilon 0.8, target q = 0.75, meta step every iteration (the seed's CIFAR settings)."
-    )
-    add(
-        f"- The only difference between the two arms is `--set weighting=l2w|uniform`; seeds "
-        f"{', '.join(str(s) for s in plan.seeds)} for both."
-    )
-    add(
-        "- Calibration: `exitwise calibrate` on the 5,000-image held-out split (never trained on, "
-        "never augmented; the same split for every run); every accuracy below is measured on the "
-        "10,000 test images with those thresholds. Dynamic curves: the seed's 39-point q sweep."
-    )
-    add(
-        f"- What was cut to fit about two hours on a 2-core CPU: {plan.epochs} epochs instead of "
-        "10 (the paper trains CIFAR for 300), and runs two at a time with one thread each."
-    )
-    times = {w: _ms([r.train_time_s / 60 for r in rs]) for w, rs in results.items()}
-    add(
-        f"- Training time per run (minutes): L2W {_fmt(*times['l2w'])}, uniform "
-        f"{_fmt(*times['uniform'])} ({platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores)."
-    )
+    lines += setup_lines(plan, results, exit_mflops)
     add("")
     add("Values are mean ± sample standard deviation over seeds.")
     add("")
@@ -210,7 +230,7 @@ def report(plan: Plan, docs: Path) -> None:
 
     add("## Dynamic accuracy against cost")
     add("")
-    add("![L2W-DEN vs uniform: test accuracy against mean MFLOPs](results/curves.png)")
+    add(f"![L2W-DEN vs uniform: test accuracy against mean MFLOPs]({fig}/curves.png)")
     add("")
     add(
         "Thin lines: each seed's 39-point sweep; thick lines and bands: mean ± std after "
@@ -273,13 +293,17 @@ def report(plan: Plan, docs: Path) -> None:
         + ", ".join(str(j) for j in sorted(any_rows))
         + " (every image runs to that exit)."
     )
+    where = "CPU" if results["l2w"][0].device == "cpu" else "GPU"
     add(
         "- The paper reports about +1 point at equal cost, or 1.6-2x fewer MFLOPs at equal "
-        "accuracy, on CIFAR and ImageNet after 300/100 epochs; this is a short CPU run on a much "
-        "easier data set, where every exit is already close to the last one."
+        f"accuracy, on CIFAR and ImageNet after 300/100 epochs; this is a {recipe['epochs']}-epoch "
+        f"{where} run on a much easier data set, where every exit is already close to the last one."
     )
     add("")
-    atomic_write_text(docs / "RESULTS.md", "\n".join(lines) + "\n")
+    init = _init_run(plan)
+    if init is not None:
+        lines += init_lines(init[0], init[1], results["uniform"][0], plan.budgets)
+    atomic_write_text(docs / f"{plan.name}.md", "\n".join(lines) + "\n")
 
     raw = {
         "plan": plan_json(plan),
@@ -288,12 +312,13 @@ def report(plan: Plan, docs: Path) -> None:
             {
                 "weighting": r.weighting,
                 "seed": r.seed,
+                "init": r.recipe["model"].get("init", "he"),
                 "anytime_test": r.anytime_test,
                 "budgets": {f"{b:g}": list(v) for b, v in r.budgets.items()},
                 "sweep": {"mflops": r.sweep_mflops.tolist(), "accuracy": r.sweep_acc.tolist()},
                 "train_time_s": r.train_time_s,
             }
-            for rs in results.values()
+            for rs in [*results.values(), [init[1]] if init is not None else []]
             for r in rs
         ],
         "anytime": {str(j): v for j, v in any_rows.items()},
@@ -301,4 +326,6 @@ def report(plan: Plan, docs: Path) -> None:
         "curve_samples": sampled,
     }
     atomic_write_text(out_dir / "results.json", json.dumps(raw, indent=2) + "\n")
-    print(f"wrote {docs / 'RESULTS.md'}, {out_dir / 'curves.png'}, {out_dir / 'results.json'}")
+    print(
+        f"wrote {docs / (plan.name + '.md')}, {out_dir / 'curves.png'}, {out_dir / 'results.json'}"
+    )

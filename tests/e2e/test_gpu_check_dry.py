@@ -1,0 +1,112 @@
+"""scripts/gpu-check.sh's dry run (``GPU_CHECK_DRY=1``): the GPU check, every part, with tiny
+sizes on whatever machine runs the tests, so the script cannot rot between GPU leases.
+
+The test lays out a carry folder as scripts/gpu-carry.sh does (Fashion-MNIST files, the demo
+bundle, a wheel folder), here with fake images and a tiny calibrated bundle, and runs the script
+with ``--pack`` as the run book's command does. Without CUDA the CUDA parts must say
+"skipped: no CUDA" and everything else must run and leave its results. About 80-90 s on a 2-core
+CPU (mostly process start-ups: some twenty Python processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from exitwise.cli import main
+
+from ..helpers import make_bundle, write_fashion_mnist
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _carry(root: Path) -> Path:
+    data = write_fashion_mnist(root / "data" / "fashion-mnist", n_train=400, n_test=100)
+    bundle = root / "bundles" / "demo"
+    make_bundle(bundle, data, steps=20, heldout_size=100, name="demo")
+    assert main(["calibrate", str(bundle), "--data-root", str(data), "--fractions", "0.3,0.6"]) == 0
+    (root / "wheels").mkdir()
+    return root
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    carry = _carry(tmp_path / "carry")
+    capsys.readouterr()
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "GPU_CHECK_DRY": "1",
+        "GPU_CHECK_CARRY": str(carry),
+        "GPU_CHECK_WORK": str(tmp_path / "work"),
+        "PYTHON": sys.executable,
+        "PYTHONUNBUFFERED": "1",
+    }
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu-check.sh"), str(out), "--pack"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    # Packed as the device tool needs it: the summary and one archive, nothing else.
+    assert sorted(p.name for p in out.iterdir()) == ["gpu-check.tar.gz", "summary.md"]
+    summary = (out / "summary.md").read_text()
+    assert summary in done.stdout  # printed last, where the tool's reply shows it
+
+    with tarfile.open(out / "gpu-check.tar.gz") as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    got = tmp_path / "unpacked"
+    status = {
+        line.split("\t")[0]: line.split("\t")
+        for line in (got / "logs" / "status.tsv").read_text().splitlines()
+    }
+    assert [status[p][1] for p in ("setup", "tests", "serving", "train", "compare")] == ["ok"] * 5
+    cuda = torch.cuda.is_available()
+    slug = json.loads((got / "logs" / "environment.json").read_text())["slug"]
+    res = got / "docs" / "benchmarks" / f"gpu-{slug}"
+    if not cuda:
+        assert slug == "none"
+        assert status["tests"][4] == "skipped: no CUDA"
+        for variant in ("bf16", "fp16", "onnx-cuda"):
+            assert f"{variant}: skipped: no CUDA" in status["serving"][4]
+
+    # Serving: the engine at batch 1 and batched, with both efficiencies, per operating point.
+    engine = json.loads((res / "engine-fp32.json").read_text())
+    rows = engine["rows"]
+    assert {r["batch_size"] for r in rows} == {1, 8}
+    assert {"mflops_efficiency", "oracle_efficiency"} <= set(rows[0])
+    if shutil.which("wrk"):
+        http = json.loads((res / "http-fp32.json").read_text())
+        assert http["rows"] and "oracle" in json.dumps(http)
+    else:
+        assert "fp32 http: skipped: no wrk" in status["serving"][4]
+
+    # Training: solo and shared step times, the fit, the comparison and its report.
+    train = json.loads((res / "train.json").read_text())
+    assert {"uniform", "l2w_meta"} <= set(train["raw_ms"])
+    assert len(list(res.glob("train-shared-*.json"))) == 2
+    fit = json.loads((res / "fit.json").read_text())
+    assert fit["epochs"] >= 1 and fit["probes"] == 2 and fit["slowdown_l2w"] > 0
+    report = (got / "docs" / "RESULTS-gpu.md").read_text()
+    assert "## Initialisation on the uniform arm (one seed)" in report
+    assert "`original`" in report and "`he`" in report
+    assert (got / "docs" / "results-gpu" / "curves.png").read_bytes().startswith(b"\x89PNG")
+    runs = json.loads((got / "docs" / "results-gpu" / "results.json").read_text())["runs"]
+    assert sorted((r["weighting"], r["init"]) for r in runs) == [
+        ("l2w", "original"),
+        ("uniform", "he"),
+        ("uniform", "original"),
+    ]
+    for part in ("tests", "serving", "train", "compare"):
+        assert (got / "logs" / f"{part}.log").is_file()
