@@ -176,7 +176,8 @@ class StageExecutor:
                 current = self.entry_wait(start)
                 self._entry_wait = current + 0.2 * (start - job.enqueued - current)
                 self._entry_wait_at = start
-        confident = stop & (verdict.confidence >= thresholds)
+        # The last exit has no threshold (it takes every image left): stopping there is "cap".
+        confident = stop & (verdict.confidence >= thresholds) & (index < k - 1)
         reasons: list[StopReason] = [
             "confident" if c else ("cap" if s else "deadline")
             for c, s in zip(confident[leave].tolist(), stop[leave].tolist(), strict=True)

@@ -41,6 +41,19 @@ def bench_http(
     oracle: Path | None = typer.Option(
         None, help="`bench engine --json` output: adds oracle efficiency."
     ),
+    overload: str | None = typer.Option(
+        None,
+        help="Overload scenario: open-loop arrivals at these multiples of the last exit's "
+        "capacity (e.g. 1,2,4), degradation off and on (wrk).",
+    ),
+    overload_deadline_ms: float = typer.Option(
+        100.0, help="Overload scenario: the requests' deadline_ms."
+    ),
+    deadlines: str | None = typer.Option(
+        None,
+        help="Deadline sweep: deadline_ms values (e.g. 5,10,20,50), at the first "
+        "--concurrency (Python client: server time, accuracy, stop reasons).",
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON."),
     markdown_out: Path | None = typer.Option(None, "--markdown", help="Write a markdown table."),
 ) -> None:
@@ -61,6 +74,27 @@ def bench_http(
     )
 
     levels = parse_ints(concurrency, "--concurrency")
+    if overload is not None or deadlines is not None:
+        from .bench_http_scenarios import scenarios
+
+        scenarios(
+            url=url,
+            overload=overload,
+            overload_deadline_ms=overload_deadline_ms,
+            deadlines=deadlines,
+            concurrency=levels[0],
+            requests=requests,
+            duration=duration,
+            budgets=budgets,
+            client_cpus=client_cpus,
+            dataset=dataset,
+            data_root=data_root,
+            num_images=num_images,
+            api_key=api_key,
+            json_out=json_out,
+            markdown_out=markdown_out,
+        )
+        return
     if client not in ("python", "wrk"):
         raise ExitwiseError(f"--client must be python or wrk, not {client!r}")
     if client == "wrk" and images_per_request != 1:

@@ -125,10 +125,21 @@ def load_images(
         return [p.read_bytes() for p in files[:count]]
     if dataset is None:
         raise BenchError("the model names no data set: pass --dataset or --images")
+    return load_labelled_images(count, dataset, data_root, source)[0]
+
+
+def load_labelled_images(
+    count: int,
+    dataset: str,
+    data_root: Path | None = None,
+    source: FolderSource | None = None,
+) -> tuple[list[bytes], list[int]]:
+    """The first ``count`` test images of a data set as PNG, and their labels."""
     from exitwise.datasets import open_dataset
 
     ds = open_dataset(dataset, "test", data_root, source=source)
-    return [encode_png(ds.image(i)) for i in range(min(count, len(ds)))]
+    n = min(count, len(ds))
+    return [encode_png(ds.image(i)) for i in range(n)], [int(x) for x in ds.labels[:n]]
 
 
 def _timings(header: str | None) -> dict[str, float]:

@@ -55,16 +55,25 @@ request = function()
   nxt = (nxt + 1) %% n
   return wrk.format(nil, nil, nil, body)
 end
-
+%(delay)s
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     '%(mark)s{"requests": %%d, "duration_us": %%d, "non_2xx": %%d, "connect": %%d, ' ..
     '"read": %%d, "write": %%d, "timeout": %%d, "p50_us": %%d, "p95_us": %%d, ' ..
-    '"p99_us": %%d, "max_us": %%d, "mean_us": %%.1f}\n',
+    '"p99_us": %%d, "max_us": %%d, "mean_us": %%.1f, "within_pct": %%.1f}\n',
     summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
     latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max,
-    latency.mean))
+    latency.mean, within(latency)))
+end
+
+-- The share of answers (percent, to 0.1) that took at most WITHIN_US (100 without one).
+within = function(latency)
+  if %(within_us)d <= 0 or latency.max <= %(within_us)d then return 100 end
+  for p = 999, 0, -1 do
+    if latency:percentile(p / 10) <= %(within_us)d then return p / 10 end
+  end
+  return 0
 end
 """
 
@@ -84,6 +93,7 @@ class WrkResult:
     p99_ms: float
     max_ms: float
     mean_ms: float
+    within_pct: float = 100.0  # answered within the script's within_ms (percent)
 
     @property
     def requests_per_s(self) -> float:
@@ -113,17 +123,44 @@ def write_bodies(folder: Path, bodies: list[bytes]) -> Path:
     return listing
 
 
-def write_script(folder: Path, listing: Path, path: str, headers: dict[str, str]) -> Path:
-    """A Lua script that POSTs the listed bodies to ``path`` in turn."""
+_DELAY = """
+-- Open loop: each connection waits an exponential time (mean %(mean_ms).3f ms) before its
+-- next request, so the connections together send about %(rate).1f requests/s, Poisson.
+math.randomseed(%(seed)d)
+delay = function()
+  return -math.log(1 - math.random()) * %(mean_ms).6f
+end
+"""
+
+
+def write_script(
+    folder: Path,
+    listing: Path,
+    path: str,
+    headers: dict[str, str],
+    *,
+    rate: float | None = None,
+    connections: int = 1,
+    within_ms: float | None = None,
+    seed: int = 0,
+) -> Path:
+    """A Lua script that POSTs the listed bodies to ``path`` in turn; ``rate`` (requests/s over
+    ``connections``) makes it open loop; ``within_ms``: report the share answered in time."""
     lines = "\n".join(
         f"  wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items()
     )
     folder.mkdir(parents=True, exist_ok=True)
+    delay = ""
+    if rate is not None:
+        mean_ms = 1000.0 * connections / rate
+        delay = _DELAY % {"mean_ms": mean_ms, "rate": rate, "seed": seed}
     text = _LUA % {
         "list": _lua_string(str(listing)),
         "path": _lua_string(path),
         "headers": lines,
         "mark": MARK,
+        "delay": delay,
+        "within_us": round(1000 * within_ms) if within_ms else 0,
     }
     script = folder / "rotate.lua"
     script.write_text(text)
@@ -173,6 +210,7 @@ def run_wrk(
         p99_ms=data["p99_us"] / 1000,
         max_ms=data["max_us"] / 1000,
         mean_ms=data["mean_us"] / 1000,
+        within_pct=float(data["within_pct"]),
     )
 
 
@@ -204,8 +242,20 @@ def served(before: dict[str, float], after: dict[str, float], num_exits: int) ->
     mflops = after.get("exitwise_mflops_per_image_sum", 0) - before.get(
         "exitwise_mflops_per_image_sum", 0
     )
+    codes: dict[str, int] = {}
+    for key, value in after.items():
+        if key.startswith("exitwise_requests_total{") and 'route="/v1/classify"' in key:
+            code = key.split('code="', 1)[1].split('"', 1)[0]
+            codes[code] = int(value - before.get(key, 0.0))
+    degraded = {
+        key.split('operating_point="', 1)[1].split('"', 1)[0]: int(value - before.get(key, 0.0))
+        for key, value in after.items()
+        if key.startswith("exitwise_degraded_total{")
+    }
     return {
         "exit_histogram": {k: v for k, v in exits.items() if v},
         "images": images,
         "mean_mflops": mflops / images if images else float("nan"),
+        "statuses": {k: v for k, v in sorted(codes.items()) if v},
+        "degraded": {k: v for k, v in degraded.items() if v},
     }

@@ -114,3 +114,45 @@ def test_bench_peer_runs_both_servers_and_leaves_nothing(served: Served, tmp_pat
 def _pids(pattern: str) -> set[str]:
     found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
     return set(found.stdout.split())
+
+
+def test_overload_scenario_runs_degradation_off_and_on(
+    server: ServerProcess, served: Served, tmp_path: Path
+) -> None:
+    out = tmp_path / "overload.json"
+    done = _exitwise(
+        "bench", "http", "--url", server.url, "--overload", "1,2", "--duration", "1",
+        "--overload-deadline-ms", "200", "--num-images", "20", "--api-key", "k",
+        "--data-root", str(served.data_root), "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())["overload"]
+    assert result["capacity_per_s"] > 0
+    rows = result["rows"]
+    assert [(r["multiple"], r["degrade"]) for r in rows] == [
+        (1.0, False), (1.0, True), (2.0, False), (2.0, True)
+    ]  # fmt: skip
+    for r in rows:
+        assert r["requests"] > 0 and 0 <= r["in_time_pct"] <= 100
+        assert r["goodput_per_s"] <= r["answered_per_s"] + 1e-9
+        assert r["accuracy_estimate"] is None or 0 <= r["accuracy_estimate"] <= 100
+    assert "| offered | degrade |" in done.stdout
+
+
+def test_deadline_sweep_reports_server_time_accuracy_and_reasons(
+    server: ServerProcess, served: Served, tmp_path: Path
+) -> None:
+    out = tmp_path / "deadlines.json"
+    done = _exitwise(
+        "bench", "http", "--url", server.url, "--deadlines", "1000", "--concurrency", "4",
+        "--requests", "40", "--num-images", "20", "--api-key", "k",
+        "--data-root", str(served.data_root), "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["deadlines"]["rows"]
+    assert [r["deadline_ms"] for r in rows] == [None, 1000.0]
+    for r in rows:
+        assert r["statuses"] == {"200": 40}
+        assert sum(r["reasons"].values()) == 40 and 0 <= r["accuracy"] <= 100
+    # A deadline of a second changes nothing for a tiny model: no image stops for it.
+    assert rows[1]["reasons"].get("deadline", 0) == 0 and rows[1]["within_pct"] == 100.0

@@ -1,0 +1,172 @@
+"""``exitwise bench http --overload 1,2,4``: open-loop arrivals beyond what the server can do.
+
+First the last exit's capacity C (requests/s) is measured closed loop. Then requests for the
+full network (``max_exit=K``) with a ``deadline_ms`` arrive open loop (each of many ``wrk``
+connections waits an exponential time before its next request, so arrivals are Poisson at the
+offered rate) at 1x, 2x, 4x C, once with ``degrade=false`` (the server sheds: a full queue is a
+503) and once with ``degrade=true`` (it steps down to cheaper operating points first).
+
+Reported per run: offered and answered rates, goodput (answers within the deadline per second),
+p50/p99, the share answered in time, 503s, and an accuracy estimate: the calibrated test
+accuracy of the operating point (or exit) that served each answer, weighted by how many it
+served (the server does not see labels; answers stopped by the deadline are counted at their
+plan's accuracy, so the estimate is an upper bound for them).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from .wrk import run_wrk, scrape, served, write_bodies, write_script
+
+
+def _settle(url: str, body: bytes, params: dict[str, Any], headers: dict[str, str]) -> None:
+    """Single requests until the server has stepped all the way back up (at most 10 s)."""
+    end = time.monotonic() + 10
+    send = {"content-type": "image/png", **headers}
+    while time.monotonic() < end:
+        httpx.post(f"{url}/v1/classify", content=body, params=params, headers=send, timeout=30)
+        text = httpx.get(f"{url}/metrics", headers=headers, timeout=10).text
+        if "exitwise_degradation_level 0.0" in text:
+            return
+        time.sleep(0.05)
+
+
+def _accuracy(info: dict[str, Any], did: dict[str, Any], requested: str) -> float | None:
+    """Calibrated test accuracy of what served the answers, weighted (percent)."""
+    points = {p["name"]: p for p in info["operating_points"]}
+    last = info["exits"][-1].get("test_accuracy")
+    degraded = did["degraded"]
+    total = did["images"]
+    if not total:
+        return None
+    weighted, counted = 0.0, 0
+    for name, n in degraded.items():
+        test = (points.get(name) or {}).get("test") or {}
+        if "accuracy" in test:
+            weighted += n * test["accuracy"]
+            counted += n
+    rest = total - sum(degraded.values())
+    if last is not None and rest > 0:
+        weighted += rest * last
+        counted += rest
+    return weighted / counted if counted else None
+
+
+def run_overload(
+    url: str,
+    info: dict[str, Any],
+    images: list[bytes],
+    *,
+    multiples: list[float],
+    duration_s: float,
+    deadline_ms: float,
+    connections: int = 256,
+    client_cpus: str | None = None,
+    headers: dict[str, str] | None = None,
+    say: Any = None,
+) -> dict[str, Any]:
+    say = say or (lambda _: None)
+    headers = headers or {}
+    k = len(info["exits"])
+    base = {"max_exit": k, "top_k": 0}
+    send = {"Content-Type": "image/png", **headers}
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="exitwise-overload-") as tmp:
+        folder = Path(tmp)
+        listing = write_bodies(folder / "bodies", images)
+        closed = write_script(
+            folder / "capacity", listing, f"/v1/classify?{urlencode({**base, 'degrade': 'false'})}",
+            send,
+        )  # fmt: skip
+        run_wrk(url, closed, connections=16, duration_s=2.0)  # warm-up
+        capacity = run_wrk(url, closed, connections=16, duration_s=duration_s, cpus=client_cpus)
+        say(f"last-exit capacity: {capacity.requests_per_s:.0f} requests/s (closed loop, 16)")
+        for m in multiples:
+            rate = m * capacity.requests_per_s
+            for degrade in (False, True):
+                params = {**base, "deadline_ms": deadline_ms, "degrade": str(degrade).lower()}
+                script = write_script(
+                    folder / f"m{m}-{degrade}",
+                    listing,
+                    f"/v1/classify?{urlencode(params)}",
+                    send,
+                    rate=rate,
+                    connections=connections,
+                    within_ms=deadline_ms,
+                    seed=int(m * 1000),
+                )
+                _settle(url, images[0], base, headers)
+                before = scrape(url, headers)
+                run = run_wrk(
+                    url,
+                    script,
+                    connections=connections,
+                    duration_s=duration_s,
+                    cpus=client_cpus,
+                )
+                did = served(before, scrape(url, headers), k)
+                shed = did["statuses"].get("503", 0)
+                in_time = run.requests * run.within_pct / 100
+                row = {
+                    "multiple": m,
+                    "degrade": degrade,
+                    "offered_per_s": rate,
+                    "answered_per_s": run.requests_per_s,
+                    # 503s come back at once, so they are among the answers "in time": take
+                    # them out to count the useful ones.
+                    "goodput_per_s": max(0.0, in_time - shed) / run.seconds,
+                    "p50_ms": run.p50_ms,
+                    "p99_ms": run.p99_ms,
+                    "in_time_pct": 100 * max(0.0, in_time - shed) / max(1, run.requests),
+                    "status_503": shed,
+                    "statuses": did["statuses"],
+                    "degraded": did["degraded"],
+                    "mean_mflops": did["mean_mflops"] if did["images"] else None,
+                    "accuracy_estimate": _accuracy(info, did, "last exit"),
+                    "requests": run.requests,
+                    "socket_errors": run.socket_errors,
+                }
+                rows.append(row)
+                say(
+                    f"{m:g}x ({rate:.0f}/s), degrade {'on ' if degrade else 'off'}: "
+                    f"{row['goodput_per_s']:.0f} good/s, p99 {run.p99_ms:.1f} ms, "
+                    f"{shed} x 503"
+                )
+    return {
+        "capacity_per_s": capacity.requests_per_s,
+        "deadline_ms": deadline_ms,
+        "connections": connections,
+        "rows": rows,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    from exitwise.benchkit import markdown_table
+
+    header = [
+        "offered", "degrade", "answered/s", "goodput/s", "p50 ms", "p99 ms",
+        f"in time (<= {result['deadline_ms']:g} ms)", "503s", "mean MFLOPs", "accuracy (est.)",
+    ]  # fmt: skip
+    cells = [
+        [
+            f"{r['multiple']:g}x ({r['offered_per_s']:.0f}/s)",
+            "on" if r["degrade"] else "off",
+            f"{r['answered_per_s']:.0f}",
+            f"{r['goodput_per_s']:.0f}",
+            f"{r['p50_ms']:.1f}",
+            f"{r['p99_ms']:.1f}",
+            f"{r['in_time_pct']:.1f}%",
+            r["status_503"],
+            "-" if r["mean_mflops"] is None else f"{r['mean_mflops']:.2f}",
+            "-" if r["accuracy_estimate"] is None else f"{r['accuracy_estimate']:.1f}",
+        ]
+        for r in result["rows"]
+    ]
+    return markdown_table(header, cells, "llrrrrrrrr")
