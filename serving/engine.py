@@ -336,7 +336,8 @@ class Engine:
                     incoming=self._incoming > 0 and not self._stopping,
                 )
                 if isinstance(decision, Run):
-                    taken = self._queues[decision.stage].take(self.max_batch_size)
+                    limit = self._batch_limit(decision.stage, now)
+                    taken = self._queues[decision.stage].take(limit)
                     self._queued -= sum(len(c) for c in taken)
                     live = [c for c in (self._live(c, now) for c in taken) if c is not None]
                     self._set_depth()
@@ -348,6 +349,15 @@ class Engine:
                     self._cond.wait()
                 else:
                     self._cond.wait(decision.until - now)
+
+    def _batch_limit(self, stage: int, now: float) -> int:
+        """``max_batch_size``, or fewer rows when a full batch would end after the earliest
+        ``deadline_ms`` waiting for this stage (a smaller batch finishes sooner)."""
+        room = self._queues[stage].answer_by() - now
+        limit = self.max_batch_size
+        while limit > 1 and self.latency.estimate(stage, limit) > room:
+            limit //= 2
+        return limit
 
     @staticmethod
     def _live(chunk: Chunk, now: float) -> Chunk | None:

@@ -12,6 +12,7 @@ one batch (one ``torch.cat`` per tensor, only when there is more than one part).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -48,9 +49,10 @@ class Chunk:
     def __len__(self) -> int:
         return len(self.jobs)
 
-    @property
+    @functools.cached_property
     def answer_by(self) -> float:
-        """The earliest ``deadline_ms`` among the rows (math.inf: none has one)."""
+        """The earliest ``deadline_ms`` among the rows (math.inf: none has one); the rows of a
+        chunk never change, so it is worked out once."""
         return min((j.answer_by for j in self.jobs if j.answer_by is not None), default=math.inf)
 
     def _part(self, index: slice | np.ndarray) -> Chunk:
@@ -130,12 +132,16 @@ class StageQueue:
         row with a ``deadline_ms`` is due that long before it)."""
         if not self._chunks:
             return EMPTY
-        due = min(c.answer_by for c in self._chunks) - stage_seconds
+        due = self.answer_by() - stage_seconds
         return QueueView(self.rows, self._chunks[0].since, due)
 
     @property
     def oldest(self) -> float:
         return self._chunks[0].since if self._chunks else math.inf
+
+    def answer_by(self) -> float:
+        """The earliest ``deadline_ms`` among the waiting rows (math.inf: none)."""
+        return min((c.answer_by for c in self._chunks), default=math.inf)
 
     def oldest_unstarted(self) -> float:
         """When the oldest chunk of a request none of whose images has started joined."""
