@@ -81,6 +81,17 @@ def bench_drift(
         raise ExitwiseError(f"invalid option: {str(err).splitlines()[-1].strip()}") from None
     rows = summarise(runs, settle)
     table = markdown(rows, settle)
+    on = [r for r in runs if r.control]
+    control_s = sum(r.control_seconds for r in on)
+    compute_s = sum(r.compute_seconds for r in on)
+    images = sum(len(r.costs) for r in on)
+    cost = (
+        f"Budget control's cost with control on: {1e6 * control_s / max(1, images):.2f} us per "
+        f"image, {100 * control_s / compute_s:.2f} % of the engine's compute time."
+        if compute_s
+        else ""
+    )
+    table = f"{table}\n\n{cost}" if cost else table
     typer.echo(table)
     if json_out is not None:
         atomic_write_json(
@@ -99,6 +110,8 @@ def bench_drift(
                         "seconds": r.seconds,
                         "moves": r.moves,
                         "final_budget": r.final_budget,
+                        "control_seconds": r.control_seconds,
+                        "compute_seconds": r.compute_seconds,
                     }
                     for r in runs
                 ],

@@ -45,6 +45,8 @@ class Run:
     seconds: float = 0.0
     moves: int = 0  # budget control's moves during the run
     final_budget: float | None = None  # the held-out budget it served at the end
+    control_seconds: float = 0.0  # time in budget control's calls (plan and observe)
+    compute_seconds: float = 0.0  # time the engine spent running stage batches
 
     def phase(self, index: int) -> slice:
         start = sum(self.phase_sizes[:index])
@@ -141,7 +143,10 @@ def run_drift(
         for point in points:
             for control in (False, True):
                 settings = base.model_copy(update={"budget_control": "on" if control else "off"})
-                service = ModelService(settings, loaded, Metrics(CollectorRegistry()))
+                metrics = Metrics(CollectorRegistry())
+                service = ModelService(settings, loaded, metrics)
+                timer = _Timed(service.control)
+                service.control = timer  # type: ignore[assignment]
                 service.start()
                 try:
                     t0 = time.perf_counter()
@@ -158,6 +163,8 @@ def run_drift(
                 if control:
                     run.moves = state.controller.moves
                     run.final_budget = state.controller.budget
+                run.control_seconds = timer.seconds
+                run.compute_seconds = _sum_of(metrics, "exitwise_compute_seconds")
                 runs.append(run)
                 shifted = costs[run.phase(1)].mean()
                 say(
@@ -165,6 +172,36 @@ def run_drift(
                     f"phase {shifted:.3f} MFLOPs/image (target {point.expected_mflops:.3f})"
                 )
     return runs
+
+
+class _Timed:
+    """Budget control with a stopwatch on the two calls a request makes into it."""
+
+    def __init__(self, control: Any) -> None:
+        self.control = control
+        self.seconds = 0.0
+
+    def plan(self, *args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return self.control.plan(*args)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def observe(self, *args: Any) -> None:
+        start = time.perf_counter()
+        try:
+            self.control.observe(*args)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.control, name)
+
+
+def _sum_of(metrics: Any, name: str) -> float:
+    value = metrics.registry.get_sample_value(f"{name}_sum")
+    return float(value or 0.0)
 
 
 def summarise(runs: list[Run], settle: int) -> list[dict[str, Any]]:
