@@ -27,6 +27,7 @@
 #                         (default /tmp/gpu-check-work)
 #   GPU_CHECK_BUDGET_S    wall-clock budget of the whole script (default 560; the device tool's
 #                         limit per command is 600)
+#   GPU_CHECK_BOXES       per-part boxes overriding the defaults, e.g. "serving=120 train=60"
 #   PYTHON                interpreter (default .venv/bin/python if present, else python3)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -42,6 +43,20 @@ note() { echo "$*" | tee -a "$logs/${note_part:-$part}.note"; }
 ew() { # exitwise ARGS, echoed into the part's log
   echo "[$(date +%T)] \$ exitwise $*" >&2
   "$py" -m exitwise "$@"
+}
+
+# A sub-step in its own box. `timeout` makes itself a process-group leader, out of reach of the
+# part's own box, so its group is recorded (logs/pg.PID) for main to end if the part is cut.
+boxed() { # BOX CMD...
+  local box=$1 pid rc
+  shift
+  timeout -k 5 "$box" "$@" &
+  pid=$!
+  touch "$logs/pg.$pid"
+  wait "$pid"
+  rc=$?
+  rm -f "$logs/pg.$pid"
+  return $rc
 }
 
 free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -93,8 +108,8 @@ serve_and_load() { # VARIANT BUNDLE PRECISION BACKEND: start a server, load it w
   [[ "$backend" == onnx && "$device" == cuda ]] && gpu=(--require-gpu)
   EXITWISE_PRECISION=$precision setsid "${pin[@]}" "$py" -m exitwise serve "$bundle" \
     --port "$port" --device "$device" --backend "$backend" "${gpu[@]}" >"$log" 2>&1 &
-  pid=$!
-  echo "$pid" >>"$logs/servers"
+  pid=$! # setsid: the server leads its own session and group (ended below, or by main)
+  touch "$logs/pg.$pid"
   for _ in $(seq 1 120); do
     "$py" -c "import sys,urllib.request as u; sys.exit(u.urlopen('http://127.0.0.1:$port/readyz',timeout=1).status!=200)" \
       2>/dev/null && break
@@ -109,6 +124,7 @@ serve_and_load() { # VARIANT BUNDLE PRECISION BACKEND: start a server, load it w
   kill -TERM -- "-$pid" 2>/dev/null
   for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   kill -KILL -- "-$pid" 2>/dev/null
+  rm -f "$logs/pg.$pid"
   return $rc
 }
 
@@ -129,14 +145,14 @@ part_serving() {
       continue
     fi
     echo "== $v" >&2
-    if ! EXITWISE_PRECISION=$precision timeout -k 5 "$engine_box" "$py" -m exitwise bench engine \
+    if ! boxed "$engine_box" env EXITWISE_PRECISION="$precision" "$py" -m exitwise bench engine \
       "$bundle" --device "$device" --backend "$backend" "${data_args[@]}" "${engine_args[@]}" \
       --json "$res/engine-$v.json" --markdown "$res/engine-$v.md"; then
       note "$v engine: failed or cut at ${engine_box}s"
       failed=1
       continue
     fi
-    if ! note_part=serving timeout -k 5 "$http_box" "$me" --part serve_and_load "$v" "$bundle" \
+    if ! boxed "$http_box" env note_part=serving bash "$me" --part serve_and_load "$v" "$bundle" \
       "$precision" "$backend"; then
       note "$v http: failed or cut at ${http_box}s"
       failed=1
@@ -177,7 +193,7 @@ part_compare() {
     note "no bench train result: $epochs epoch(s), not fitted"
   fi
   [[ -n "$max_epochs" && $epochs -gt $max_epochs ]] && epochs=$max_epochs
-  note "comparison: $epochs epoch(s) fitted to a ${box}s box ($res/fit.json)"
+  note "comparison: $epochs epoch(s) for a ${box}s box (fit.json)"
   "$py" scripts/results.py all --config configs/fmnist-rgb-paper.yaml --device "$device" \
     --runs "$work/compare-e$epochs" --docs "$out/docs" --name RESULTS-gpu --seeds "$seeds" \
     --jobs "$compare_runs" --epochs "$epochs" --init-arm he --budgets "$budgets" \
@@ -335,6 +351,9 @@ else
   http_box=60
   boxes=(tests=90 serving=170 train=80 compare=0) # compare: whatever is left
 fi
+# GPU_CHECK_BOXES="serving=120 train=60" overrides boxes (seconds; compare=0: what is left).
+read -ra extra_boxes <<<"${GPU_CHECK_BOXES:-}"
+boxes+=("${extra_boxes[@]}")
 export py repo out logs res work carry data_root has_cuda onnx_cuda ort_version ort_providers
 export device ncpu cuda_test_files seeds compare_runs budgets max_epochs fallback_epochs
 export train_batch http_concurrency http_duration engine_box http_box
@@ -346,23 +365,24 @@ export S_demo_sets="${demo_sets[*]}" S_engine_args="${engine_args[*]}"
 reserve=15 # for the summary and the pack
 for name in $parts; do
   box=0
-  for b in "${boxes[@]}"; do [[ "${b%%=*}" == "$name" ]] && box=${b#*=}; done
+  for b in "${boxes[@]}"; do [[ "${b%%=*}" == "$name" ]] && box=${b#*=}; done # last one wins
   left=$((budget - (SECONDS - start) - reserve))
   [[ $box -eq 0 || $box -gt $left ]] && box=$left
   echo
   echo "== part $name (box ${box}s, $((SECONDS - start))s elapsed)"
-  if [[ $box -lt 10 ]]; then
+  if [[ $left -lt 10 ]]; then
     printf '%s\tskipped\t0\t%s\tno time left in the budget\n' "$name" "$box" >>"$logs/status.tsv"
     continue
   fi
   t0=$SECONDS
-  timeout -k 10 "$box" "$me" --part "$name" "$box" >"$logs/$name.log" 2>&1
+  timeout -k 10 "$box" bash "$me" --part "$name" "$box" >"$logs/$name.log" 2>&1
   rc=$?
-  # A server a part left behind (cut mid-benchmark) goes with it.
-  if [[ -f "$logs/servers" ]]; then
-    while read -r pid; do kill -KILL -- "-$pid" 2>/dev/null; done <"$logs/servers"
-    rm -f "$logs/servers"
-  fi
+  # What a cut part left in groups of their own (a server, a boxed sub-step) goes with it.
+  for f in "$logs"/pg.*; do
+    [[ -e "$f" ]] || continue
+    kill -KILL -- "-${f##*.}" 2>/dev/null
+    rm -f "$f"
+  done
   case $rc in
     0) status=ok ;;
     124 | 137) status="cut at its box" ;;
@@ -378,8 +398,8 @@ done
 
 echo
 printf 'total\t-\t%s\t%s\t\n' "$((SECONDS - start))" "$budget" >>"$logs/status.tsv"
-# Exit status: 0 when every part ended ok (or was skipped for a reason it gave), else 1.
-failed=$(cut -f2 "$logs/status.tsv" | grep -c -e '^failed' -e '^cut')
+# Exit status: 0 when every part ended ok (a part may say it skipped something, and why), else 1.
+failed=$(cut -f2 "$logs/status.tsv" | grep -c -e '^failed' -e '^cut' -e '^skipped')
 "$py" scripts/gpu_check.py summary "$out" || echo "warning: the summary failed"
 cp "$out/summary.md" "$res/summary.md" 2>/dev/null
 exec 1>&3 2>&4 # the log is complete: let tee finish before it is packed

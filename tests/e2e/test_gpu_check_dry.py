@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -28,36 +30,49 @@ from ..helpers import make_bundle, write_fashion_mnist
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _carry(root: Path) -> Path:
+@pytest.fixture(scope="module")
+def carry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A carry folder as scripts/gpu-carry.sh lays it out (the scripts only read it)."""
+    root = tmp_path_factory.mktemp("carry")
     data = write_fashion_mnist(root / "data" / "fashion-mnist", n_train=400, n_test=100)
     bundle = root / "bundles" / "demo"
-    make_bundle(bundle, data, steps=20, heldout_size=100, name="demo")
-    assert main(["calibrate", str(bundle), "--data-root", str(data), "--fractions", "0.3,0.6"]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core machine: two spinning threads run far slower
+    try:
+        make_bundle(bundle, data, steps=8, heldout_size=100, name="demo")
+        args = ["calibrate", str(bundle), "--data-root", str(data), "--fractions", "0.3,0.6"]
+        assert main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
     (root / "wheels").mkdir()
     return root
 
 
-@pytest.mark.slow
-def test_gpu_check_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    carry = _carry(tmp_path / "carry")
-    capsys.readouterr()
-    out = tmp_path / "out"
-    env = {
-        **os.environ,
-        "GPU_CHECK_DRY": "1",
-        "GPU_CHECK_CARRY": str(carry),
-        "GPU_CHECK_WORK": str(tmp_path / "work"),
-        "PYTHON": sys.executable,
-        "PYTHONUNBUFFERED": "1",
-    }
-    done = subprocess.run(
-        ["bash", str(REPO / "scripts" / "gpu-check.sh"), str(out), "--pack"],
+def _check(tmp_path: Path, carry: Path, out: Path, *args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["bash", str(REPO / "scripts" / "gpu-check.sh"), str(out), *args],
         cwd=REPO,
-        env=env,
-        capture_output=True,
+        env={
+            **os.environ,
+            "GPU_CHECK_DRY": "1",
+            "GPU_CHECK_CARRY": str(carry),
+            "GPU_CHECK_WORK": str(tmp_path / "work"),
+            "PYTHON": sys.executable,
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
     )
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path: Path, carry: Path) -> None:
+    out = tmp_path / "out"
+    proc = _check(tmp_path, carry, out, "--pack")
+    stdout, stderr = proc.communicate(timeout=600)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     # Packed as the device tool needs it: the summary and one archive, nothing else.
     assert sorted(p.name for p in out.iterdir()) == ["gpu-check.tar.gz", "summary.md"]
@@ -110,3 +125,22 @@ def test_gpu_check_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     ]
     for part in ("tests", "serving", "train", "compare"):
         assert (got / "logs" / f"{part}.log").is_file()
+
+
+@pytest.mark.slow
+def test_a_part_over_its_box_is_cut_and_reported(tmp_path: Path, carry: Path) -> None:
+    """A serving part with a box too short for it: cut, said so, its server gone, exit 1
+    (about 15 s)."""
+    out = tmp_path / "out"
+    proc = _check(tmp_path, carry, out, GPU_CHECK_PARTS="serving", GPU_CHECK_BOXES="serving=9")
+    proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    fields = (out / "logs" / "status.tsv").read_text().splitlines()[1].split("\t")
+    assert (fields[0], fields[1], fields[3]) == ("serving", "cut at its box", "9")
+    assert "| serving | cut at its box |" in (out / "summary.md").read_text()
+    assert not list((out / "logs").glob("pg.*"))  # every group it started was ended
+    for log in (out / "logs").glob("serve-*.log"):  # a server it started no longer answers
+        port = re.search(r"127\.0\.0\.1:(\d+)", log.read_text())
+        if port:
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", int(port[1])), timeout=1).close()
