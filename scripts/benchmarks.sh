@@ -1,75 +1,147 @@
 #!/usr/bin/env bash
-# Re-measure every benchmark table of docs/BENCHMARKS.md on this machine, on the demo bundle
-# (`make demo` first: trained with configs/demo.yaml, calibrated at 3, 5 and 8 MFLOPs, exported).
-# Each benchmark writes its files under docs/benchmarks/ (and ITEM.cmd, the commands it ran);
-# then scripts/benchmarks_report.py assembles docs/BENCHMARKS.md from them. Ratios inside a
-# table always come from workloads interleaved in one invocation. Run it on an idle machine.
+# Re-measure every benchmark table of docs/BENCHMARKS.md on this machine. Each benchmark writes
+# its files under docs/benchmarks/ (and ITEM.cmd, the commands it ran); then
+# scripts/benchmarks_report.py assembles docs/BENCHMARKS.md from them. Ratios inside a table
+# always come from workloads interleaved in one invocation. Run it on an idle machine: a process
+# left running (another server, a training job) skews every figure on 2 cores.
 #
-#   scripts/benchmarks.sh            # all of them (about 8 minutes on a 2-core CPU)
-#   scripts/benchmarks.sh engine     # or a subset: engine backends http calibration train
+# Bundles: runs/demo (`make demo`: configs/demo.yaml, calibrated at 3, 5 and 8 MFLOPs, exported)
+# and, for the heavier model, runs/fmnist-rgb-bench (configs/fmnist-rgb-bench.yaml, calibrated
+# at 10, 15 and 25 MFLOPs). The HTTP benchmarks pin the server to one core and the C load client
+# (wrk, Debian package `wrk`) to the other, the shape of a 1-vCPU replica.
+#
+#   scripts/benchmarks.sh                   # all of them (about 45 minutes on a 2-core CPU)
+#   scripts/benchmarks.sh engine http       # or a subset: engine http peer drift load heavy
+#                                           #   backends calibration train
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 py="${PYTHON:-.venv/bin/python}"
 bundle="${BENCH_BUNDLE:-runs/demo}"
+heavy="${BENCH_HEAVY:-runs/fmnist-rgb-bench}"
 out=docs/benchmarks
 port="${BENCH_PORT:-8090}"
+server_cpu="${BENCH_SERVER_CPU:-1}"
+client_cpu="${BENCH_CLIENT_CPU:-0}"
 what=("$@")
-[[ ${#what[@]} -gt 0 ]] || what=(engine backends http calibration train)
+[[ ${#what[@]} -gt 0 ]] || what=(engine http peer drift load heavy backends calibration train)
 
-# Runs `exitwise ARGS` and records the command line in $out/$item.cmd for the report.
+# Runs `exitwise ARGS` (under `taskset` when `pin` is set) and records the command line in
+# $out/$item.cmd for the report.
+pin=()
 ew() {
-  echo "\$ exitwise $*" >&2
-  echo "exitwise $*" >>"$out/$item.cmd"
-  "$py" -m exitwise "$@"
+  local shown="exitwise $*"
+  [[ ${#pin[@]} -eq 0 ]] || shown="${pin[*]} $shown"
+  echo "\$ $shown" >&2
+  echo "$shown" >>"$out/$item.cmd"
+  "${pin[@]}" "$py" -m exitwise "$@"
 }
 
-if [[ ! -f "$bundle/calibration.json" || ! -f "$bundle/onnx/manifest.json" ]]; then
-  echo "error: $bundle is not a calibrated and exported bundle; run \`make demo\` first" >&2
-  exit 1
-fi
-mkdir -p "$out"
-
-for item in "${what[@]}"; do
-  : >"$out/$item.cmd"
-  case "$item" in
-    engine)
-      ew bench engine "$bundle" --batch-sizes 1,32 --images 2000 --batch1-images 300 --repeats 3 \
-        --json "$out/engine.json" --markdown "$out/engine.md"
-      ;;
-    backends)
-      ew bench backends "$bundle" --batch-sizes 1,32 --images 512 --repeats 3 --out "$out/backends.md"
-      ;;
-    http)
-      log="$(mktemp)"
-      # One torch thread for the server: the load client runs on the same machine and takes
-      # the other core (two threads would spin against it).
-      echo "exitwise serve $bundle --port $port --torch-threads 1   # in the background" \
-        >>"$out/$item.cmd"
-      "$py" -m exitwise serve "$bundle" --port "$port" --torch-threads 1 >"$log" 2>&1 &
-      server=$!
-      trap 'kill -INT $server 2>/dev/null || true' EXIT
-      for _ in $(seq 1 240); do
-        "$py" - "$port" <<'PY' && break
+server_pid=""
+# Starts `exitwise serve BUNDLE ARGS` pinned to the server core, in its own process group.
+serve() {
+  local b=$1
+  shift
+  echo "taskset -c $server_cpu exitwise serve $b --port $port --torch-threads 1 $*   # in the background" \
+    >>"$out/$item.cmd"
+  setsid taskset -c "$server_cpu" "$py" -m exitwise serve "$b" --port "$port" --torch-threads 1 \
+    --log-level warning "$@" >"$out/.server.log" 2>&1 &
+  server_pid=$!
+  trap stop_server EXIT
+  for _ in $(seq 1 240); do
+    "$py" - "$port" <<'PY' && return 0
 import sys, httpx
 try:
     sys.exit(0 if httpx.get(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=1).status_code == 200 else 1)
 except httpx.TransportError:
     sys.exit(1)
 PY
-        sleep 0.5
-      done
-      ew bench engine "$bundle" --batch-sizes 1,32 --images 1000 --batch1-images 200 --repeats 2 \
-        --threads 1 --json "$out/engine-oracle.json" >/dev/null
-      ew bench http --url "http://127.0.0.1:$port" --concurrency 1,16 --requests 600 --duration 60 \
-        --rounds 2 --dataset fashion-mnist --oracle "$out/engine-oracle.json" \
-        --json "$out/http.json" --markdown "$out/http.md"
+    sleep 0.5
+  done
+  echo "error: the server did not become ready (see $out/.server.log)" >&2
+  exit 1
+}
+
+# Stops the server's whole process group and waits until it is gone.
+stop_server() {
+  if [[ -n "$server_pid" ]]; then
+    kill -TERM -- "-$server_pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 -- "-$server_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$server_pid" 2>/dev/null || true
+    server_pid=""
+  fi
+  rm -f "$out/.server.log"
+  trap - EXIT
+}
+
+need() {
+  if [[ ! -f "$1/calibration.json" || ! -f "$1/onnx/manifest.json" ]]; then
+    echo "error: $1 is not a calibrated and exported bundle (see the header of $0)" >&2
+    exit 1
+  fi
+}
+
+need "$bundle"
+mkdir -p "$out"
+command -v wrk >/dev/null || scripts/get-wrk.sh
+
+for item in "${what[@]}"; do
+  : >"$out/$item.cmd"
+  case "$item" in
+    engine)
+      # One torch thread on the server's core, as `exitwise serve --torch-threads 1` runs there.
+      pin=(taskset -c "$server_cpu")
+      ew bench engine "$bundle" --batch-sizes 1,32 --images 2000 --batch1-images 300 --repeats 3 \
+        --threads 1 --json "$out/engine.json" --markdown "$out/engine.md"
+      pin=()
+      ;;
+    http)
+      [[ -f "$out/engine.json" ]] || { echo "error: run the engine benchmark first" >&2; exit 1; }
+      serve "$bundle"
+      ew bench http --url "http://127.0.0.1:$port" --client wrk --client-cpus "$client_cpu" \
+        --concurrency 1,16 --duration 10 --rounds 2 --dataset fashion-mnist \
+        --oracle "$out/engine.json" --json "$out/http.json" --markdown "$out/http.md"
       ew bench http --url "http://127.0.0.1:$port" --concurrency 4 --images-per-request 16 \
         --requests 200 --duration 60 --rounds 2 --dataset fashion-mnist \
         --json "$out/http-batched.json" --markdown "$out/http-batched.md"
-      kill -INT "$server"; wait "$server" || true
-      trap - EXIT
-      rm -f "$log"
+      stop_server
+      ;;
+    peer)
+      "$py" -c "import litserve" 2>/dev/null || "$py" -m pip install -q 'litserve==0.2.19'
+      ew bench peer "$bundle" --connections 1,16 --duration 10 --rounds 2 \
+        --server-cpus "$server_cpu" --client-cpus "$client_cpu" \
+        --json "$out/peer.json" --markdown "$out/peer.md"
+      ;;
+    drift)
+      ew bench drift "$bundle" --threads 1 \
+        --json "$out/drift.json" --markdown "$out/drift.md" --figure "$out/drift.png"
+      ;;
+    load)
+      # A bounded queue (128 images) so that an overloaded server without degradation sheds.
+      serve "$bundle" --max-queue-images 128
+      ew bench http --url "http://127.0.0.1:$port" --overload 1,2,4 --overload-deadline-ms 100 \
+        --duration 10 --client-cpus "$client_cpu" --dataset fashion-mnist \
+        --json "$out/overload.json" --markdown "$out/overload.md" --figure "$out/overload.png"
+      ew bench http --url "http://127.0.0.1:$port" --deadlines 5,10,20,50 --concurrency 16 \
+        --requests 2000 --client-cpus "$client_cpu" --dataset fashion-mnist \
+        --json "$out/deadlines.json" --markdown "$out/deadlines.md"
+      stop_server
+      ;;
+    heavy)
+      need "$heavy"
+      pin=(taskset -c "$server_cpu")
+      ew bench engine "$heavy" --batch-sizes 1,32 --images 1000 --batch1-images 200 --repeats 2 \
+        --threads 1 --json "$out/heavy-engine.json" --markdown "$out/heavy-engine.md"
+      pin=()
+      serve "$heavy"
+      ew bench http --url "http://127.0.0.1:$port" --client wrk --client-cpus "$client_cpu" \
+        --concurrency 1,16 --duration 10 --rounds 2 --dataset fashion-mnist \
+        --oracle "$out/heavy-engine.json" --json "$out/heavy-http.json" \
+        --markdown "$out/heavy-http.md"
+      stop_server
+      ;;
+    backends)
+      ew bench backends "$bundle" --batch-sizes 1,32 --images 512 --repeats 3 --out "$out/backends.md"
       ;;
     calibration)
       ew bench calibration --repeat 7 --json >"$out/calibration.json"
@@ -80,7 +152,7 @@ PY
       ;;
     *)
       rm -f "$out/$item.cmd"
-      echo "error: unknown benchmark '$item' (engine backends http calibration train)" >&2
+      echo "error: unknown benchmark '$item' (engine http peer drift load heavy backends calibration train)" >&2
       exit 2
       ;;
   esac

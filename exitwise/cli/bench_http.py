@@ -54,6 +54,9 @@ def bench_http(
         help="Deadline sweep: deadline_ms values (e.g. 5,10,20,50), at the first "
         "--concurrency (Python client: server time, accuracy, stop reasons).",
     ),
+    figure: Path | None = typer.Option(
+        None, "--figure", help="Overload scenario: write its PNG figure here."
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON."),
     markdown_out: Path | None = typer.Option(None, "--markdown", help="Write a markdown table."),
 ) -> None:
@@ -93,6 +96,7 @@ def bench_http(
             api_key=api_key,
             json_out=json_out,
             markdown_out=markdown_out,
+            figure=figure,
         )
         return
     if client not in ("python", "wrk"):

@@ -29,6 +29,7 @@ def scenarios(
     api_key: str | None,
     json_out: Path | None,
     markdown_out: Path | None,
+    figure: Path | None = None,
 ) -> None:
     from exitwise.benchkit import parse_floats
     from exitwise.fileio import atomic_write_json, atomic_write_text
@@ -47,7 +48,7 @@ def scenarios(
     out: dict[str, Any] = {"url": url, "model": info["name"], "device": info["device"]}
     text: list[str] = []
     if overload is not None:
-        from serving.bench.overload import markdown, run_overload
+        from serving.bench.overload import markdown, plot, run_overload
         from serving.bench.wrk import find_wrk
 
         find_wrk()
@@ -64,6 +65,8 @@ def scenarios(
             say=say,
         )
         out["overload"] = result
+        if figure is not None:
+            plot(result, figure)
         text.append(
             f"Overload: last exit {result['capacity_per_s']:.0f} requests/s closed loop; "
             f"open loop below.\n\n" + markdown(result)

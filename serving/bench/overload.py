@@ -139,7 +139,14 @@ def run_overload(
                     f"{row['goodput_per_s']:.0f} good/s, p99 {run.p99_ms:.1f} ms, "
                     f"{shed} x 503"
                 )
+    tests = [(p.get("test") or {}).get("accuracy") for p in info["operating_points"]]
+    cheapest = min(info["operating_points"], key=lambda p: p["expected_mflops"], default=None)
     return {
+        "cheapest_point": None if cheapest is None else cheapest["name"],
+        "cheapest_point_accuracy": None
+        if cheapest is None
+        else (cheapest.get("test") or {}).get("accuracy"),
+        "points_test_accuracy": tests,
         "capacity_per_s": capacity.requests_per_s,
         "deadline_ms": deadline_ms,
         "connections": connections,
@@ -170,3 +177,36 @@ def markdown(result: dict[str, Any]) -> str:
         for r in result["rows"]
     ]
     return markdown_table(header, cells, "llrrrrrrrr")
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Goodput and p99 against the offered load, degradation off and on."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from exitwise.fileio import atomic_write_bytes
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for degrade, colour in ((False, "tab:red"), (True, "tab:green")):
+        rows = [r for r in result["rows"] if r["degrade"] is degrade]
+        xs = [r["multiple"] for r in rows]
+        label = "degrade on" if degrade else "degrade off"
+        left.plot(xs, [r["goodput_per_s"] for r in rows], "o-", color=colour, label=label)
+        right.plot(xs, [r["p99_ms"] for r in rows], "o-", color=colour, label=label)
+    left.plot(xs, [r["offered_per_s"] for r in rows], ":", color="grey", label="offered")
+    right.axhline(result["deadline_ms"], color="black", ls="--", lw=0.8, label="deadline_ms")
+    left.set(xlabel="offered load (x last-exit capacity)", ylabel="answers in time per s")
+    right.set(xlabel="offered load (x last-exit capacity)", ylabel="p99 latency (ms)")
+    right.set_yscale("log")
+    for ax in (left, right):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
