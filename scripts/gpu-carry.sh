@@ -7,8 +7,9 @@
 #   make gpu-carry                  # the same
 #
 # .gpu-carry/
-#   wheels/                the Python packages the GPU image lacks, for CPython 3.12 manylinux
-#                          x86-64, at the versions this project's .venv runs (--no-deps each)
+#   wheels/                the Python packages the GPU image lacks (or may hold older), for
+#                          CPython 3.12 manylinux x86-64, at the versions this project's .venv
+#                          runs (--no-deps each)
 #   wrk/                   Debian's wrk and libluajit, unpacked with dpkg -x (not installed)
 #   data/fashion-mnist/    the four idx.gz files (about 30 MB)
 #   bundles/demo/          the demo bundle (`make demo`: trained, calibrated, exported), trimmed
@@ -27,8 +28,11 @@ limit_mib=60 # the tool carries 64 MiB with the working tree; keep room for the 
 
 # What the GPU image (KINDS.md: CPython 3.12, torch 2.11, onnxruntime CPU) lacks for serving and
 # the serving benchmarks; everything else the project imports is there.
+# typing-extensions and annotated-doc are there, but pydantic and fastapi may need newer ones:
+# gpu-check.sh installs a carried wheel where the machine's version is missing or older.
 packages=(pydantic pydantic-core annotated-types typing-inspection pydantic-settings python-dotenv
-  fastapi starlette uvicorn httptools python-multipart opentelemetry-api)
+  fastapi starlette uvicorn httptools python-multipart opentelemetry-api typing-extensions
+  annotated-doc)
 
 mkdir -p "$carry/wheels" "$carry/wrk" "$carry/data/fashion-mnist" "$carry/bundles"
 
@@ -107,7 +111,7 @@ fi
 cat <<EOF
 
 The device tool's call (one command; docs/gpu-check.md):
-  run(command="scripts/gpu-check.sh \$OUT/gpu-check --pack",
+  run(command="bash scripts/gpu-check.sh \$OUT/gpu-check --pack",
       carry=["$carry"], timeout_s=600)
 Afterwards, here:  scripts/gpu-unpack.sh FILES_AT/gpu-check   (then review and commit)
 EOF

@@ -37,14 +37,28 @@ FASHION_MNIST_TRAIN = 60000
 
 
 def missing(wheeldir: Path) -> list[Path]:
-    """Wheels in ``wheeldir`` whose distribution this interpreter does not have (any version)."""
+    """Wheels in ``wheeldir`` whose distribution this interpreter lacks, or has in an older
+    version (the carried ones are the versions this project runs; a newer one already there is
+    kept). Installed into a folder ahead of the interpreter's own on PYTHONPATH, nothing of the
+    machine's is changed."""
+    try:
+        from packaging.version import InvalidVersion, Version
+    except ImportError:  # then only what is absent
+        Version = None  # type: ignore[assignment,misc]  # noqa: N806
     out = []
     for wheel in sorted(wheeldir.glob("*.whl")):
-        name = wheel.name.split("-")[0]
+        name, version = wheel.name.split("-")[:2]
         try:
-            metadata.version(name)
+            have = metadata.version(name)
         except metadata.PackageNotFoundError:
             out.append(wheel)
+            continue
+        if Version is not None:
+            try:
+                if Version(have) < Version(version):
+                    out.append(wheel)
+            except InvalidVersion:
+                pass
     return out
 
 
