@@ -31,6 +31,8 @@ class RunResult:
     recipe: dict[str, Any]  # the resolved recipe the run trained with
     device: str
     train_images: int
+    heldout_images: int  # what calibration ran on
+    test_images: int
 
 
 def load_run(path: Path, weighting: str, seed: int) -> RunResult:
@@ -58,6 +60,8 @@ def load_run(path: Path, weighting: str, seed: int) -> RunResult:
         recipe=manifest["training"]["recipe"],
         device=str(manifest["training"].get("device", "cpu")),
         train_images=int(manifest["training"].get("train_images", 0)),
+        heldout_images=int(cal["operating_points"][0]["heldout"]["images"]),
+        test_images=int(cal["operating_points"][0]["test"]["images"]),
     )
 
 

@@ -12,13 +12,14 @@ from typing import Any, Protocol
 from results_plan import Plan
 
 DATASETS = {"fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-TEST_IMAGES = {"fashion-mnist": 10000, "cifar10": 10000, "cifar100": 10000}
 
 
 class Run(Protocol):
     recipe: dict[str, Any]
     device: str
     train_images: int
+    heldout_images: int
+    test_images: int
     train_time_s: float
     anytime_test: list[float]
     budgets: dict[float, tuple[float, float, float]]
@@ -84,7 +85,8 @@ def setup_lines(
     )
     lines.append(
         f"- Recipe: {what}: {data_label(r)}{channels}, {first.train_images:,} training images, "
-        f"{epochs} epochs, batch {batch} split into two halves of {batch // 2}, SGD momentum "
+        f"{epochs} epoch{'s' if epochs != 1 else ''}, batch {batch} split into two halves of "
+        f"{batch // 2}, SGD momentum "
         f"{optim['momentum']:g}, lr {optim['lr']:g} {optim['schedule']}, weight decay "
         f"{optim['weight_decay']:g}, {r.get('precision', 'fp32')}, augmentation {aug}. "
         f"L2W: WPN on per-exit {meta['input']}, {meta['num_layers']} hidden layer(s) of "
@@ -97,11 +99,10 @@ def setup_lines(
         f"- The only difference between the two arms is `--set weighting=l2w|uniform`; seeds "
         f"{', '.join(str(s) for s in plan.seeds)} for both."
     )
-    test = TEST_IMAGES.get(data["dataset"])
     lines.append(
-        f"- Calibration: `exitwise calibrate` on the {data['heldout_size']:,}-image held-out split "
+        f"- Calibration: `exitwise calibrate` on the {first.heldout_images:,}-image held-out split "
         "(never trained on, never augmented; the same split for every run); every accuracy below "
-        f"is measured on the {f'{test:,} ' if test else ''}test images with those thresholds. "
+        f"is measured on the {first.test_images:,} test images with those thresholds. "
         "Dynamic curves: the seed's 39-point q sweep."
     )
     threads = ", one thread each" if first.device == "cpu" else ", concurrently on the one GPU"
