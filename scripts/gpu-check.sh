@@ -401,6 +401,9 @@ printf 'total\t-\t%s\t%s\t\n' "$((SECONDS - start))" "$budget" >>"$logs/status.t
 # Exit status: 0 when every part ended ok (a part may say it skipped something, and why), else 1.
 failed=$(cut -f2 "$logs/status.tsv" | grep -c -e '^failed' -e '^cut' -e '^skipped')
 "$py" scripts/gpu_check.py summary "$out" || echo "warning: the summary failed"
+echo
+echo "== status (also at the top of summary.md)"
+column -t -s $'\t' "$logs/status.tsv" 2>/dev/null || cat "$logs/status.tsv"
 cp "$out/summary.md" "$res/summary.md" 2>/dev/null
 exec 1>&3 2>&4 # the log is complete: let tee finish before it is packed
 wait "$tee_pid" 2>/dev/null || sleep 1

@@ -109,8 +109,10 @@ def write_summary(out: Path) -> str:
         lines += ["no serving results", ""]
 
     lines += ["## Training step (bench train)", ""]
-    train = _read(res / "train.md")
-    lines += [train.strip() if train else "no result", ""]
+    train = _read(res / "train.md")  # bench train's file: a title, then one section per run
+    keep = [ln for ln in (train or "").splitlines()
+            if not ln.startswith(("# ", "<!--", "Written by "))]  # fmt: skip
+    lines += ["\n".join(keep).strip() or "no result", ""]
     shared = _shared(res, _json(res / "train.json"))
     if shared:
         lines += [shared, ""]
