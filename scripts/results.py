@@ -58,14 +58,16 @@ def train_and_calibrate(plan: Plan, name: str, overrides: list[str]) -> None:
     if not (out / "manifest.json").exists():
         resume = (out / "checkpoints" / "last.pt").exists()
         _log(f"{'resuming' if resume else 'training'} {name}")
-        cmd = [*_exitwise(), "train", "--out", str(out), "--device", plan.device, *data]
+        device = ["--device", plan.device] if plan.device else []  # else: the recipe's
+        cmd = [*_exitwise(), "train", "--out", str(out), *device, *data]
         cmd += ["--resume"] if resume else ["--config", plan.config, "--overwrite"]
         cmd += overrides
         _run(cmd, log)
     if not (out / "calibration.json").exists():
         _log(f"calibrating {name}")
         budgets = ",".join(f"{b:g}" for b in plan.budgets)
-        cmd = [*_exitwise(), "calibrate", str(out), "--budgets", budgets, "--device", plan.device]
+        device = ["--device", plan.device or "cpu"]
+        cmd = [*_exitwise(), "calibrate", str(out), "--budgets", budgets, *device]
         _run(cmd + data, log)
     _log(f"done {name}")
 
@@ -94,7 +96,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--config", default="configs/fmnist.yaml", help="the recipe of every run")
-    parser.add_argument("--device", default="cpu", help="train and calibrate on: cpu or cuda")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="train and calibrate on cpu or cuda (default: training "
+        "as the recipe says, calibration on the CPU)",
+    )
     parser.add_argument(
         "--set", dest="sets", action="append", default=[], help="KEY=VALUE for every run"
     )

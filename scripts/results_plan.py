@@ -28,7 +28,7 @@ class Plan:
     jobs: int
     data_root: str | None
     config: str = "configs/fmnist.yaml"
-    device: str = "cpu"
+    device: str | None = None  # None: training as the recipe says, calibration on the CPU
     sets: tuple[str, ...] = ()  # further KEY=VALUE overrides, the same for every run
     # Also train the uniform arm once (first seed) with this model.init, against the recipe's.
     init_arm: str | None = None

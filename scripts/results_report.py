@@ -97,7 +97,8 @@ def _rel(path: Path) -> str:
 
 def plan_args(plan: Plan) -> list[str]:
     """The options of scripts/results.py that give ``plan`` (for the report's first line)."""
-    args = ["--config", plan.config, "--device", plan.device, "--runs", _rel(plan.runs)]
+    args = ["--config", plan.config, "--runs", _rel(plan.runs)]
+    args += ["--device", plan.device] if plan.device else []
     args += ["--name", plan.name, "--seeds", ",".join(map(str, plan.seeds))]
     args += ["--budgets", ",".join(f"{b:g}" for b in plan.budgets), "--jobs", str(plan.jobs)]
     args += ["--epochs", str(plan.epochs)] if plan.epochs is not None else []
