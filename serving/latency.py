@@ -37,6 +37,10 @@ class LatencyModel:
         self._seconds: list[list[float | None]] = [
             [None] * len(self.buckets) for _ in range(num_stages)
         ]
+        # What warm-up measured, on the idle device: what a stage takes at the least.
+        self._floor: list[list[float | None]] = [
+            [None] * len(self.buckets) for _ in range(num_stages)
+        ]
         self._lock = threading.Lock()
 
     def _bucket(self, rows: int) -> int:
@@ -55,9 +59,17 @@ class LatencyModel:
             self._seconds[stage][i] = seconds if old is None else old + self.alpha * (seconds - old)
 
     def set(self, stage: int, rows: int, seconds: float) -> None:
-        """A measurement that replaces what the bucket held (warm-up)."""
+        """A warm-up measurement: replaces what the bucket held, and is its floor from now on."""
         with self._lock:
             self._seconds[stage][self._bucket(rows)] = seconds
+            self._floor[stage][self._bucket(rows)] = seconds
+
+    def floor(self, stage: int, rows: int) -> float:
+        """What warm-up measured for ``rows`` rows at ``stage`` on the idle device (0.0: not
+        measured): a batch cannot be expected to take less, whatever the load."""
+        with self._lock:
+            value = self._floor[stage][self._bucket(rows)]
+        return 0.0 if value is None else value
 
     def estimate(self, stage: int, rows: int) -> float:
         """Forecast seconds for a batch of ``rows`` at ``stage`` (0.0 with nothing measured)."""

@@ -219,7 +219,8 @@ class ModelService:
                 raise InvalidParameterError(
                     f"deadline_ms must be at most the server's request timeout, {limit * 1000:g}"
                 )
-            first = self.engine.latency.estimate(0, 1)
+            # Refused only when it is known: shorter than exit 1 took on the idle device.
+            first = self.engine.latency.floor(0, 1)
             if params.deadline_s < first:
                 raise InvalidParameterError(
                     f"deadline_ms {params.deadline_s * 1000:g} is shorter than the first exit "

@@ -48,7 +48,7 @@ async def _sweep_one(
             r = await c.post(
                 "/v1/classify",
                 content=images[j],
-                params={**params, "top_k": 0},
+                params={**params, "top_k": 0, "degrade": "false"},
                 headers={"content-type": "image/png"},
             )
             statuses[r.status_code] += 1

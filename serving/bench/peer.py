@@ -176,7 +176,7 @@ def compare(
             label: write_script(
                 folder / f"exitwise-{i}",
                 pngs,
-                f"/v1/classify?{urlencode({**params, 'top_k': 0})}",
+                f"/v1/classify?{urlencode({**params, 'top_k': 0, 'degrade': 'false'})}",
                 {"Content-Type": "image/png"},
             )
             for i, (label, params) in enumerate(loads)

@@ -77,7 +77,8 @@ def run_wrk_loads(
         send = {"Content-Type": "image/png", **(headers or {})}
         scripts = {}
         for i, w in enumerate(loads):
-            query = urlencode({**w.params, "top_k": 0})
+            # A fixed budget's cost is measured: no stepping down if the queue grows.
+            query = urlencode({**w.params, "top_k": 0, "degrade": "false"})
             scripts[w.label] = write_script(
                 folder / f"w{i}", listing, f"/v1/classify?{query}", send
             )

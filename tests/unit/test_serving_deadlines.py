@@ -31,6 +31,7 @@ def test_buckets_and_estimates() -> None:
     assert m.estimate(0, 16) == pytest.approx(0.008)  # beyond: per-row cost of the largest
     m.observe(0, 8, 0.014)  # slower now: the moving mean follows, a tenth of the way
     assert m.estimate(0, 8) == pytest.approx(0.005)
+    assert m.floor(0, 8) == pytest.approx(0.004) and m.floor(1, 8) == 0.0  # warm-up's figure
     assert m.describe()[0]["ms_per_batch"] == {"1": 1.0, "8": 5.0}
 
 
