@@ -10,6 +10,7 @@ lets the engine finish what is queued, and releases everything.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,6 +51,12 @@ def create_app(
         live = LiveStats(model.bundle.manifest.num_exits)
         service = ModelService(settings, model, metrics, live)
         await asyncio.to_thread(service.start)
+        # Everything loaded so far (the model, torch, the libraries: a few hundred thousand
+        # objects) lives as long as the server: out of the collector's way. Its full passes
+        # walked them all, every few thousand requests, and made the classify route's p99 ten
+        # times its p50 under load.
+        gc.collect()
+        gc.freeze()
         app.state.service = service
         app.state.live = live
         lifecycle.mark_ready()
