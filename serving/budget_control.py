@@ -101,7 +101,10 @@ class BudgetControl:
             return
         state.spent += sum(costs)
         state.images += len(costs)
-        if not self.enabled or not plan.control:
+        if not self.enabled:
+            state.controller.record(costs)  # the realised cost stays visible with control off
+            return
+        if not plan.control:
             return
         move = state.controller.observe(costs)
         if move is not None:

@@ -138,14 +138,23 @@ class BudgetController:
         with self._lock:
             return self._recent_sum / len(self._recent) if self._recent else None
 
+    def record(self, costs: Sequence[float]) -> None:
+        """Only keep the sliding mean (what ``realised`` reports), as when control is off."""
+        with self._lock:
+            self._slide(costs)
+
+    def _slide(self, costs: Sequence[float]) -> None:
+        for c in costs:
+            if len(self._recent) == self._recent.maxlen:
+                self._recent_sum -= self._recent[0]
+            self._recent.append(c)
+            self._recent_sum += c
+
     def observe(self, costs: Sequence[float]) -> Move | None:
         """Record the costs (MFLOPs) of images just served; a :class:`Move` when it moved."""
         with self._lock:
+            self._slide(costs)
             for c in costs:
-                if len(self._recent) == self._recent.maxlen:
-                    self._recent_sum -= self._recent[0]
-                self._recent.append(c)
-                self._recent_sum += c
                 self._n += 1
                 self._sum += c
                 self._sumsq += c * c

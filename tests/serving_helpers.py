@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -43,6 +44,13 @@ from exitwise.preprocess import normalize
 from tests.helpers import make_bundle, write_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def documented_metrics() -> list[str]:
+    """The metric table of docs/serving.md (what operators are told to expect)."""
+    text = (REPO / "docs" / "serving.md").read_text()
+    section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `(exitwise_\w+)` \|", section, re.M)
 
 
 @dataclass(frozen=True)

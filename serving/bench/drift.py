@@ -84,6 +84,7 @@ async def run_stream(
     from serving.params import RequestParams
     from serving.service import ClassifyRequest
 
+    service.launch()  # on this loop when the engine's worker belongs on one
     n = len(x)
     costs = np.zeros(n)
     classes = np.zeros(n, dtype=np.int64)
@@ -147,7 +148,7 @@ def run_drift(
                 service = ModelService(settings, loaded, metrics)
                 timer = _Timed(service.control)
                 service.control = timer  # type: ignore[assignment]
-                service.start()
+                service.warm_up()
                 try:
                     t0 = time.perf_counter()
                     costs, classes, exits = asyncio.run(

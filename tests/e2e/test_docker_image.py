@@ -38,9 +38,9 @@ from tests.docker_helpers import (
     stop_daemon,
 )
 from tests.serving_helpers import (
-    REPO,
     Served,
     ServerProcess,
+    documented_metrics,
     free_port,
     png,
     running_server,
@@ -176,19 +176,12 @@ def test_classifies_as_the_server_outside(
     assert len({e for e, _ in _answers(inside)}) > 1  # images left at different exits
 
 
-def _documented_metrics() -> list[str]:
-    """The metric table of docs/serving.md (what operators are told to expect)."""
-    text = (REPO / "docs" / "serving.md").read_text()
-    section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"^\| `(exitwise_\w+)` \|", section, re.M)
-
-
 def test_metrics_has_the_documented_series(cpu_container: Container, served: Served) -> None:
     _classify(cpu_container.url, served, _budgets(served)[0], n=4)
     r = httpx.get(f"{cpu_container.url}/metrics", timeout=10)
     assert r.status_code == 200
     families = {f.name: f for f in text_string_to_metric_families(r.text)}
-    documented = _documented_metrics()
+    documented = documented_metrics()
     assert len(documented) >= 10
     for name in documented:
         family = families.get(name.removesuffix("_total"))

@@ -14,12 +14,21 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from exitwise.bundle import OperatingPoint
 from exitwise.preprocess import normalize
 from serving.app import create_app
 from serving.settings import Settings
-from tests.serving_helpers import Served, Split, all_confidences, png, served_bundle, simulate
+from tests.serving_helpers import (
+    Served,
+    Split,
+    all_confidences,
+    documented_metrics,
+    png,
+    served_bundle,
+    simulate,
+)
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +211,21 @@ def test_metrics_exposes_every_documented_series(client: TestClient) -> None:
     assert 'le="0.0005"' in text  # buckets start below 1 ms
     info = 'exitwise_model_info{backend="torch",device="cpu",model="tiny",provider="torch-cpu"}'
     assert f"{info} 1.0" in text
+
+
+def test_metrics_has_every_series_the_docs_list(client: TestClient, served: Served) -> None:
+    """Each metric in docs/serving.md's table has samples once one image was classified
+    (labelled series are created at 0 up front, so dashboards and alerts find them)."""
+    r = client.post(
+        "/v1/classify", content=png(served.test.pixels[0]), headers={"content-type": "image/png"}
+    )
+    assert r.status_code == 200, r.text
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    documented = documented_metrics()
+    assert len(documented) >= 10
+    for name in documented:
+        family = families.get(name.removesuffix("_total"))
+        assert family is not None and family.samples, f"{name} is not exported"
 
 
 def test_many_clients_at_once(client: TestClient, served: Served, reference: dict) -> None:

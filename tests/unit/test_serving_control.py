@@ -154,3 +154,13 @@ def test_the_table_picks_the_dearest_row_within_the_budget(table: ControlTable) 
 def test_bad_settings_are_refused(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ControlSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_recording_only_reports_the_realised_cost_and_never_moves() -> None:
+    """With control off the server still reports what a point realises (record, not observe)."""
+    ctl = BudgetController(3.0, (COSTS[0], COSTS[-1]), sliding=100)
+    assert ctl.realised() is None
+    for _ in range(50):
+        ctl.record([COSTS[-1]] * 8)  # 4x the target: observe would have moved long ago
+    assert ctl.realised() == pytest.approx(COSTS[-1])
+    assert ctl.budget == 3.0 and not ctl.moved and ctl.moves == 0
