@@ -50,8 +50,7 @@ def create_app(
         model = loaded if loaded is not None else await asyncio.to_thread(load_model, settings)
         live = LiveStats(model.bundle.manifest.num_exits)
         service = ModelService(settings, model, metrics, live)
-        await asyncio.to_thread(service.warm_up)
-        service.launch()  # here, on the loop: the engine's worker may be a task on it
+        await asyncio.to_thread(service.start)
         # Everything loaded so far (the model, torch, the libraries: a few hundred thousand
         # objects) lives as long as the server: out of the collector's way. Its full passes
         # walked them all, every few thousand requests, and made the classify route's p99 ten

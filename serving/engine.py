@@ -46,9 +46,8 @@ from .jobs import (
 )
 from .latency import LatencyModel
 from .metrics import Metrics
-from .scheduler import Idle, Run, Wait, pick
+from .scheduler import Idle, Run, pick
 from .stage_queue import Chunk, StageQueue, concat
-from .workers import LoopWorker, ThreadWorker
 
 __all__ = [
     "Arrival",
@@ -102,7 +101,7 @@ class Engine:
         self._cond = threading.Condition()
         self._incoming = 0
         self._stopping = False
-        self._worker: ThreadWorker | LoopWorker | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def runner(self) -> StageRunner:
@@ -140,31 +139,19 @@ class Engine:
             for index, seconds in enumerate(best):
                 self.latency.set(index, n, seconds)
 
-    def start(self, on_loop: bool = False) -> None:
-        """Start the worker: a thread of its own, or (``on_loop``, called on the event loop) a
-        task on the running loop (see :mod:`serving.workers`)."""
-        if self._worker is not None:
+    def start(self) -> None:
+        if self._thread is not None:
             raise RuntimeError("engine already started")
-        self._worker = LoopWorker(self) if on_loop else ThreadWorker(self)
-        self._worker.start()
-
-    @property
-    def on_loop(self) -> bool:
-        return isinstance(self._worker, LoopWorker)
+        self._thread = threading.Thread(target=self._work, name="exitwise-engine", daemon=True)
+        self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting work, finish everything queued, then end the worker."""
         with self._cond:
             self._stopping = True
-            self._notify()
-        if self._worker is not None:
-            self._worker.join(timeout)
-
-    def _notify(self) -> None:
-        """Under the lock: the queues changed, or the engine is stopping."""
-        self._cond.notify_all()
-        if self._worker is not None:
-            self._worker.notify()
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     @property
     def accepting(self) -> bool:
@@ -203,7 +190,7 @@ class Engine:
                 if not arrival.arrived:
                     arrival.arrived = True
                     self._incoming -= 1
-                    self._notify()
+                    self._cond.notify_all()
 
     # --- requests (called on an event loop) ---------------------------------------------------
 
@@ -257,7 +244,7 @@ class Engine:
                 arrival.arrived = True
                 self._incoming -= 1
             self._set_depth()
-            self._notify()
+            self._cond.notify_all()
         return job
 
     async def infer(
@@ -302,58 +289,66 @@ class Engine:
         if self.metrics is not None:
             self.metrics.set_queue_depth([q.rows for q in self._queues])
 
-    # --- what the worker does (serving.workers) -----------------------------------------------
+    # --- the worker thread ----------------------------------------------------------------------
 
-    def _execute(self, index: int, chunks: list[Chunk]) -> None:
-        """Run stage ``index`` on ``chunks`` (from :meth:`_choose`) and queue the survivors."""
-        if index == 0:
-            chunks = self.executor.decode_entry(chunks)
-        if not chunks:
-            return
-        chunk: Chunk | None = concat(chunks)
-        try:
-            if index > 0:
-                chunk = self.executor.answer_late(index, chunk, time.monotonic())  # type: ignore[arg-type]
-            if chunk is None:
-                return
-            waiting = self._queues[index + 1].rows if index + 1 < self.num_exits else 0
-            survivors = self.executor.run(index, chunk, waiting)
-        except Exception:  # the network or a bug: fail these requests, keep serving
-            log.exception("stage %d failed on a batch of rows", index + 1)
-            for job in {id(j): j for c in chunks for j in c.jobs}.values():
-                job.fail(EngineFailureError("inference failed"))
-            return
-        if survivors is not None:
-            self._advance(index + 1, survivors)
+    def _work(self) -> None:
+        with torch.inference_mode():
+            while True:
+                step = self._next_step()
+                if step is None:
+                    return
+                index, chunks = step
+                if index == 0:
+                    chunks = self.executor.decode_entry(chunks)
+                if not chunks:
+                    continue
+                chunk: Chunk | None = concat(chunks)
+                try:
+                    if index > 0:
+                        chunk = self.executor.answer_late(index, chunk, time.monotonic())  # type: ignore[arg-type]
+                    if chunk is None:
+                        continue
+                    waiting = self._queues[index + 1].rows if index + 1 < self.num_exits else 0
+                    survivors = self.executor.run(index, chunk, waiting)
+                except Exception:  # the network or a bug: fail these requests, keep serving
+                    log.exception("stage %d failed on a batch of rows", index + 1)
+                    for job in {id(j): j for c in chunks for j in c.jobs}.values():
+                        job.fail(EngineFailureError("inference failed"))
+                    continue
+                if survivors is not None:
+                    self._advance(index + 1, survivors)
 
-    def _choose(self, now: float) -> tuple[int, list[Chunk]] | Wait | Idle | None:
-        """Under the lock: the stage to run and its batch, or how long to wait (``Idle``:
-        until something changes); ``None`` once stopping with nothing left."""
-        while True:
-            views = [
-                q.view(self.latency.estimate(k, min(q.rows, self.max_batch_size)))
-                for k, q in enumerate(self._queues)
-            ]
-            decision = pick(
-                views,
-                now,
-                max_batch=self.max_batch_size,
-                max_wait_s=self.max_wait_s,
-                max_stage_wait_s=self.max_stage_wait_s,
-                incoming=self._incoming > 0 and not self._stopping,
-            )
-            if isinstance(decision, Run):
-                limit = self._batch_limit(decision.stage, now)
-                taken = self._queues[decision.stage].take(limit)
-                self._queued -= sum(len(c) for c in taken)
-                live = [c for c in (self._live(c, now) for c in taken) if c is not None]
-                self._set_depth()
-                if live:
-                    return decision.stage, live
-                continue  # every row taken was gone: look again
-            if isinstance(decision, Idle) and self._stopping:
-                return None
-            return decision
+    def _next_step(self) -> tuple[int, list[Chunk]] | None:
+        """The stage to run and its batch; ``None`` once stopping and nothing is left."""
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                views = [
+                    q.view(self.latency.estimate(k, min(q.rows, self.max_batch_size)))
+                    for k, q in enumerate(self._queues)
+                ]
+                decision = pick(
+                    views,
+                    now,
+                    max_batch=self.max_batch_size,
+                    max_wait_s=self.max_wait_s,
+                    max_stage_wait_s=self.max_stage_wait_s,
+                    incoming=self._incoming > 0 and not self._stopping,
+                )
+                if isinstance(decision, Run):
+                    limit = self._batch_limit(decision.stage, now)
+                    taken = self._queues[decision.stage].take(limit)
+                    self._queued -= sum(len(c) for c in taken)
+                    live = [c for c in (self._live(c, now) for c in taken) if c is not None]
+                    self._set_depth()
+                    if live:
+                        return decision.stage, live
+                elif isinstance(decision, Idle):
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                else:
+                    self._cond.wait(decision.until - now)
 
     def _batch_limit(self, stage: int, now: float) -> int:
         """``max_batch_size``, or fewer rows when a full batch would end after the earliest

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -80,7 +79,6 @@ class Job:
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     started: bool = False  # some image of it has begun its first stage
-    thread: int = field(default_factory=threading.get_ident)  # its event loop's thread
     compute_seconds: float = 0.0
     decode_seconds: float = 0.0
 
@@ -113,10 +111,6 @@ class Job:
         self._deliver(deliver)
 
     def _deliver(self, callback: Callable[[], None]) -> None:
-        # A closed loop (RuntimeError) means nobody is waiting any more. On the loop's own thread
-        # (an engine worker on the loop) there is nothing to wake.
+        # A closed loop (RuntimeError) means nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
-            if threading.get_ident() == self.thread:
-                self.loop.call_soon(callback)
-            else:
-                self.loop.call_soon_threadsafe(callback)
+            self.loop.call_soon_threadsafe(callback)

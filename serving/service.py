@@ -33,7 +33,7 @@ from .loading import LoadedModel
 from .metrics import Metrics
 from .params import RequestParams
 from .settings import Settings
-from .threads import decode_threads, engine_on_loop
+from .threads import decode_threads
 
 T = TypeVar("T")
 
@@ -174,21 +174,10 @@ class ModelService:
         p = self.preprocessing
         return (p.channels, p.input_size, p.input_size)
 
-    def start(self, on_loop: bool | None = None) -> None:
-        """Warm up (blocking), then start the engine's worker: on the event loop that calls
-        this (``on_loop``; default: :func:`serving.threads.engine_on_loop`), else a thread."""
+    def start(self) -> None:
+        """Warm up (blocking) and start the engine's worker."""
         self.engine.warm_up(self.input_shape)
-        self.launch(on_loop)
-
-    def warm_up(self) -> None:
-        self.engine.warm_up(self.input_shape)
-
-    def launch(self, on_loop: bool | None = None) -> None:
-        """Start the engine's worker (called on the event loop when the worker goes there)."""
-        loop = (
-            engine_on_loop(self.settings, self.runner.device.type) if on_loop is None else on_loop
-        )
-        self.engine.start(on_loop=loop)
+        self.engine.start()
 
     def stop(self) -> None:
         """Finish everything queued, then release the worker and the decode threads."""

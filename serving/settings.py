@@ -58,11 +58,6 @@ class Settings(BaseSettings):
         description="Longest a row waits in front of a stage for company (at least max_wait_ms).",
     )
     max_queue_images: int = Field(default=1024, ge=1)
-    engine_worker: Literal["auto", "thread", "loop"] = Field(
-        default="auto",
-        description="Where the engine runs: its own thread, or the event loop (auto: the loop "
-        "on a CPU device when torch's threads take every usable core).",
-    )
     decode_threads: int | None = Field(
         default=None,
         ge=0,

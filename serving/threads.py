@@ -45,12 +45,3 @@ def decode_threads(settings: Settings, cores: int | None = None) -> int:
         return settings.decode_threads
     spare = (cores or usable_cores()) - torch_threads(settings) * settings.workers
     return 0 if spare < 1 else min(2, spare)
-
-
-def engine_on_loop(settings: Settings, device_type: str, cores: int | None = None) -> bool:
-    """Whether the engine's worker runs on the event loop (serving.workers) rather than in a
-    thread: when asked, or (auto) on a CPU device with no core to spare beside torch's, where a
-    second Python thread only takes turns at the GIL."""
-    if settings.engine_worker != "auto":
-        return settings.engine_worker == "loop"
-    return device_type == "cpu" and decode_threads(settings, cores) == 0

@@ -39,9 +39,6 @@ def serve(
     decode_threads: int | None = typer.Option(
         None, help="Image-decoding threads; 0: the engine's worker decodes [auto]."
     ),
-    engine_worker: str | None = typer.Option(
-        None, help="Where the engine runs: thread, loop or auto (the loop on one CPU core) [auto]."
-    ),
     max_queue_images: int | None = typer.Option(None, help="Queue bound, in images [1024]."),
     workers: int | None = typer.Option(None, help="Server processes, each with a model [1]."),
     default_budget_mflops: float | None = typer.Option(

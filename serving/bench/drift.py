@@ -84,7 +84,6 @@ async def run_stream(
     from serving.params import RequestParams
     from serving.service import ClassifyRequest
 
-    service.launch()  # on this loop when the engine's worker belongs on one
     n = len(x)
     costs = np.zeros(n)
     classes = np.zeros(n, dtype=np.int64)
@@ -148,7 +147,7 @@ def run_drift(
                 service = ModelService(settings, loaded, metrics)
                 timer = _Timed(service.control)
                 service.control = timer  # type: ignore[assignment]
-                service.warm_up()
+                service.start()
                 try:
                     t0 = time.perf_counter()
                     costs, classes, exits = asyncio.run(

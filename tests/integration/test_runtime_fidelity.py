@@ -65,21 +65,17 @@ def test_calibration_simulation_equals_the_served_loop(served: Served) -> None:
                 classes.append(out.class_id)
             np.testing.assert_array_equal(np.concatenate(exits), simulated.exits)
             np.testing.assert_array_equal(np.concatenate(classes), want_class)
-        # The engine that serves requests, one image per request as clients send them, with its
-        # worker in a thread and on the event loop.
+        # The engine that serves requests, one image per request as clients send them.
         plan = resolver.resolve(budget_mflops=point.expected_mflops)
-        for on_loop in (False, True):
-            served_exits = asyncio.run(
-                _serve_one_by_one(runner, manifest.exit_mflops, x, plan, on_loop)
-            )
-            np.testing.assert_array_equal(served_exits, simulated.exits)
+        served_exits = asyncio.run(_serve_one_by_one(runner, manifest.exit_mflops, x, plan))
+        np.testing.assert_array_equal(served_exits, simulated.exits)
         checked += 1
     assert checked == len(resolver.points) >= 2
 
 
-async def _serve_one_by_one(runner, exit_mflops, x, plan, on_loop) -> np.ndarray:  # type: ignore[no-untyped-def]
+async def _serve_one_by_one(runner, exit_mflops, x, plan) -> np.ndarray:  # type: ignore[no-untyped-def]
     engine = Engine(runner, exit_mflops=list(exit_mflops), max_batch_size=16, max_wait_s=0.0)
-    engine.start(on_loop=on_loop)
+    engine.start()
     try:
         deadline = time.monotonic() + 60
         jobs = [engine.submit(x[i : i + 1], plan, 0, deadline) for i in range(len(x))]

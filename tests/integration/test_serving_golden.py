@@ -21,16 +21,10 @@ from serving.settings import Settings
 from tests.golden_helpers import GOLDEN, answer, golden_bundle
 
 
-@pytest.mark.parametrize(
-    ("decode_threads", "engine_worker"), [(0, "loop"), (0, "thread"), (2, "thread")]
-)
-def test_responses_are_byte_for_byte_the_golden_ones(
-    tmp_path: Path, decode_threads: int, engine_worker: str
-) -> None:
+@pytest.mark.parametrize("decode_threads", [0, 2])
+def test_responses_are_byte_for_byte_the_golden_ones(tmp_path: Path, decode_threads: int) -> None:
     bundle = golden_bundle(tmp_path / "bundle")
-    settings = Settings(  # type: ignore[call-arg]
-        bundle=bundle.path, decode_threads=decode_threads, engine_worker=engine_worker
-    )
+    settings = Settings(bundle=bundle.path, decode_threads=decode_threads)  # type: ignore[call-arg]
     with TestClient(create_app(settings, registry=CollectorRegistry())) as client:
         got = answer(client)
     want = json.loads(GOLDEN.read_text())

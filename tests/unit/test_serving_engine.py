@@ -257,8 +257,7 @@ def test_metrics_follow_the_batches() -> None:
     )
 
 
-@pytest.mark.parametrize("on_loop", [False, True])
-def test_survivors_of_several_batches_run_the_next_stage_together(on_loop: bool) -> None:
+def test_survivors_of_several_batches_run_the_next_stage_together() -> None:
     # Three requests of 4 images queued before the worker starts, batches of 4: stage 1 runs
     # twice before stage 2 has a full batch, so stage 2's first batch mixes two stage-1 batches.
     runner = FakeRunner()
@@ -269,7 +268,7 @@ def test_survivors_of_several_batches_run_the_next_stage_together(on_loop: bool)
         engine = Engine(runner, exit_mflops=[1, 2, 3, 4], max_batch_size=4, max_wait_s=10.0)
         deadline = time.monotonic() + 30
         jobs = [engine.submit(x, plan, 1, deadline) for x in requests]
-        engine.start(on_loop=on_loop)
+        engine.start()
         try:
             return [await job.future for job in jobs]
         finally:
@@ -294,13 +293,12 @@ def test_survivors_of_several_batches_run_the_next_stage_together(on_loop: bool)
     assert max(second) > max(survivors_per_batch)
 
 
-@pytest.mark.parametrize("on_loop", [False, True])
-def test_cancelled_rows_leave_every_stage_queue(on_loop: bool) -> None:
+def test_cancelled_rows_leave_every_stage_queue() -> None:
     async def main() -> None:
         runner = FakeRunner(delay=0.05)
         engine = Engine(runner, exit_mflops=[1, 2, 3, 4], max_batch_size=2)
         never = _plan([math.inf, math.inf, math.inf])  # every image runs to the last exit
-        engine.start(on_loop=on_loop)
+        engine.start()
         try:
             task = asyncio.ensure_future(engine.infer(_images(4), never, 0, time.monotonic() + 30))
             await asyncio.sleep(0.12)  # some rows have moved on to later stages
