@@ -46,7 +46,7 @@ from .jobs import (
 )
 from .latency import LatencyModel
 from .metrics import Metrics
-from .scheduler import Idle, Run, pick
+from .scheduler import Idle, Run, deadline_batch_limit, pick
 from .stage_queue import Chunk, StageQueue, concat
 
 __all__ = [
@@ -352,12 +352,11 @@ class Engine:
 
     def _batch_limit(self, stage: int, now: float) -> int:
         """``max_batch_size``, or fewer rows when a full batch would end after the earliest
-        ``deadline_ms`` waiting for this stage (a smaller batch finishes sooner)."""
+        ``deadline_ms`` waiting for this stage and a smaller one would not."""
         room = self._queues[stage].answer_by() - now
-        limit = self.max_batch_size
-        while limit > 1 and self.latency.estimate(stage, limit) > room:
-            limit //= 2
-        return limit
+        return deadline_batch_limit(
+            room, self.max_batch_size, lambda rows: self.latency.estimate(stage, rows)
+        )
 
     @staticmethod
     def _live(chunk: Chunk, now: float) -> Chunk | None:

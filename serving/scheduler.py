@@ -27,7 +27,7 @@ its images wait at", so batch 1 pays no waiting at all.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -89,3 +89,17 @@ def pick(
         if until > now:
             return Wait(min(until, queues[0].oldest + max_stage_wait_s))
     return Run(max(busy, key=lambda k: (queues[k].rows, k)))
+
+
+def deadline_batch_limit(room_s: float, max_batch: int, estimate: Callable[[int], float]) -> int:
+    """Rows for the next batch of a stage whose earliest ``deadline_ms`` is ``room_s`` away:
+    ``max_batch`` halved until ``estimate(rows)`` (seconds) fits in the room. When not even one
+    row fits, that deadline is lost whatever the batch, and a small batch would only make every
+    row behind it later (under load: a queue that grows while the stage runs a row at a time), so
+    the batch stays full."""
+    if estimate(1) > room_s:
+        return max_batch
+    limit = max_batch
+    while limit > 1 and estimate(limit) > room_s:
+        limit //= 2
+    return limit

@@ -32,6 +32,7 @@ async def _sweep_one(
     import httpx
 
     server_s: list[float] = []
+    engine_s: list[float] = []
     correct: list[bool] = []
     reasons: Counter[str] = Counter()
     exits: Counter[int] = Counter()
@@ -54,7 +55,9 @@ async def _sweep_one(
             statuses[r.status_code] += 1
             if r.status_code != 200:
                 continue
-            server_s.append(_timings(r.headers.get("server-timing")).get("app", float("nan")))
+            timing = _timings(r.headers.get("server-timing"))
+            server_s.append(timing.get("app", float("nan")))
+            engine_s.append(timing.get("queue", float("nan")) + timing.get("compute", float("nan")))
             result = r.json()["results"][0]
             correct.append(result["class_id"] == labels[j])
             reasons[result["stopped"]] += 1
@@ -70,6 +73,7 @@ async def _sweep_one(
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "wall_s": wall,
         "server_ms": ms,
+        "engine_ms": np.array(engine_s) * 1000,
         "accuracy": 100 * float(np.mean(correct)) if correct else None,
         "reasons": dict(reasons),
         "exit_histogram": {str(k): v for k, v in sorted(exits.items())},
@@ -96,11 +100,14 @@ def run_deadline_sweep(
             query["deadline_ms"] = d
         out = asyncio.run(_sweep_one(url, images, labels, query, concurrency, requests, headers))
         ms = out.pop("server_ms")
+        engine = out.pop("engine_ms")
         row = {
             "deadline_ms": d,
             **out,
             "p50_ms": float(np.percentile(ms, 50)) if ms.size else None,
             "p99_ms": float(np.percentile(ms, 99)) if ms.size else None,
+            "engine_p50_ms": float(np.percentile(engine, 50)) if engine.size else None,
+            "engine_p99_ms": float(np.percentile(engine, 99)) if engine.size else None,
             "within_pct": None if d is None else float(np.mean(ms <= d) * 100),
             "within_2ms_pct": None if d is None else float(np.mean(ms <= d + 2) * 100),
         }
@@ -116,7 +123,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     from exitwise.benchkit import markdown_table
 
     header = [
-        "deadline_ms", "p50 ms", "p99 ms", "within D", "within D+2 ms", "accuracy %",
+        "deadline_ms", "p50 ms", "p99 ms", "engine p50 / p99 ms", "within D", "within D+2 ms",
+        "accuracy %",
         "stopped: confident / cap / deadline", "exits",
     ]  # fmt: skip
 
@@ -132,6 +140,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 "none" if r["deadline_ms"] is None else f"{r['deadline_ms']:g}",
                 f"{r['p50_ms']:.2f}",
                 f"{r['p99_ms']:.2f}",
+                f"{r['engine_p50_ms']:.2f} / {r['engine_p99_ms']:.2f}",
                 pct(r["within_pct"]),
                 pct(r["within_2ms_pct"]),
                 "-" if r["accuracy"] is None else f"{r['accuracy']:.1f}",
@@ -139,4 +148,4 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 " ".join(f"{k}:{v}" for k, v in r["exit_histogram"].items()),
             ]
         )
-    return markdown_table(header, cells, "lrrrrrll")
+    return markdown_table(header, cells, "lrrrrrrll")

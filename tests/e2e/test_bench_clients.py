@@ -154,5 +154,7 @@ def test_deadline_sweep_reports_server_time_accuracy_and_reasons(
     for r in rows:
         assert r["statuses"] == {"200": 40}
         assert sum(r["reasons"].values()) == 40 and 0 <= r["accuracy"] <= 100
+        # The engine's part (queue + compute) is inside the server's time.
+        assert 0 < r["engine_p50_ms"] <= r["p50_ms"]
     # A deadline of a second changes nothing for a tiny model: no image stops for it.
     assert rows[1]["reasons"].get("deadline", 0) == 0 and rows[1]["within_pct"] == 100.0

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from serving.scheduler import EMPTY, Idle, QueueView, Run, Wait, pick
+from serving.scheduler import EMPTY, Idle, QueueView, Run, Wait, deadline_batch_limit, pick
 
 ARGS = {"max_batch": 8, "max_wait_s": 0.002, "max_stage_wait_s": 0.005}
 
@@ -115,3 +115,16 @@ def test_survivors_of_many_batches_run_later_stages_together() -> None:
     last = float(np.mean(sizes[2]))
     # Without merging, stage 3 would average about 0.3^2 of stage 1's batch.
     assert last > 0.3**2 * first * 3
+
+
+def test_a_deadline_shrinks_the_batch_only_while_that_keeps_it() -> None:
+    def estimate(rows: int) -> float:
+        return 0.001 + 0.0005 * rows  # seconds: a fixed cost and a cost per row
+
+    assert deadline_batch_limit(1.0, 32, estimate) == 32  # room for a full batch
+    assert deadline_batch_limit(0.006, 32, estimate) == 8  # 8 rows end in 5 ms, 16 in 9 ms
+    assert deadline_batch_limit(0.0016, 32, estimate) == 1
+    # Not even one row ends in time: that deadline is lost, and a lone row would only slow
+    # every row behind it, so the batch stays full.
+    assert deadline_batch_limit(0.001, 32, estimate) == 32
+    assert deadline_batch_limit(-0.5, 32, estimate) == 32
