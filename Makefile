@@ -37,8 +37,10 @@ typecheck: venv
 
 # The tests write the small data files they need; real Fashion-MNIST is for the demo and results.
 # The Docker image tests have their own target (they build images for minutes when cold).
+# Two worker processes (pytest-xdist); TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 pytest: venv
-	$(VENV)/bin/pytest -m "not docker"
+	$(VENV)/bin/pytest -m "not docker" -n $(TEST_WORKERS) --dist loadfile
 
 # Build both images without a registry (scripts/docker-build.sh: Debian base image, wheelhouse)
 # and run them (tests/e2e/test_docker_image.py); skipped where no Docker engine can run. The CPU

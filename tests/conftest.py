@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -23,5 +24,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _deterministic_threads() -> None:
-    # Two-core CI machines: keep intra-op threads at 2 so timings and results are stable.
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # Two-core CI machines: keep intra-op threads at 2 so timings and results are stable; under
+    # pytest-xdist the workers share the cores (threads spinning against each other are slower).
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // workers))
