@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import numpy as np
 
 from .wrk import run_wrk, scrape, served, write_bodies, write_script
 
@@ -38,23 +39,36 @@ def _settle(url: str, body: bytes, params: dict[str, Any], headers: dict[str, st
         time.sleep(0.05)
 
 
-def _accuracy(info: dict[str, Any], did: dict[str, Any], requested: str) -> float | None:
-    """Calibrated test accuracy of what served the answers, weighted (percent)."""
+def _accuracy(info: dict[str, Any], did: dict[str, Any]) -> float | None:
+    """Estimated accuracy (percent) of the answers, from the calibration's test figures.
+
+    An answer stepped down to an operating point counts that point's test accuracy. The others
+    asked for the full network, so each counts the test accuracy of the exit it came from (a
+    ``deadline_ms`` stops them early under load): their exits are the server's exit histogram
+    less what the stepped-down answers are expected to have used (the points' test exit
+    fractions)."""
     points = {p["name"]: p for p in info["operating_points"]}
-    last = info["exits"][-1].get("test_accuracy")
-    degraded = did["degraded"]
+    per_exit = [e.get("test_accuracy") for e in info["exits"]]
     total = did["images"]
-    if not total:
+    if not total or any(a is None for a in per_exit):
         return None
-    weighted, counted = 0.0, 0
-    for name, n in degraded.items():
+    hist = np.array(
+        [did["exit_histogram"].get(str(k + 1), 0) for k in range(len(per_exit))], dtype=float
+    )
+    weighted, counted = 0.0, 0.0
+    for name, n in did["degraded"].items():
         test = (points.get(name) or {}).get("test") or {}
-        if "accuracy" in test:
-            weighted += n * test["accuracy"]
-            counted += n
-    rest = total - sum(degraded.values())
-    if last is not None and rest > 0:
-        weighted += rest * last
+        if "accuracy" not in test:
+            continue
+        weighted += n * test["accuracy"]
+        counted += n
+        fractions = test.get("exit_fractions")
+        if fractions is not None and len(fractions) == len(hist):
+            hist -= n * np.asarray(fractions, dtype=float)
+    rest = total - counted
+    hist = np.clip(hist, 0.0, None)
+    if rest > 0 and hist.sum() > 0:
+        weighted += rest * float(np.dot(hist / hist.sum(), per_exit))
         counted += rest
     return weighted / counted if counted else None
 
@@ -128,8 +142,9 @@ def run_overload(
                     "status_503": shed,
                     "statuses": did["statuses"],
                     "degraded": did["degraded"],
+                    "exit_histogram": did["exit_histogram"],
                     "mean_mflops": did["mean_mflops"] if did["images"] else None,
-                    "accuracy_estimate": _accuracy(info, did, "last exit"),
+                    "accuracy_estimate": _accuracy(info, did),
                     "requests": run.requests,
                     "socket_errors": run.socket_errors,
                 }
