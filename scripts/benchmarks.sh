@@ -10,7 +10,7 @@
 # at 10, 15 and 25 MFLOPs). The HTTP benchmarks pin the server to one core and the C load client
 # (wrk, Debian package `wrk`) to the other, the shape of a 1-vCPU replica.
 #
-#   scripts/benchmarks.sh                   # all of them (about 45 minutes on a 2-core CPU)
+#   scripts/benchmarks.sh                   # all of them (about 30 minutes on a 2-core CPU)
 #   scripts/benchmarks.sh engine http       # or a subset: engine http peer drift load heavy
 #                                           #   backends calibration train
 set -euo pipefail
