@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from calibration.build import split_result, thresholds_json
 from calibration.control import control_table
@@ -51,6 +52,16 @@ def documented_metrics() -> list[str]:
     text = (REPO / "docs" / "serving.md").read_text()
     section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"^\| `(exitwise_\w+)` \|", section, re.M)
+
+
+def assert_documented_metrics_exported(metrics_text: str) -> None:
+    """Every metric of docs/serving.md's table has samples in a /metrics page."""
+    families = {f.name: f for f in text_string_to_metric_families(metrics_text)}
+    documented = documented_metrics()
+    assert len(documented) >= 10
+    for name in documented:
+        family = families.get(name.removesuffix("_total"))
+        assert family is not None and family.samples, f"{name} is not exported"
 
 
 @dataclass(frozen=True)
