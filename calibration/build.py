@@ -17,7 +17,7 @@ from exitwise.bundle import (
     utc_now,
 )
 
-from .control import control_table
+from .control_table import control_table
 from .errors import CalibrationError
 from .evaluate import (
     SWEEP_QS,

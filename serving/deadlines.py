@@ -1,53 +1,104 @@
-"""A request's deadline as one timer on the event loop, instead of a task per awaited step.
+"""``deadline_ms``, from admission to late answers: the one place that decides what a deadline
+does to a request.
 
-``asyncio.wait_for`` wraps what it awaits (a new task for a coroutine) and costs tens of
-microseconds per call; a request awaits its body, its decoding and the engine. :func:`before`
-schedules one timer that cancels the request's own task when the deadline passes and turns
-that cancellation into a :class:`~serving.errors.DeadlineExceededError` (a 504) saying what the
-request was doing; a client that goes away still cancels the task as before.
+A request may say "answer within D ms of arrival". The clock starts when the server first sees
+the request (``serving.protocol`` stamps it as uvicorn reads its first bytes); what happened
+before that (the kernel's queues, a loop busy elsewhere) is invisible to the server. A multi-exit
+network can always answer from the last exit it finished, so a deadline is kept by stopping
+early, and by refusing only what cannot be helped:
+
+- **Up front** (:func:`check`): a deadline shorter than exit 1 takes on the idle device, or
+  longer than the request timeout, is a 422.
+- **At admission** (:func:`admit`): the engine's :class:`Forecast` says when each exit of a new
+  image would be done, given the work queued ahead of it and the per-stage latency model. The
+  request gets the deepest exit that finishes in time as a cap. If not even exit 1 does, the
+  default policy answers from exit 1, late, and says so; ``deadline_policy=strict`` refuses at
+  once (503 with ``Retry-After``) so the client can go elsewhere.
+- **In the engine**: a stage's batch takes the rows with the earliest deadlines first
+  (:func:`order`), smaller when a full batch would end too late (:func:`batch_limit`); rows that
+  can no longer finish their next stage in time, waiting or just out of a stage, are answered
+  from the exit they passed last (:func:`late`), stop reason ``deadline``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from .errors import DeadlineExceededError
+import numpy as np
 
+from .errors import DeadlineUnmeetableError, InvalidParameterError
 
-class Step:
-    """What the request is doing, for the 504's message (updated as it goes)."""
-
-    def __init__(self, doing: str) -> None:
-        self.doing = doing
+# An answer is due this long before its deadline: building and sending the response takes a
+# fraction of it.
+ANSWER_MARGIN_S = 0.001
 
 
-@contextlib.contextmanager
-def before(deadline: float, doing: str) -> Iterator[Step]:
-    """Run the block until ``deadline`` (``time.monotonic()``) at the latest."""
-    task = asyncio.current_task()
-    if task is None:  # not in a task: nothing to cancel (never the case under an ASGI server)
-        yield Step(doing)
-        return
-    step = Step(doing)
-    expired = False
+@dataclass(frozen=True)
+class Forecast:
+    """When a new image's exits would be done, as the engine sees its queues now."""
 
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
+    now: float  # time.monotonic()
+    wait: float  # seconds of work queued ahead of it
+    stage: np.ndarray  # float64 [K]: seconds of each stage's batch it would run in
 
-    handle = asyncio.get_running_loop().call_later(max(0.0, deadline - time.monotonic()), expire)
-    try:
-        yield step
-    except asyncio.CancelledError:
-        if not expired:
-            raise
-        uncancel = getattr(task, "uncancel", None)  # Python 3.11+: the cancel was ours
-        if uncancel is not None:
-            uncancel()
-        raise DeadlineExceededError(f"the request deadline passed while {step.doing}") from None
-    finally:
-        handle.cancel()
+    def finish(self) -> np.ndarray:
+        """float64 ``[K]``: the moment each exit (0-based) would be done."""
+        return self.now + self.wait + np.cumsum(self.stage)
+
+
+def check(deadline_s: float, timeout_s: float, first_exit_s: float) -> None:
+    """A 422 for a deadline known up front to be impossible or meaningless."""
+    if deadline_s > timeout_s:
+        raise InvalidParameterError(
+            f"deadline_ms must be at most the server's request timeout, {timeout_s * 1000:g}"
+        )
+    if deadline_s < first_exit_s:
+        raise InvalidParameterError(
+            f"deadline_ms {deadline_s * 1000:g} is shorter than the first exit takes on this "
+            f"server (about {first_exit_s * 1000:.2g} ms)"
+        )
+
+
+def due(arrived: float, deadline_s: float) -> float:
+    """The moment an answer is due for a request that arrived at ``arrived``."""
+    return arrived + deadline_s - ANSWER_MARGIN_S
+
+
+def admit(forecast: Forecast, deadline: float, strict: bool) -> tuple[int, bool]:
+    """``(deepest exit that finishes by deadline, late)``; late: not even exit 1 does, and the
+    default policy answers from it anyway. Strict: :class:`DeadlineUnmeetableError` instead."""
+    finish = forecast.finish()
+    fits = np.flatnonzero(finish <= deadline)
+    if len(fits):
+        return int(fits[-1]), False
+    if strict:
+        raise DeadlineUnmeetableError(
+            f"deadline_ms cannot be met: exit 1 would answer in about "
+            f"{(finish[0] - forecast.now) * 1000:.0f} ms from now (deadline_policy=strict)",
+            forecast.wait,
+        )
+    return 0, True
+
+
+def late(deadlines: np.ndarray, finish: float) -> np.ndarray:
+    """Which rows would miss their deadline if their next stage ended at ``finish``."""
+    return deadlines < finish
+
+
+def order(deadlines: np.ndarray, limit: int) -> np.ndarray:
+    """The positions of the ``limit`` rows to run first: earliest deadline, then oldest."""
+    return np.sort(np.argsort(deadlines, kind="stable")[:limit])
+
+
+def batch_limit(room_s: float, max_batch: int, estimate: Callable[[int], float]) -> int:
+    """Rows for the next batch of a stage whose earliest deadline is ``room_s`` away:
+    ``max_batch`` halved until ``estimate(rows)`` (seconds) fits in the room. When not even one
+    row fits, that deadline is lost whatever the batch, and a small batch would only make every
+    row behind it later, so the batch stays full."""
+    if estimate(1) > room_s:
+        return max_batch
+    limit = max_batch
+    while limit > 1 and estimate(limit) > room_s:
+        limit //= 2
+    return limit

@@ -9,7 +9,9 @@ resolving dependencies costs FastAPI tens of microseconds per request, more than
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+import time
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -40,7 +42,7 @@ def service_of(request: Request) -> ModelService:
     state = request.app.state
     lifecycle: Lifecycle = state.lifecycle
     service: ModelService | None = state.service
-    if service is None or not lifecycle.serving or not service.engine.accepting:
+    if service is None or not lifecycle.serving or not service.accepting:
         raise NotReadyError(f"the model is not ready ({lifecycle.phase.value})")
     return service
 
@@ -84,3 +86,26 @@ async def check_metrics_key(request: Request) -> None:
 
 Service = Annotated[ModelService, Depends(get_service)]
 Authorized = Depends(check_api_key)
+
+
+ARRIVAL = "exitwise.arrival"  # the scope key: when the server first saw the request
+
+
+def arrival_of(request: Request) -> float:
+    """``time.monotonic()`` when the server first saw the request: the HTTP protocol's stamp
+    (:mod:`serving.protocol`), else the middleware's."""
+    arrived: float = request.scope.get(ARRIVAL) or time.monotonic()
+    return arrived
+
+
+def disconnected(request: Request) -> Callable[[], Coroutine[Any, Any, Any]]:
+    """What waits for the client to go away, once the request's body has been read: the
+    server's next message for the request is ``http.disconnect`` (uvicorn sends it when the
+    connection drops, or after the response)."""
+    receive = request.receive
+
+    async def wait() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    return wait

@@ -1,68 +1,80 @@
 """The engine: a queue in front of every stage and one worker thread that runs them.
 
-Stage-level continuous batching. A request's images join stage 1's queue together, each carrying
-its request's thresholds and cap. The worker repeatedly asks the scheduler
-(:func:`serving.scheduler.pick`) which stage to run, takes up to ``max_batch_size`` rows from
-that stage's queue (from one request or many, whatever their budgets), and has the
-:class:`~serving.execute.StageExecutor` run the stage, apply the exit rule and answer who stops;
-the survivors join the next stage's queue, where they wait with the survivors of other batches.
-Late stages therefore run on full batches when traffic allows, while new images keep entering
-stage 1; no row waits longer than ``max_stage_wait_s`` in front of a stage, and a row with a
-``deadline_ms`` is run in time or answered from the exit it passed last.
+A request's life here, in order:
 
-A request completes the moment its last image is answered: its asyncio future is resolved on
-the request's event loop (thread-safe), and the event loop never waits on the model. A full
-engine refuses new requests at once (:class:`~serving.errors.QueueFullError`, a 503 with
-Retry-After) instead of letting them hang; rows of a request whose hard deadline passed or whose
-client went away are dropped from every queue.
+- **Admit** (:meth:`Engine.submit`, on the event loop): its :class:`~serving.jobs.Ticket` gets a
+  run of slots (:class:`~serving.jobs.Slots`: thresholds, caps, deadline per image) and its
+  images join stage 1's queue; a full engine refuses at once (503 with Retry-After).
+- **Queue per stage**: the worker asks the scheduler (:func:`serving.scheduler.pick`) which
+  stage to run and takes up to ``max_batch_size`` rows from its queue, from any requests and
+  budgets (earliest deadlines first when not all fit).
+- **Run and judge**: stage 1 decodes its encoded images first; then the stage runs and the exit
+  rule (:func:`exitwise.runtime.judge_stage`, the function calibration's simulation uses)
+  decides, row by row with each row's own thresholds and caps, who stops. The deadline rules
+  are :mod:`serving.deadlines`'.
+- **Answer**: stopping rows are answered in their slots, the survivors join the next stage's
+  queue, where they wait with the survivors of other batches. A request completes the moment
+  its last image is answered; the futures of every request a batch completed are resolved with
+  one call into their event loop.
+
+A request whose client went away, that timed out or failed leaves every queue at once; its rows
+still running are dropped when they come back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from exitwise.runtime import StageRunner, run_early_exit
+from exitwise.errors import ExitwiseError
+from exitwise.models import select_rows
+from exitwise.runtime import StageRunner, judge_stage, run_early_exit, top_k_of
 
-from .budgets import ExitPlan
-from .errors import DeadlineExceededError, NotReadyError, QueueFullError
-from .execute import StageExecutor
-from .jobs import (
-    Arrival,
-    Decoder,
-    Encoded,
-    EngineFailureError,
-    ImageResult,
-    InferOutcome,
-    Job,
-)
+from . import deadlines
+from .errors import ClientGoneError, DeadlineExceededError, NotReadyError, QueueFullError
+from .jobs import CAP, CONFIDENT, DEADLINE, Job, Outcome, Rows, Slots, Ticket, join
 from .latency import LatencyModel
 from .metrics import Metrics
-from .scheduler import Idle, Run, deadline_batch_limit, pick
-from .stage_queue import Chunk, StageQueue, concat
-
-__all__ = [
-    "Arrival",
-    "Encoded",
-    "Engine",
-    "EngineFailureError",
-    "ImageResult",
-    "InferOutcome",
-]
+from .scheduler import EMPTY, Idle, QueueView, Run, pick
 
 log = logging.getLogger("exitwise.serving.engine")
 
-# The longest a row may wait in front of a stage while its queue collects company (and at
-# least max_wait: the first stage's batch-filling wait is one such wait).
+# The longest a row may wait in front of a stage for company (at least max_wait).
 DEFAULT_MAX_STAGE_WAIT_S = 0.005
+
+Decoder = Callable[[Sequence[bytes], Sequence[str] | None], np.ndarray]
+
+
+class EngineFailureError(RuntimeError):
+    """The network raised while running a batch (a bug or a device fault: a generic 500)."""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Images still encoded (PNG, JPEG, ...): the worker decodes them just before stage 1."""
+
+    blobs: Sequence[bytes]
+    labels: Sequence[str] | None = None  # per image, for error messages
+
+
+@dataclass(eq=False)
+class Arrival:
+    """A request announced by :meth:`Engine.expecting`; ``arrived`` once it is queued."""
+
+    arrived: bool = False
 
 
 class Engine:
@@ -79,11 +91,10 @@ class Engine:
         decode: Decoder | None = None,
         normalize: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
-        """``decode`` (encoded images to uint8 ``[N, C, H, W]`` pixels) and ``normalize``
-        (pixels to network input) are needed to submit :class:`Encoded` images."""
         if len(exit_mflops) != runner.num_exits:
             raise ValueError("one MFLOPs figure per exit is required")
-        self.num_exits = runner.num_exits
+        self.runner = runner
+        self.num_exits = k = runner.num_exits
         self.exit_mflops = list(exit_mflops)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -91,53 +102,33 @@ class Engine:
         self.max_stage_wait_s = max(stage_wait, max_wait_s)
         self.max_queue_images = max_queue_images
         self.metrics = metrics
-        self.latency = LatencyModel(runner.num_exits, max_batch_size)
-        self.executor = StageExecutor(
-            runner, self.exit_mflops, self.latency, metrics, decode, normalize
-        )
-        self._decodes = decode is not None and normalize is not None
-        self._queues = [StageQueue() for _ in range(runner.num_exits)]
-        self._queued = 0  # rows in all queues
+        self.decode, self.normalize = decode, normalize
+        self.latency = LatencyModel(k, max_batch_size)
+        self.slots = Slots(2 * max_queue_images + 4 * max_batch_size, k)
+        self._queues: list[deque[Rows]] = [deque() for _ in range(k)]
+        self._rows = [0] * k  # live rows waiting at each stage
+        self._timed = [0] * k  # groups of rows with a deadline in each queue
+        self._jobs: dict[int, Job] = {}
+        self._ids = itertools.count()
+        self._done: list[Job] = []  # completed or failed, to be delivered
+        self._survive = np.full(k, 0.5)  # share of a stage's rows that go on (moving average)
+        self._running: tuple[int, int, float, float] | None = None  # stage, rows, start, forecast
         self._cond = threading.Condition()
         self._incoming = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    @property
-    def runner(self) -> StageRunner:
-        """The stage runner (the executor's: replacing it here replaces it there)."""
-        return self.executor.runner
-
-    @runner.setter
-    def runner(self, runner: StageRunner) -> None:
-        self.executor.runner = runner
-
-    # --- life cycle ------------------------------------------------------------------------------
+    # --- life cycle ------------------------------------------------------------------------
 
     def warm_up(self, input_shape: tuple[int, int, int], batch_sizes: tuple[int, ...] = ()) -> None:
-        """Run every stage at batch 1 and at the largest batch (allocators, kernels, autotuning),
-        then time every stage at each batch size bucket for the latency model."""
+        """Run every stage at batch 1 and at the largest batch (allocators, kernels), then time
+        every stage at each batch size bucket for the latency model."""
         k = self.num_exits
         for n in batch_sizes or (1, self.max_batch_size):
-            x = torch.zeros((n, *input_shape), dtype=torch.float32)
-            thr = np.full((n, k), np.inf, dtype=np.float64)
+            thr = np.full((n, k), np.inf)
+            x = torch.zeros((n, *input_shape))
             run_early_exit(self.runner, x, thr, np.full(n, k - 1, dtype=np.int64))
-        self._measure(input_shape)
-
-    @torch.inference_mode()
-    def _measure(self, input_shape: tuple[int, int, int], repeats: int = 2) -> None:
-        for n in self.latency.buckets:
-            x = torch.zeros((n, *input_shape), dtype=torch.float32)
-            best = [float("inf")] * self.num_exits
-            for _ in range(repeats):
-                state = self.runner.initial_state(x)
-                for index in range(self.num_exits):
-                    start = time.perf_counter()
-                    state, logits = self.runner.run_stage(index, state)
-                    logits.cpu()  # the confidences' sync point, as served
-                    best[index] = min(best[index], time.perf_counter() - start)
-            for index, seconds in enumerate(best):
-                self.latency.set(index, n, seconds)
+        self.latency.measure(self.runner, input_shape)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -159,22 +150,31 @@ class Engine:
 
     @property
     def queued_images(self) -> int:
-        """Rows waiting in front of any stage."""
-        return self._queued
+        return sum(self._rows)
 
     def queue_rows(self) -> list[int]:
         """Rows waiting in front of each stage (index 0 = stage 1)."""
         with self._cond:
-            return [q.rows for q in self._queues]
+            return list(self._rows)
 
-    def queue_delay(self) -> float:
-        """Seconds requests wait before their first stage now: the recent average, or the age
-        of the oldest request not started yet when that is longer (a stall shows at once)."""
+    def forecast(self) -> deadlines.Forecast:
+        """When a new image's exits would be done: the work queued ahead of it (each queued row's
+        stages to come, weighted by the share of rows that go on after each stage, at full-batch
+        cost) and the stages of the batches it would join."""
         now = time.monotonic()
-        with self._cond:
-            oldest = self._queues[0].oldest_unstarted()
-        age = max(0.0, now - oldest) if oldest != float("inf") else 0.0
-        return max(self.executor.entry_wait(now), age)
+        k, full = self.num_exits, self.max_batch_size
+        rows, running = list(self._rows), self._running
+        estimate = self.latency.estimate
+        work = np.zeros(k + 1)
+        for index in range(k - 1, -1, -1):
+            per_row = estimate(index, full) / full
+            work[index] = per_row + self._survive[index] * work[index + 1]
+        wait = float(np.dot(rows, work[:k]))
+        if running is not None:
+            stage, n, start, seconds = running
+            wait += max(0.0, start + seconds - now) + n * self._survive[stage] * work[stage + 1]
+        own = np.array([estimate(i, min(full, rows[i] + 1)) for i in range(k)])
+        return deadlines.Forecast(now, wait, own)
 
     @contextlib.contextmanager
     def expecting(self) -> Iterator[Arrival]:
@@ -192,157 +192,117 @@ class Engine:
                     self._incoming -= 1
                     self._cond.notify_all()
 
-    # --- requests (called on an event loop) ---------------------------------------------------
+    # --- requests (on an event loop) ---------------------------------------------------------
 
     def submit(
-        self,
-        images: Tensor | Encoded,
-        plan: ExitPlan,
-        top_k: int,
-        deadline: float,
-        arrival: Arrival | None = None,
-        answer_by: float | None = None,
+        self, ticket: Ticket, images: Tensor | Encoded, arrival: Arrival | None = None
     ) -> Job:
-        """Queue ``images`` (a normalised ``[N, C, H, W]`` batch, or :class:`Encoded`);
-        ``answer_by``: the request's ``deadline_ms`` as a ``time.monotonic()`` moment."""
+        """Queue ``images`` (normalised ``[N, C, H, W]``, or :class:`Encoded`) under ``ticket``."""
         encoded = images if isinstance(images, Encoded) else None
-        if encoded is not None and not self._decodes:
+        if encoded is not None and (self.decode is None or self.normalize is None):
             raise ValueError("this engine was built without a decoder for encoded images")
-        n = len(encoded) if encoded is not None else int(images.shape[0])  # type: ignore[union-attr]
+        n = len(encoded.blobs) if encoded is not None else int(images.shape[0])  # type: ignore[union-attr]
         loop = asyncio.get_running_loop()
-        job = Job(
-            top_k=top_k,
-            deadline=deadline,
-            loop=loop,
-            future=loop.create_future(),
-            results=[None] * n,
-            remaining=n,
-            answer_by=answer_by,
-        )
-        chunk = Chunk(
-            state=[] if encoded is not None else [images],  # type: ignore[list-item]
-            jobs=[job] * n,
-            rows=np.arange(n),
-            thresholds=np.broadcast_to(plan.thresholds, (n, self.num_exits)),
-            caps=np.full(n, plan.max_index, dtype=np.int64),
-            since=job.enqueued,
-            encoded=None if encoded is None else encoded.blobs,
-            labels=None if encoded is None else encoded.labels,
-        )
+        job = Job(ticket, 0, n, loop, loop.create_future(), remaining=n)
+        job.enqueued = time.monotonic()
         with self._cond:
             if self._stopping:
                 raise NotReadyError("the server is shutting down")
-            if self._queued + n > self.max_queue_images:
+            queued = sum(self._rows)
+            if queued + n > self.max_queue_images:
                 raise QueueFullError(
-                    f"the queue is full ({self._queued} of {self.max_queue_images} images "
+                    f"the queue is full ({queued} of {self.max_queue_images} images "
                     "waiting); retry later"
                 )
-            self._queues[0].push(chunk)
-            self._queued += n
+            job_id = next(self._ids)
+            job.start = start = self.slots.allocate(job_id, ticket, n)
+            self._jobs[job_id] = job
+            slots = np.arange(start, start + n)
+            if encoded is not None:
+                job.labels = encoded.labels
+                rows = Rows(slots, [], job.enqueued, encoded.blobs, job, ticket.deadline)
+            else:
+                rows = Rows(slots, [images], job.enqueued, None, job, ticket.deadline)  # type: ignore[list-item]
+            self._push(0, rows)
             if arrival is not None and not arrival.arrived:
-                # In the same critical section as the images: a waiting worker sees them at once.
-                arrival.arrived = True
+                arrival.arrived = True  # with the images: a waiting worker sees both at once
                 self._incoming -= 1
-            self._set_depth()
             self._cond.notify_all()
         return job
 
     async def infer(
         self,
+        ticket: Ticket,
         images: Tensor | Encoded,
-        plan: ExitPlan,
-        top_k: int,
-        deadline: float,
         arrival: Arrival | None = None,
-        answer_by: float | None = None,
-    ) -> InferOutcome:
-        """Queue ``images`` and wait for all of them, at most until ``deadline``."""
-        job = self.submit(images, plan, top_k, deadline, arrival, answer_by)
-        # One timer, not asyncio.wait_for (a wrapper per await): at the deadline the request's
-        # rows leave the queues and its future fails with a 504.
-        timer = job.loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, job)
+        gone: Callable[[], Coroutine[Any, Any, Any]] | None = None,
+    ) -> Outcome:
+        """Queue ``images`` and wait for all of them, at most until the ticket expires; ``gone``
+        returns when the client disconnects (then the request leaves the engine)."""
+        job = self.submit(ticket, images, arrival)
+        loop = job.loop
+        timer = loop.call_later(max(0.0, ticket.expires - time.monotonic()), self._expire, job)
+        watch = None if gone is None else loop.create_task(gone())
+        if watch is not None:
+
+            def went(task: asyncio.Task[Any]) -> None:
+                if not task.cancelled() and task.exception() is None:
+                    self.cancel(job, ClientGoneError("the client went away"))
+
+            watch.add_done_callback(went)
         try:
             return await job.future
-        except asyncio.CancelledError:  # the client went away
-            self._cancel(job)
+        except asyncio.CancelledError:
+            self.cancel(job)
             raise
         finally:
             timer.cancel()
+            if watch is not None:
+                watch.cancel()
 
     def _expire(self, job: Job) -> None:
-        """On the request's loop: its deadline passed before all its images were classified."""
-        if not job.future.done():
-            self._cancel(job)
-            job.future.set_exception(
-                DeadlineExceededError(
-                    "the request deadline passed before the images were classified"
-                )
-            )
+        self.cancel(job, DeadlineExceededError("the request timeout passed before its images "
+                                               "were classified"))  # fmt: skip
 
-    def _cancel(self, job: Job) -> None:
+    def cancel(self, job: Job, error: BaseException | None = None) -> None:
+        """On the request's loop: it is over; its rows leave the queues, its future fails."""
         with self._cond:
-            job.cancelled = True
-            self._queued -= sum(q.drop(lambda j: j is job) for q in self._queues)
-            self._set_depth()
+            self._drop(job)
+        if error is not None and not job.future.done():
+            job.future.set_exception(error)
 
-    def _set_depth(self) -> None:
-        if self.metrics is not None:
-            self.metrics.set_queue_depth([q.rows for q in self._queues])
-
-    # --- the worker thread ----------------------------------------------------------------------
+    # --- the worker thread -------------------------------------------------------------------
 
     def _work(self) -> None:
         with torch.inference_mode():
-            while True:
-                step = self._next_step()
-                if step is None:
-                    return
-                index, chunks = step
-                if index == 0:
-                    chunks = self.executor.decode_entry(chunks)
-                if not chunks:
-                    continue
-                chunk: Chunk | None = concat(chunks)
+            while (step := self._next()) is not None:
                 try:
-                    if index > 0:
-                        chunk = self.executor.answer_late(index, chunk, time.monotonic())  # type: ignore[arg-type]
-                    if chunk is None:
-                        continue
-                    waiting = self._queues[index + 1].rows if index + 1 < self.num_exits else 0
-                    survivors = self.executor.run(index, chunk, waiting)
-                except Exception:  # the network or a bug: fail these requests, keep serving
-                    log.exception("stage %d failed on a batch of rows", index + 1)
-                    for job in {id(j): j for c in chunks for j in c.jobs}.values():
-                        job.fail(EngineFailureError("inference failed"))
-                    continue
-                if survivors is not None:
-                    self._advance(index + 1, survivors)
+                    self._run(*step)
+                except Exception:  # a bug in the bookkeeping: keep serving the others
+                    log.exception("stage %d: a batch was left unfinished", step[0] + 1)
+                self._running = None
 
-    def _next_step(self) -> tuple[int, list[Chunk]] | None:
-        """The stage to run and its batch; ``None`` once stopping and nothing is left."""
+    def _next(self) -> tuple[int, list[Rows]] | None:
+        """The stage to run and its rows; ``None`` once stopping and nothing is left."""
         with self._cond:
             while True:
+                self._deliver()
                 now = time.monotonic()
-                views = [
-                    q.view(self.latency.estimate(k, min(q.rows, self.max_batch_size)))
-                    for k, q in enumerate(self._queues)
-                ]
+                self._sweep(now)
+                views = [self._view(k) for k in range(self.num_exits)]
+                incoming = self._incoming > 0 and not self._stopping
                 decision = pick(
                     views,
                     now,
                     max_batch=self.max_batch_size,
                     max_wait_s=self.max_wait_s,
                     max_stage_wait_s=self.max_stage_wait_s,
-                    incoming=self._incoming > 0 and not self._stopping,
+                    incoming=incoming,
                 )
                 if isinstance(decision, Run):
-                    limit = self._batch_limit(decision.stage, now)
-                    taken = self._queues[decision.stage].take(limit)
-                    self._queued -= sum(len(c) for c in taken)
-                    live = [c for c in (self._live(c, now) for c in taken) if c is not None]
-                    self._set_depth()
-                    if live:
-                        return decision.stage, live
+                    parts = self._take(decision.stage, now)
+                    if parts:
+                        return decision.stage, parts
                 elif isinstance(decision, Idle):
                     if self._stopping:
                         return None
@@ -350,36 +310,272 @@ class Engine:
                 else:
                     self._cond.wait(decision.until - now)
 
-    def _batch_limit(self, stage: int, now: float) -> int:
-        """``max_batch_size``, or fewer rows when a full batch would end after the earliest
-        ``deadline_ms`` waiting for this stage and a smaller one would not."""
-        room = self._queues[stage].answer_by() - now
-        return deadline_batch_limit(
-            room, self.max_batch_size, lambda rows: self.latency.estimate(stage, rows)
-        )
+    def _view(self, stage: int) -> QueueView:
+        queue = self._queues[stage]
+        if not queue:
+            return EMPTY
+        rows = max(1, self._rows[stage])
+        seconds = self.latency.estimate(stage, min(rows, self.max_batch_size))
+        return QueueView(rows, queue[0].since, self._soonest(stage) - seconds, seconds)
 
-    @staticmethod
-    def _live(chunk: Chunk, now: float) -> Chunk | None:
-        """``chunk`` without the rows of requests that were cancelled or are past their hard
-        deadline (those fail with a 504 here). Under the lock."""
-        dead = {id(j): j for j in chunk.jobs if j.cancelled or now > j.deadline}
-        if not dead:
-            return chunk
-        for job in dead.values():
-            if not job.cancelled:
-                job.fail(DeadlineExceededError("the request deadline passed"))
-        mask = np.array([id(j) not in dead for j in chunk.jobs], dtype=bool)
-        return chunk.keep(mask) if mask.any() else None
+    def _soonest(self, stage: int) -> float:
+        """The earliest deadline waiting at ``stage`` (only deadline traffic pays the scan)."""
+        if not self._timed[stage]:
+            return math.inf
+        return min((r.deadline for r in self._queues[stage]), default=math.inf)
 
-    def _advance(self, index: int, survivors: Chunk) -> None:
-        """Queue the survivors of a stage in front of stage ``index`` (0-based)."""
+    def _take(self, stage: int, now: float) -> list[Rows]:
+        """Up to a batch of live rows from ``stage``'s queue, oldest first; with deadlines
+        waiting, fewer when a full batch would end after the earliest one, and earliest
+        deadlines first when not all fit."""
+        queue, slots = self._queues[stage], self.slots
+        soonest, limit = self._soonest(stage), self.max_batch_size
+        if math.isfinite(soonest):
+            limit = deadlines.batch_limit(
+                soonest - now, limit, lambda n: self.latency.estimate(stage, n)
+            )
+        urgent = math.isfinite(soonest) and self._rows[stage] > limit
+        if urgent:  # the whole queue in deadline order; what is left goes back by age
+            queue = deque(sorted(queue, key=lambda r: r.deadline))
+        taken: list[Rows] = []
+        room = limit
+        while room > 0 and queue:
+            rows = queue.popleft()
+            self._timed[stage] -= math.isfinite(rows.deadline)
+            live = slots.live[rows.slots]
+            if not live.all():
+                rows = rows.pick(np.flatnonzero(live))  # its request went away
+            if len(rows) > room:
+                first = deadlines.order(slots.deadline[rows.slots], room)
+                rest = self._part(rows, np.setdiff1d(np.arange(len(rows)), first))
+                queue.appendleft(rest)
+                self._timed[stage] += math.isfinite(rest.deadline)
+                rows = self._part(rows, first)
+            if len(rows):
+                taken.append(rows)
+                room -= len(rows)
+        if urgent:
+            self._queues[stage] = deque(sorted(queue, key=lambda r: r.since))
+        for rows in taken:
+            slots.queued[rows.slots] = -1
+            self._rows[stage] -= len(rows)
+        self._set_depth()
+        return taken
+
+    def _part(self, rows: Rows, index: np.ndarray) -> Rows:
+        part = rows.pick(index)
+        part.deadline = float(self.slots.deadline[part.slots].min())
+        return part
+
+    def _sweep(self, now: float) -> None:
+        """Answer the rows waiting for a later stage that could not finish it in time even
+        if it started now, from the exit they passed last."""
+        for stage in range(1, self.num_exits):
+            finish = now + self.latency.estimate(stage, 1)
+            if self._soonest(stage) >= finish:
+                continue
+            kept: deque[Rows] = deque()
+            for rows in self._queues[stage]:
+                late = deadlines.late(self.slots.deadline[rows.slots], finish)
+                if late.any():
+                    gone = rows.slots[late & self.slots.live[rows.slots]]
+                    self.slots.queued[gone] = -1
+                    self._rows[stage] -= len(gone)
+                    self._answer(gone, np.full(len(gone), DEADLINE))
+                    if late.all():
+                        continue
+                    rows = self._part(rows, np.flatnonzero(~late))
+                kept.append(rows)
+            self._queues[stage] = kept
+            self._timed[stage] = sum(math.isfinite(r.deadline) for r in kept)
+
+    def _run(self, stage: int, parts: list[Rows]) -> None:
+        start = time.monotonic()
+        if stage == 0:
+            parts = self._decode(parts)
+            if not parts:
+                return
+        rows = join(parts)
+        n, s = len(rows), rows.slots
+        slots, k = self.slots, self.num_exits
+        self._running = (stage, n, start, self.latency.estimate(stage, n))
+        began = time.monotonic()
+        try:
+            state = self.runner.initial_state(rows.state[0]) if stage == 0 else rows.state
+            state, logits = self.runner.run_stage(stage, state)
+            thresholds = slots.thresholds[s, stage]
+            caps = np.minimum(slots.max_index[s], slots.limit[s])
+            verdict = judge_stage(logits, stage, k, thresholds, caps)
+            done = time.monotonic()
+            leave = verdict.stop
+            if stage + 1 < k and not leave.all():
+                nxt = min(self._rows[stage + 1] + int((~leave).sum()), self.max_batch_size)
+                finish = done + self.latency.estimate(stage + 1, nxt)
+                leave = leave | deadlines.late(slots.deadline[s], finish)
+            # Top-k where it is needed: rows leaving, and rows going on that a deadline may
+            # stop later (their answer would be this exit's).
+            wanted = (slots.top_k[s] > 0) & (leave | np.isfinite(slots.deadline[s]))
+            top = None
+            if wanted.any():
+                top = top_k_of(logits, wanted, int(slots.top_k[s][wanted].max()))
+            going = np.flatnonzero(~leave)
+            if len(going) and len(going) < n:
+                state = select_rows(state, torch.from_numpy(going).to(state[0].device))
+        except Exception:  # the network or a bug: fail these requests, keep serving
+            log.exception("stage %d failed on a batch of %d rows", stage + 1, n)
+            with self._cond:
+                self._fail(s, EngineFailureError("inference failed"))
+            return
+        slots.passed(s, stage, verdict.prediction, verdict.confidence)
+        if top is not None:
+            slots.set_top(s[wanted], *top)
+        confident = verdict.stop & (verdict.confidence >= thresholds) & (stage < k - 1)
+        capped = verdict.stop & ((slots.max_index[s] <= stage) | (stage == k - 1))
+        reason = np.where(confident, CONFIDENT, np.where(capped, CAP, DEADLINE))[leave]
+        self.latency.observe(stage, n, done - began)
+        self._survive[stage] += 0.05 * (len(going) / n - self._survive[stage])
+        seconds = time.monotonic() - start
+        waits = []
+        for job_id in np.unique(slots.job[s]).tolist():
+            job = self._jobs[job_id]
+            job.compute_seconds += seconds
+            if not job.started:
+                job.started = True
+                waits.append(began - job.enqueued)
+        if self.metrics is not None:
+            self.metrics.record_stage(stage, n, done - began, waits)
         with self._cond:
-            survivors.since = time.monotonic()
-            if any(j.cancelled for j in survivors.jobs):
-                alive = np.array([not j.cancelled for j in survivors.jobs], dtype=bool)
-                if not alive.any():
-                    return
-                survivors = survivors.keep(alive)
-            self._queues[index].push(survivors)
-            self._queued += len(survivors)
-            self._set_depth()
+            self._answer(s[leave], reason)
+            if len(going):
+                survivors = Rows(s[going], state, done)
+                survivors.deadline = float(slots.deadline[survivors.slots].min())
+                self._push(stage + 1, survivors)
+
+    def _decode(self, parts: list[Rows]) -> list[Rows]:
+        """Decode stage 1's still-encoded images and normalise all their pixels in one call; a
+        request whose image cannot be decoded fails alone (its 4xx)."""
+        if all(p.encoded is None for p in parts):
+            return parts
+        assert self.decode is not None and self.normalize is not None
+        ready, pixels = [], []
+        for part in parts:
+            if part.encoded is None:
+                ready.append(part)
+                continue
+            job = part.job
+            assert job is not None  # a stage-1 part holds one request's images
+            start = time.monotonic()
+            try:
+                pixels.append(self.decode(part.encoded, job.labels))
+            except Exception as err:
+                if not isinstance(err, ExitwiseError):  # the client's image: its own 4xx
+                    log.exception("decoding %d images failed", len(part))
+                    err = EngineFailureError("decoding failed")
+                with self._cond:
+                    self._fail(part.slots, err)
+                continue
+            job.decode_seconds += time.monotonic() - start
+            ready.append(part)
+        if pixels:
+            x = self.normalize(torch.from_numpy(np.concatenate(pixels)))
+            offset = 0
+            for part in ready:
+                if part.encoded is not None:
+                    part.state, part.encoded = [x[offset : offset + len(part)]], None
+                    offset += len(part)
+        return ready
+
+    # --- bookkeeping (under the lock) ----------------------------------------------------------
+
+    def _push(self, stage: int, rows: Rows) -> None:
+        live = self.slots.live[rows.slots]
+        if not live.all():  # its request went away while the rows ran
+            self._count(rows.slots[~live])
+            if not live.any():
+                return
+            rows = self._part(rows, np.flatnonzero(live))
+        self.slots.queued[rows.slots] = stage
+        self._queues[stage].append(rows)
+        self._timed[stage] += math.isfinite(rows.deadline)
+        self._rows[stage] += len(rows)
+        self._set_depth()
+
+    def _answer(self, slots: np.ndarray, reasons: np.ndarray) -> None:
+        """Rows answered: their results are in their slots already."""
+        if len(slots):
+            self.slots.reason[slots] = reasons
+            if self.metrics is not None:
+                self.metrics.answered(self.slots.exit[slots], reasons, self.exit_mflops)
+            self._count(slots)
+
+    def _count(self, slots: np.ndarray) -> None:
+        """``slots`` are done with (answered or dropped); requests with none left complete."""
+        ids, counts = np.unique(self.slots.job[slots], return_counts=True)
+        now = time.monotonic()
+        for job_id, count in zip(ids.tolist(), counts.tolist(), strict=True):
+            job = self._jobs.get(job_id)
+            if job is None:  # a bug elsewhere: never let it take the worker down
+                log.error("rows of an unknown request %d", job_id)
+                continue
+            job.remaining -= count
+            if job.remaining > 0:
+                continue
+            del self._jobs[job_id]
+            if not job.cancelled:
+                busy = job.compute_seconds + job.decode_seconds
+                job.result = self.slots.outcome(job, max(0.0, now - job.enqueued - busy))
+                self._done.append(job)
+            self.slots.free(job.start, job.n)
+
+    def _drop(self, job: Job) -> None:
+        """The request is over: its waiting rows leave the queues; its rows running are
+        dropped when they come back."""
+        if job.cancelled:
+            return
+        job.cancelled = True
+        span = slice(job.start, job.start + job.n)
+        self.slots.live[span] = False
+        where = self.slots.queued[span]
+        waiting = where[where >= 0]
+        for stage, count in enumerate(np.bincount(waiting, minlength=self.num_exits).tolist()):
+            self._rows[stage] -= count
+        self.slots.queued[span] = -1
+        if len(waiting):
+            self._count(job.start + np.flatnonzero(where >= 0))
+        self._set_depth()
+
+    def _fail(self, slots: np.ndarray, err: BaseException) -> None:
+        """The requests of ``slots`` (which the worker holds) fail with ``err``."""
+        for job_id in np.unique(self.slots.job[slots]).tolist():
+            job = self._jobs.get(job_id)
+            if job is not None and not job.cancelled:
+                job.result = err
+                self._done.append(job)
+                self._drop(job)
+        self._count(slots)
+
+    def _deliver(self) -> None:
+        """Resolve the futures of the requests that completed: one call per event loop."""
+        if not self._done:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[Job]] = {}
+        for job in self._done:
+            by_loop.setdefault(job.loop, []).append(job)
+        self._done = []
+        for loop, jobs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_resolve, jobs)
+
+    def _set_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.set_queue_depth(self._rows)
+
+
+def _resolve(jobs: list[Job]) -> None:
+    for job in jobs:
+        if job.future.done():
+            continue
+        if isinstance(job.result, BaseException):
+            job.future.set_exception(job.result)
+        else:
+            job.future.set_result(job.result)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ Anything else is a bug: the client sees a generic 500 and the traceback goes to 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -24,9 +25,13 @@ log = logging.getLogger("exitwise.serving")
 
 
 class ServingError(ExitwiseError):
-    """Base of the server's request errors; ``str(err)`` is what the client reads."""
+    """Base of the server's request errors; ``str(err)`` is what the client reads, ``headers``
+    go with the response."""
 
     headers: ClassVar[dict[str, str] | None] = None
+
+    def response_headers(self) -> dict[str, str] | None:
+        return self.headers
 
 
 class BadRequestError(ServingError):
@@ -61,12 +66,27 @@ class QueueFullError(ServingError):
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
 
 
+class DeadlineUnmeetableError(ServingError):
+    """``deadline_policy=strict`` and not even exit 1 is forecast to make the deadline."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, math.ceil(retry_after_s))
+
+    def response_headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class NotReadyError(ServingError):
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
 
 
 class DeadlineExceededError(ServingError):
-    pass
+    """The request timeout (``request_timeout_s``, or the client's ``timeout_ms``) passed."""
+
+
+class ClientGoneError(ServingError):
+    """The client disconnected before its answer (499, as nginx logs it; nobody reads it)."""
 
 
 class ServerConfigError(ExitwiseError):
@@ -85,8 +105,10 @@ STATUS: dict[type[Exception], int] = {
     UnsupportedMediaTypeError: 415,
     InvalidParameterError: 422,
     QueueFullError: 503,
+    DeadlineUnmeetableError: 503,
     NotReadyError: 503,
     DeadlineExceededError: 504,
+    ClientGoneError: 499,
 }
 
 
@@ -107,7 +129,7 @@ async def _domain_error(request: Request, err: Exception) -> JSONResponse:
     status = status_of(err)
     if status is None:  # registered below only for table entries; defensive
         raise err
-    headers = getattr(err, "headers", None)
+    headers = err.response_headers() if isinstance(err, ServingError) else None
     return error_response(status, str(err), headers)
 
 

@@ -1,116 +1,214 @@
-"""What the engine keeps per request, and what it hands back.
+"""What the engine keeps of every request and every image in it.
 
-A :class:`Job` is one request inside the engine: its images' results as they exit, its future
-(resolved on the request's event loop, thread-safe), its deadlines. ``deadline`` is the hard
-one (the request timeout: past it the request fails with a 504); ``answer_by`` is the client's
-``deadline_ms``: an anytime deadline, by which each image is answered from the deepest exit it
-completed (:class:`ImageResult` says why it stopped).
+- :class:`Ticket`: what admission decided for a request (its plan, top-k, timeout, deadline and
+  the deepest exit the deadline allows); it travels to the engine whole.
+- :class:`Slots`: one row per image inside the engine, in arrays. A request's images hold a
+  contiguous run of slots from admission to answer: their thresholds and caps, the deadline, and
+  what the network said at the last exit each passed (exit, class, confidence, top-k) and at
+  every exit before (confidences). Answering rows, moving survivors and dropping the rows of a
+  request that went away are index operations on these arrays, a batch at a time.
+- :class:`Rows`: a group of images waiting for a stage or running it: their slots and their
+  state tensors (or still-encoded images before stage 1).
+- :class:`Job` and :class:`Outcome`: a request in the engine, and what it gets back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import torch
+
+from exitwise.models import State, select_rows
+
+from .budget.resolve import ExitPlan
+from .errors import QueueFullError
 
 StopReason = Literal["confident", "cap", "deadline"]
-Decoder = Callable[[Sequence[bytes], Sequence[str] | None], np.ndarray]
-
-
-class EngineFailureError(RuntimeError):
-    """The network raised while running a batch (a bug or a device fault: a generic 500)."""
+REASONS: tuple[StopReason, ...] = ("confident", "cap", "deadline")
+CONFIDENT, CAP, DEADLINE = 0, 1, 2
 
 
 @dataclass(frozen=True)
-class ImageResult:
-    exit_index: int  # 0-based
-    class_id: int
-    confidence: float
-    top: tuple[tuple[int, float], ...]  # (class id, probability), best first
-    # confident: cleared its exit's threshold; cap: max_exit, or the last exit; deadline: the
-    # next stage would not have finished by the request's deadline_ms.
-    reason: StopReason = "confident"
+class Ticket:
+    plan: ExitPlan
+    top_k: int
+    arrived: float  # time.monotonic() when the server first saw the request
+    expires: float  # the hard timeout: past it the request fails with a 504
+    deadline: float = math.inf  # deadline_ms as a moment: answered by then
+    limit: int | None = None  # deepest exit (0-based) admission expects to finish in time
+    late: bool = False  # admitted although not even exit 1 was forecast to make the deadline
 
 
 @dataclass(frozen=True)
-class InferOutcome:
-    results: list[ImageResult]
-    queue_seconds: float  # the request's time in the engine not spent decoding or computing
+class Outcome:
+    """A request's answer, one entry per image (exits 0-based)."""
+
+    exit: np.ndarray  # int64 [n]
+    class_id: np.ndarray  # int64 [n]
+    confidence: np.ndarray  # float64 [n]
+    reason: np.ndarray  # int64 [n]: index into REASONS
+    top_ids: np.ndarray  # int64 [n, top_k]
+    top_probs: np.ndarray  # float64 [n, top_k]
+    trace: np.ndarray  # float64 [n, K]: the confidence at every exit passed (nan beyond)
+    queue_seconds: float  # the request's time in the engine not decoding or computing
     compute_seconds: float  # summed over the stage batches its images ran in
-    decode_seconds: float = 0.0  # decoding its images in the worker (encoded inputs)
+    decode_seconds: float = 0.0
 
-
-@dataclass(frozen=True)
-class Encoded:
-    """Images still encoded (PNG, JPEG, ...): the worker decodes them with the engine's
-    ``decode`` just before they run, and normalises a whole batch's pixels at once."""
-
-    blobs: Sequence[bytes]
-    labels: Sequence[str] | None = None  # per image, for error messages
-
-    def __len__(self) -> int:
-        return len(self.blobs)
-
-
-@dataclass(eq=False)
-class Arrival:
-    """A request announced by :meth:`Engine.expecting`; ``arrived`` once it is queued."""
-
-    arrived: bool = False
+    def reasons(self) -> list[StopReason]:
+        return [REASONS[r] for r in self.reason.tolist()]
 
 
 @dataclass(eq=False)
 class Job:
-    """One request in the engine. ``results``, ``remaining`` and the timings belong to the
-    worker thread; ``cancelled`` may be set from the event loop (under the engine's lock)."""
-
-    top_k: int
-    deadline: float  # time.monotonic(): the request timeout (504 past it)
+    ticket: Ticket
+    start: int  # its slots: start .. start + n - 1
+    n: int
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[InferOutcome]
-    results: list[ImageResult | None]
-    remaining: int
-    answer_by: float | None = None  # time.monotonic(): deadline_ms, answered by then
-    enqueued: float = field(default_factory=time.monotonic)
+    future: asyncio.Future[Outcome]
+    labels: Sequence[str] | None = None  # per image, for decoding errors
+    enqueued: float = 0.0
+    remaining: int = 0  # images not answered (nor dropped) yet
     cancelled: bool = False
-    started: bool = False  # some image of it has begun its first stage
+    started: bool = False  # some image of it began stage 1
     compute_seconds: float = 0.0
     decode_seconds: float = 0.0
+    result: Outcome | BaseException | None = None  # set when it completes
 
-    def answer(self, row: int, result: ImageResult) -> None:
-        """Record one image's result; the request completes with its last image."""
-        self.results[row] = result
-        self.remaining -= 1
-        if self.remaining == 0 and not self.cancelled:
-            self.finish()
 
-    def finish(self) -> None:
-        done = [r for r in self.results if r is not None]
-        busy = self.compute_seconds + self.decode_seconds
-        queued = max(0.0, time.monotonic() - self.enqueued - busy)
-        outcome = InferOutcome(done, queued, self.compute_seconds, self.decode_seconds)
+class Slots:
+    """Per-image arrays for up to ``capacity`` images (see the module docstring)."""
 
-        def deliver() -> None:
-            if not self.future.done():
-                self.future.set_result(outcome)
+    def __init__(self, capacity: int, num_exits: int) -> None:
+        self.capacity = capacity
+        k = num_exits
+        self.job = np.zeros(capacity, dtype=np.int64)
+        self.thresholds = np.zeros((capacity, k))
+        self.max_index = np.zeros(capacity, dtype=np.int64)  # the request's exit cap
+        self.limit = np.zeros(capacity, dtype=np.int64)  # the deadline's, from admission
+        self.deadline = np.full(capacity, math.inf)
+        self.top_k = np.zeros(capacity, dtype=np.int64)
+        self.live = np.zeros(capacity, dtype=bool)  # its request still wants it
+        self.queued = np.full(capacity, -1, dtype=np.int64)  # the stage it waits for, or -1
+        self.exit = np.full(capacity, -1, dtype=np.int64)  # the last exit passed
+        self.class_id = np.zeros(capacity, dtype=np.int64)  # its class there
+        self.trace = np.full((capacity, k), np.nan)  # the confidence at every exit passed
+        self.reason = np.zeros(capacity, dtype=np.int64)
+        self.top_ids = np.zeros((capacity, 0), dtype=np.int64)  # widened on demand
+        self.top_probs = np.zeros((capacity, 0))
+        self._used = np.zeros(capacity, dtype=bool)
+        self._next = 0
 
-        self._deliver(deliver)
+    def allocate(self, job_id: int, ticket: Ticket, n: int) -> int:
+        """``n`` contiguous slots for a request, filled from its ticket; their first index."""
+        start = self._find(n)
+        end = start + n
+        plan = ticket.plan
+        self._used[start:end] = True
+        self.job[start:end] = job_id
+        self.thresholds[start:end] = plan.thresholds
+        self.max_index[start:end] = plan.max_index
+        self.limit[start:end] = plan.max_index if ticket.limit is None else ticket.limit
+        self.deadline[start:end] = ticket.deadline
+        self.top_k[start:end] = ticket.top_k
+        self.live[start:end] = True
+        self.exit[start:end] = -1
+        self.trace[start:end] = np.nan
+        self._next = end % self.capacity
+        return start
 
-    def fail(self, err: Exception) -> None:
-        self.cancelled = True  # its other rows, if still queued, are skipped
+    def _find(self, n: int) -> int:
+        for start in (self._next, 0):
+            if start + n <= self.capacity and not self._used[start : start + n].any():
+                return start
+        free = np.concatenate([[False], ~self._used, [False]]).astype(np.int8)
+        edges = np.flatnonzero(np.diff(free))
+        runs = edges.reshape(-1, 2)
+        fits = runs[runs[:, 1] - runs[:, 0] >= n]
+        if not len(fits):
+            raise QueueFullError("the server is holding too many images; retry later")
+        return int(fits[0, 0])
 
-        def deliver() -> None:
-            if not self.future.done():
-                self.future.set_exception(err)
+    def free(self, start: int, n: int) -> None:
+        self._used[start : start + n] = False
+        self.live[start : start + n] = False
+        self.queued[start : start + n] = -1
 
-        self._deliver(deliver)
+    def passed(self, slots: np.ndarray, index: int, classes: np.ndarray, conf: np.ndarray) -> None:
+        """``slots`` ran stage ``index``: what its exit said."""
+        self.exit[slots] = index
+        self.class_id[slots] = classes
+        self.trace[slots, index] = conf
 
-    def _deliver(self, callback: Callable[[], None]) -> None:
-        # A closed loop (RuntimeError) means nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(callback)
+    def set_top(self, slots: np.ndarray, ids: np.ndarray, probs: np.ndarray) -> None:
+        width = ids.shape[1]
+        if width > self.top_ids.shape[1]:
+            pad = width - self.top_ids.shape[1]
+            self.top_ids = np.pad(self.top_ids, ((0, 0), (0, pad)))
+            self.top_probs = np.pad(self.top_probs, ((0, 0), (0, pad)))
+        self.top_ids[slots, :width] = ids
+        self.top_probs[slots, :width] = probs
+
+    def outcome(self, job: Job, queue_seconds: float) -> Outcome:
+        s = slice(job.start, job.start + job.n)
+        k = job.ticket.top_k
+        exits = self.exit[s].copy()
+        trace = self.trace[s].copy()
+        return Outcome(
+            exit=exits,
+            class_id=self.class_id[s].copy(),
+            confidence=trace[np.arange(job.n), exits],
+            reason=self.reason[s].copy(),
+            top_ids=self.top_ids[s, :k].copy(),
+            top_probs=self.top_probs[s, :k].copy(),
+            trace=trace,
+            queue_seconds=queue_seconds,
+            compute_seconds=job.compute_seconds,
+            decode_seconds=job.decode_seconds,
+        )
+
+
+@dataclass(eq=False)
+class Rows:
+    """Images waiting for (or running) one stage, in the order they joined."""
+
+    slots: np.ndarray  # int64 [n]
+    state: State  # batch-first tensors, one row per slot (empty while ``encoded``)
+    since: float  # time.monotonic() they joined the queue
+    encoded: Sequence[bytes] | None = None  # stage 1: still encoded (PNG, JPEG, ...)
+    job: Job | None = None  # stage 1 before decoding: the one request they belong to
+    deadline: float = field(default=math.inf)  # the earliest deadline among them
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def pick(self, index: np.ndarray | slice) -> Rows:
+        """The rows ``index`` picks: a slice (views) or int64 positions."""
+        state = self.state
+        if isinstance(index, slice):
+            state = [t[index] for t in state]
+        elif state:
+            state = select_rows(state, torch.from_numpy(index).to(state[0].device))
+        encoded = None if self.encoded is None else _items(self.encoded, index)
+        return Rows(self.slots[index], state, self.since, encoded, self.job, self.deadline)
+
+
+def _items(items: Sequence[bytes], index: np.ndarray | slice) -> list[bytes]:
+    return list(items[index]) if isinstance(index, slice) else [items[i] for i in index.tolist()]
+
+
+def join(parts: Sequence[Rows]) -> Rows:
+    """One group of all rows, in order (no copy for one part); all must be decoded."""
+    if len(parts) == 1:
+        return parts[0]
+    width = len(parts[0].state)
+    return Rows(
+        np.concatenate([p.slots for p in parts]),
+        [torch.cat([p.state[i] for p in parts]) for i in range(width)],
+        min(p.since for p in parts),
+        deadline=min(p.deadline for p in parts),
+    )

@@ -14,7 +14,7 @@ from exitwise.bundle import Bundle, Calibration, load_bundle
 from exitwise.runtime import StageRunner
 
 from .backends import load_runner
-from .budgets import BudgetResolver
+from .budget.resolve import BudgetResolver
 from .settings import Settings
 
 log = logging.getLogger("exitwise.serving")

@@ -4,7 +4,7 @@ Names (prefix ``exitwise_``; histograms in seconds; labels kept low-cardinality)
 
 - ``requests_total{route,code}``, ``request_duration_seconds{route}``: every HTTP request, by
   route template (``/v2/models/{name}/infer``, not the concrete path) and status code.
-- ``queue_wait_seconds``: per image, from entering the engine to its first stage starting.
+- ``queue_wait_seconds``: per request, from entering the engine to its first stage starting.
 - ``compute_seconds``: per stage batch, running one stage and its exit rule.
 - ``batch_size``: images per first-stage batch; ``stage_batch_size{stage}``: rows in each batch
   of each stage (survivors of several batches run together at later stages).
@@ -23,9 +23,18 @@ Series for every exit and stage exist from the start (at 0), so dashboards see t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .budget.control import BudgetControl
+
+REASONS = ("confident", "cap", "deadline")  # the stop reasons, in the engine's code order
 
 # Start below 1 ms: a small model's stage takes well under a millisecond on a GPU.
 LATENCY_BUCKETS = (
@@ -49,6 +58,7 @@ class Metrics:
         self._stage_rows: list[Histogram] = []
         self._stage_depth: list[Gauge] = []
         self._stage_seconds: list[Histogram] = []
+        self._stops: dict[str, Counter] = {}
         self.requests = Counter(
             "exitwise_requests_total",
             "HTTP requests by route template and status code.",
@@ -64,7 +74,7 @@ class Metrics:
         )
         self.queue_wait = Histogram(
             "exitwise_queue_wait_seconds",
-            "Per image: time in the engine's queue before its batch starts.",
+            "Per request: time in the engine's queue before its first stage starts.",
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -129,6 +139,7 @@ class Metrics:
             ("reason",),
             registry=registry,
         )
+        self._stops = {reason: self.stops.labels(reason=reason) for reason in REASONS}
         self.degraded = Counter(
             "exitwise_degraded_total",
             "Images served at a cheaper operating point than asked, because of queueing delay.",
@@ -155,8 +166,6 @@ class Metrics:
             1
         )
         self._bind(num_exits)
-        for reason in ("confident", "cap", "deadline"):
-            self.stops.labels(reason=reason)
 
     def _bind(self, num_exits: int) -> None:
         """Create (at 0) and keep the per-exit and per-stage series of exits 1..num_exits."""
@@ -166,19 +175,9 @@ class Metrics:
             self._stage_depth.append(self.stage_queue_depth.labels(stage=str(k)))
             self._stage_seconds.append(self.stage_seconds.labels(stage=str(k)))
 
-    def record_stage(
-        self,
-        index: int,
-        rows: int,
-        exited: int,
-        exit_mflops: float,
-        seconds: float,
-        queue_waits: list[float] | None = None,
-        reasons: Sequence[str] = (),
-    ) -> None:
-        """One stage batch (0-based ``index``): its rows, how many left at its exit (each
-        costing ``exit_mflops``), its time, for the first stage each image's wait, and why
-        each image that left stopped."""
+    def record_stage(self, index: int, rows: int, seconds: float, waits: Sequence[float]) -> None:
+        """One stage batch (0-based ``index``): its rows and time, and, for the first stage, how
+        long each request it started had waited."""
         if index >= len(self._exits):
             self._bind(index + 1)
         if index == 0:
@@ -186,14 +185,27 @@ class Metrics:
         self.compute.observe(seconds)
         self._stage_seconds[index].observe(seconds)
         self._stage_rows[index].observe(rows)
-        for reason in set(reasons):
-            self.stops.labels(reason=reason).inc(list(reasons).count(reason))
-        if exited:
-            self._exits[index].inc(exited)
-            for _ in range(exited):
-                self.mflops_per_image.observe(exit_mflops)
-        for wait in queue_waits or ():
+        for wait in waits:
             self.queue_wait.observe(wait)
+
+    def answered(
+        self, exits: np.ndarray, reasons: np.ndarray, exit_mflops: Sequence[float]
+    ) -> None:
+        """Images answered: the 0-based exit each left at, and why (index into ``REASONS``)."""
+        for index, count in enumerate(np.bincount(exits, minlength=len(exit_mflops)).tolist()):
+            if count:
+                if index >= len(self._exits):
+                    self._bind(index + 1)
+                self._exits[index].inc(count)
+                _observe_many(self.mflops_per_image, exit_mflops[index], count)
+        for reason, count in zip(REASONS, np.bincount(reasons, minlength=3).tolist(), strict=True):
+            if count:
+                self._stops[reason].inc(count)
+
+    def register_control(self, control: BudgetControl) -> None:
+        """Budget control's figures, read from its controllers when Prometheus scrapes (a
+        request pays nothing for them)."""
+        self.registry.register(_ControlCollector(control))
 
     def set_queue_depth(self, rows: list[int]) -> None:
         """Rows waiting in front of each stage."""
@@ -202,3 +214,59 @@ class Metrics:
             self._bind(len(rows))
         for gauge, n in zip(self._stage_depth, rows, strict=True):
             gauge.set(n)
+
+
+def _observe_many(histogram: Histogram, value: float, count: int) -> None:
+    """``count`` observations of one ``value`` (every image leaving an exit costs the same):
+    one update of the bucket and the sum instead of ``count`` calls."""
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if buckets is None or total is None or bounds is None:  # another prometheus_client
+        for _ in range(count):
+            histogram.observe(value)
+        return
+    total.inc(value * count)
+    for i, bound in enumerate(bounds):
+        if value <= bound:
+            buckets[i].inc(count)
+            break
+
+
+class _ControlCollector(Collector):
+    def __init__(self, control: BudgetControl) -> None:
+        self.control = control
+
+    def collect(self) -> Iterator[Metric]:
+        realised = GaugeMetricFamily(
+            "exitwise_realised_mflops_per_image",
+            "Mean MFLOPs per image over the last window of images served with the point.",
+            labels=["operating_point"],
+        )
+        spent = CounterMetricFamily(
+            "exitwise_mflops_spent",
+            "MFLOPs spent on images served with the point (no exit cap).",
+            labels=["operating_point"],
+        )
+        budget = GaugeMetricFamily(
+            "exitwise_budget_control_mflops",
+            "Held-out budget whose thresholds the point serves (its expected cost: not moved).",
+            labels=["operating_point"],
+        )
+        moves = CounterMetricFamily(
+            "exitwise_budget_control_adjustments",
+            "Moves of the point's thresholds by budget control.",
+            labels=["operating_point", "direction"],
+        )
+        for state in self.control.states():
+            name = state.point.name
+            value = state.realised()
+            if value is not None:
+                realised.add_metric([name], value)
+            spent.add_metric([name], state.spent)
+            ctl = state.controller
+            served = ctl.budget if ctl is not None else state.point.expected_mflops
+            budget.add_metric([name], served)
+            moves.add_metric([name, "dearer"], state.up)
+            moves.add_metric([name, "cheaper"], state.down)
+        yield from (realised, spent, budget, moves)

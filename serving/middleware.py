@@ -20,6 +20,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .deps import ARRIVAL
 from .errors import PayloadTooLargeError
 from .metrics import Metrics
 
@@ -50,6 +51,7 @@ class ServingMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        scope.setdefault(ARRIVAL, time.monotonic())  # unless the HTTP protocol stamped it
         status = 500
         started = False
         limit = self.max_body_bytes

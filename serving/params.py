@@ -17,6 +17,7 @@ NAMES = (
     "budget_control",
     "deadline_ms",
     "degrade",
+    "deadline_policy",
 )
 
 
@@ -29,6 +30,9 @@ class RequestParams:
     budget_control: bool | None = None  # False: this request keeps the calibrated thresholds
     deadline_s: float | None = None  # deadline_ms: answer by then from the deepest exit reached
     degrade: bool | None = None  # may be served at a cheaper point under load (default: setting)
+    # What a deadline_ms that not even exit 1 is forecast to meet gets: "late" (answered from
+    # exit 1, saying so) or "strict" (a 503 with Retry-After at once).
+    deadline_policy: str = "late"
 
 
 def _number(name: str, raw: Any) -> float:
@@ -83,6 +87,9 @@ def parse_params(
 
     budget, max_exit, top_k = get("budget_mflops"), get("max_exit"), get("top_k")
     control, deadline, degrade = get("budget_control"), get("deadline_ms"), get("degrade")
+    policy = str(get("deadline_policy") or "late").strip().lower()
+    if policy not in ("late", "strict"):
+        raise InvalidParameterError(f"deadline_policy must be late or strict, not {policy!r}")
     deadline_s = None
     if deadline is not None:
         deadline_s = _number("deadline_ms", deadline) / 1000
@@ -102,6 +109,7 @@ def parse_params(
         budget_control=None if control is None else _switch("budget_control", control),
         deadline_s=deadline_s,
         degrade=None if degrade is None else _switch("degrade", degrade),
+        deadline_policy=policy,
     )
 
 

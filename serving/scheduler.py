@@ -1,13 +1,13 @@
 """Which stage runs next: the engine's scheduling policy, as a pure function.
 
-The engine keeps a queue in front of every stage (:mod:`serving.stage_queue`). New images join
-stage 1's queue; the images that survive stage k, from any number of batches, join stage k+1's.
+The engine keeps a queue in front of every stage (of :class:`serving.jobs.Rows`). New images
+join stage 1's queue; the images that survive stage k, from any number of batches, join stage k+1's.
 Each time the worker is free it asks :func:`pick` what to do, given how many rows wait at each
 stage and how long the oldest has waited:
 
 1. **Age bound.** A stage whose oldest row has waited ``max_stage_wait_s`` runs now (the deepest
    such stage first); so does a stage that must start now for a row's ``deadline_ms`` to be met
-   (its ``due`` time). While the machine keeps up with the load, no row waits in front of a
+   (its ``due`` time), or before the batch the other rules chose would end. While the machine keeps up with the load, no row waits in front of a
    stage longer than that plus the stages that run before it once it is overdue (the one running
    then, which is never preempted, and deeper overdue ones: at most one per stage).
 2. **Full batches.** Else the deepest stage holding at least ``max_batch`` rows runs.
@@ -27,7 +27,7 @@ its images wait at", so batch 1 pays no waiting at all.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -40,6 +40,7 @@ class QueueView:
     # The latest moment the stage can start and still finish before the earliest deadline_ms
     # of its rows (math.inf: no row has one).
     due: float = math.inf
+    seconds: float = 0.0  # how long running its batch now would take
 
 
 EMPTY = QueueView(0, math.inf)
@@ -76,6 +77,26 @@ def pick(
     busy = [k for k, q in enumerate(queues) if q.rows > 0]
     if not busy:
         return Idle()
+    choice = _rules(queues, busy, now, max_batch, max_wait_s, max_stage_wait_s, incoming)
+    if isinstance(choice, Run):
+        # Look ahead: a batch that would end after another queue's due moment makes its rows
+        # late; the most urgent such queue runs first.
+        ends = now + queues[choice.stage].seconds
+        urgent = [k for k in busy if k != choice.stage and queues[k].due < ends]
+        if urgent:
+            return Run(min(urgent, key=lambda k: queues[k].due))
+    return choice
+
+
+def _rules(
+    queues: Sequence[QueueView],
+    busy: list[int],
+    now: float,
+    max_batch: int,
+    max_wait_s: float,
+    max_stage_wait_s: float,
+    incoming: bool,
+) -> Decision:
     overdue = [
         k for k in busy if now - queues[k].oldest >= max_stage_wait_s or now >= queues[k].due
     ]
@@ -89,17 +110,3 @@ def pick(
         if until > now:
             return Wait(min(until, queues[0].oldest + max_stage_wait_s))
     return Run(max(busy, key=lambda k: (queues[k].rows, k)))
-
-
-def deadline_batch_limit(room_s: float, max_batch: int, estimate: Callable[[int], float]) -> int:
-    """Rows for the next batch of a stage whose earliest ``deadline_ms`` is ``room_s`` away:
-    ``max_batch`` halved until ``estimate(rows)`` (seconds) fits in the room. When not even one
-    row fits, that deadline is lost whatever the batch, and a small batch would only make every
-    row behind it later (under load: a queue that grows while the stage runs a row at a time), so
-    the batch stays full."""
-    if estimate(1) > room_s:
-        return max_batch
-    limit = max_batch
-    while limit > 1 and estimate(limit) > room_s:
-        limit //= 2
-    return limit

@@ -1,56 +1,57 @@
-"""The protocol-agnostic data plane: one entry per request kind.
+"""The protocol-agnostic data plane: one entry per request kind, and what the routes show.
 
 REST v1 and Open Inference Protocol v2 only decode their wire format into a
-:class:`ClassifyRequest` and encode the :class:`ClassifyResult`; everything between (the
-deadline, the budget's plan, top-k, the image count, decoding off the event loop, the engine,
-and what a prediction says) happens in :meth:`ModelService.classify`.
+:class:`ClassifyRequest` and encode the :class:`ClassifyResult`; everything between happens in
+:meth:`ModelService.classify`: admission (the budget's plan, a cheaper one under load, budget
+control's thresholds, the deadline's cap, the timeout: one :class:`~serving.jobs.Ticket`), the
+engine, and what each prediction says. ``/v1/model`` asks :meth:`ModelService.describe`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
+from exitwise import __version__
 from exitwise.preprocess import normalize
 
-from .budget_control import BudgetControl
-from .budgets import ExitPlan
-from .control import ControlSettings
-from .deadlines import before
+from . import deadlines
+from .budget.control import BudgetControl, ControlSettings
+from .budget.resolve import ExitPlan
+from .budget.table import Traffic
 from .degrade import Degrader
-from .engine import Encoded, Engine, InferOutcome
+from .engine import Encoded, Engine
 from .errors import BadRequestError, InvalidParameterError, PayloadTooLargeError
 from .images import decode_images, decode_pixels, tensor_images
-from .jobs import StopReason
+from .jobs import DEADLINE, Outcome, StopReason, Ticket
 from .live import LiveStats
 from .loading import LoadedModel
 from .metrics import Metrics
 from .params import RequestParams
 from .settings import Settings
 from .threads import decode_threads
+from .timeouts import before
 
 T = TypeVar("T")
-
-# A deadline_ms answer is due this much before the deadline itself: what follows the engine
-# (building the response, sending it) takes a fraction of it.
-ANSWER_MARGIN_S = 0.001
 
 
 @dataclass(frozen=True)
 class ClassifyRequest:
     """One request, decoded from its wire format: either encoded images or a ready tensor."""
 
-    started: float  # time.monotonic() when the handler began
+    arrived: float  # time.monotonic() when the server first saw the request
     params: RequestParams
     encoded: Sequence[bytes] = ()  # PNG, JPEG, ... (decoded and preprocessed here)
     tensor: np.ndarray | None = None  # or an already normalised FP32 [N, C, H, W] batch
     labels: Sequence[str] | None = None  # per image, for error messages (e.g. file names)
+    gone: Callable[[], Coroutine[Any, Any, Any]] | None = None  # ends when the client leaves
 
 
 @dataclass(frozen=True)
@@ -65,36 +66,32 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class Ticket:
-    """What admission decided for a request: its plan, top-k and deadlines."""
-
-    plan: ExitPlan
-    top_k: int
-    deadline: float  # time.monotonic(): the request timeout (504 past it)
-    answer_by: float | None  # time.monotonic(): deadline_ms, answered by then
-
-
-@dataclass(frozen=True)
 class ClassifyResult:
     predictions: list[Prediction]
     plan: ExitPlan
-    started: float
+    arrived: float
     decode_seconds: float
     queue_seconds: float
     compute_seconds: float
+    deadline_s: float | None = None  # deadline_ms, when the request had one
 
     @property
     def mean_mflops(self) -> float:
         return float(np.mean([p.mflops for p in self.predictions]))
 
+    def deadline_met(self) -> bool | None:
+        """Whether the answer is ready within ``deadline_ms`` of arrival (None: no deadline)."""
+        if self.deadline_s is None:
+            return None
+        return time.monotonic() - self.arrived <= self.deadline_s
+
     def server_timing(self) -> str:
         """A ``Server-Timing`` header value (milliseconds): where the request's time went.
 
-        ``app`` is the whole handler so far (body, decoding, queue, compute), ``compute`` the
-        batch (or batches) the images ran in.
-        """
+        ``app`` is the whole time since the server first saw the request, ``compute`` the batch
+        (or batches) its images ran in, ``queue`` the rest of its time in the engine."""
         parts = (
-            ("app", time.monotonic() - self.started),
+            ("app", time.monotonic() - self.arrived),
             ("decode", self.decode_seconds),
             ("queue", self.queue_seconds),
             ("compute", self.compute_seconds),
@@ -110,64 +107,52 @@ class ModelService:
         metrics: Metrics,
         live: LiveStats | None = None,
     ) -> None:
-        self.settings = settings
+        self.settings = s = settings
         self.loaded = loaded
         self.metrics = metrics
         self.live = live
-        manifest = loaded.bundle.manifest
-        self.manifest = manifest
-        self.name = settings.model_name or manifest.name
+        self.manifest = manifest = loaded.bundle.manifest
+        self.name = s.model_name or manifest.name
         self.resolver = loaded.resolver
         self.runner = loaded.runner
+        self.class_names = list(manifest.class_names)
+        self.exit_mflops = manifest.exit_mflops
+        self._costs = np.asarray(self.exit_mflops)
+        self.preprocessing = spec = manifest.preprocessing
+        window, tolerance = s.budget_control_window, s.budget_control_tolerance
         self.control = BudgetControl(
             loaded.calibration,
             loaded.resolver.points,
-            ControlSettings(
-                window=settings.budget_control_window,
-                tolerance=settings.budget_control_tolerance,
-            ),
-            enabled=settings.budget_control == "on",
+            ControlSettings(window=window, tolerance=tolerance),
+            enabled=s.budget_control == "on",
         )
-        self.control.register(metrics.registry)
-        high = settings.degrade_queue_ms / 1000
-        self.degrader = Degrader(
-            max_level=len(loaded.resolver.points),
-            high_s=high,
-            low_s=high / 4,
-            hold_s=settings.degrade_hold_ms / 1000,
-        )
-        self.class_names = list(manifest.class_names)
-        self.exit_mflops = manifest.exit_mflops
-        self.preprocessing = spec = manifest.preprocessing
-        max_pixels = settings.max_image_pixels
+        self.degrader = Degrader(len(loaded.resolver.points), s.degrade_queue_ms / 1000)
         self.engine = Engine(
             loaded.runner,
             exit_mflops=self.exit_mflops,
-            max_batch_size=settings.max_batch_size,
-            max_wait_s=settings.max_wait_s,
-            max_stage_wait_s=settings.max_stage_wait_s,
-            max_queue_images=settings.max_queue_images,
+            max_batch_size=s.max_batch_size,
+            max_wait_s=s.max_wait_s,
+            max_stage_wait_s=s.max_stage_wait_s,
+            max_queue_images=s.max_queue_images,
             metrics=metrics,
-            decode=lambda blobs, labels: decode_pixels(blobs, spec, max_pixels, labels),
+            decode=lambda blobs, labels: decode_pixels(blobs, spec, s.max_image_pixels, labels),
             normalize=lambda pixels: normalize(pixels, spec),
         )
         # 0 decoding threads: the engine's worker decodes (see serving.threads). The pool also
         # parses large v2 JSON tensors off the loop; its threads start only when first used.
-        threads = decode_threads(settings)
+        threads = decode_threads(s)
         self.decode_in_worker = threads == 0
         self._executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="exitwise-decode")
         metrics.describe_model(
-            self.name,
-            loaded.runner.backend,
-            str(loaded.runner.device),
-            loaded.runner.provider,
+            self.name, self.runner.backend, str(self.runner.device), self.runner.provider,
             manifest.num_exits,
-        )
+        )  # fmt: skip
+        metrics.register_control(self.control)
         # Every point a request can be stepped down to shows in /metrics at 0 from the start.
         for point in loaded.resolver.points:
             metrics.degraded.labels(operating_point=point.name)
 
-    # --- life cycle ------------------------------------------------------------------------------
+    # --- life cycle ------------------------------------------------------------------------
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -184,63 +169,93 @@ class ModelService:
         self.engine.stop(timeout=self.settings.request_timeout_s + 5)
         self._executor.shutdown(wait=True)
 
-    # --- the data plane ---------------------------------------------------------------------------
+    @property
+    def accepting(self) -> bool:
+        return self.engine.accepting
 
-    async def receive(self, awaitable: Awaitable[T], started: float, doing: str) -> T:
-        """Read (part of) a request under the server's deadline: for the routes' body reads."""
-        return await self._within(awaitable, self._deadline(started), doing)
+    # --- the data plane ------------------------------------------------------------------------
 
-    async def parse(self, fn: Callable[[], T], started: float, doing: str) -> T:
+    async def receive(self, awaitable: Awaitable[T], arrived: float, doing: str) -> T:
+        """Read (part of) a request under the server's timeout: for the routes' body reads."""
+        with before(self._expires(arrived), doing):
+            return await awaitable
+
+    async def parse(self, fn: Callable[[], T], arrived: float, doing: str) -> T:
         """Run a CPU-bound parse (a JSON tensor can hold millions of numbers) off the loop."""
-        return await self._off_loop(fn, self._deadline(started), doing)
+        return await self._off_loop(fn, self._expires(arrived), doing)
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResult:
         """Classify the request's images with its budget, cap and top-k, by its deadlines."""
+        n = len(request.encoded) if request.tensor is None else _count(request.tensor)
+        if n < 1:
+            raise BadRequestError("the request holds no image")
+        if n > self.settings.max_images_per_request:
+            raise PayloadTooLargeError(
+                f"{n} images in one request; the limit is {self.settings.max_images_per_request}"
+            )
         ticket = self._admit(request)
-        if request.tensor is not None:
-            result = await self._classify_tensor(request, ticket)
+        spec = self.preprocessing
+        decode_seconds = 0.0
+        if request.tensor is None and self.decode_in_worker:
+            images: Any = Encoded(request.encoded, request.labels)
+            outcome = await self.engine.infer(ticket, images, gone=request.gone)
         else:
-            result = await self._classify_encoded(request, ticket)
-        plan = ticket.plan
-        costs = [p.mflops for p in result.predictions]
-        self.control.observe(plan, costs)
-        if plan.degraded_from is not None and plan.operating_point is not None:
-            self.metrics.degraded.labels(operating_point=plan.operating_point).inc(len(costs))
-        if self.live is not None:
-            exits = [p.exit for p in result.predictions]
-            self.live.record(plan.name, time.monotonic() - request.started, exits, costs)
+            start = time.monotonic()
+            blobs, labels, array = request.encoded, request.labels, request.tensor
+            limit = self.settings.max_image_pixels
+            # While decoding, the engine knows these images are coming and may hold a batch open
+            # for them (at most max_wait_ms).
+            with self.engine.expecting() as arrival:
+                if array is not None:
+                    work, doing = (lambda: tensor_images(array, spec)), "checking the tensor"
+                else:
+                    work = lambda: decode_images(blobs, spec, limit, labels)  # noqa: E731
+                    doing = "decoding the images"
+                images = await self._off_loop(work, ticket.expires, doing)
+                decode_seconds = time.monotonic() - start
+                outcome = await self.engine.infer(ticket, images, arrival, request.gone)
+        result = self._result(request, ticket, outcome, decode_seconds + outcome.decode_seconds)
+        self._observe(ticket.plan, result, outcome)
         return result
 
     def _admit(self, request: ClassifyRequest) -> Ticket:
-        """The request's deadlines and plan: its budget's point, a cheaper one while the queue
-        is long (if it allows), with budget control's thresholds."""
-        params, started = request.params, request.started
-        answer_by = None
-        if params.deadline_s is not None:
-            limit = self.settings.request_timeout_s
-            if params.deadline_s > limit:
-                raise InvalidParameterError(
-                    f"deadline_ms must be at most the server's request timeout, {limit * 1000:g}"
-                )
-            # Refused only when it is known: shorter than exit 1 took on the idle device.
-            first = self.engine.latency.floor(0, 1)
-            if params.deadline_s < first:
-                raise InvalidParameterError(
-                    f"deadline_ms {params.deadline_s * 1000:g} is shorter than the first exit "
-                    f"takes on this server (about {first * 1000:.2g} ms)"
-                )
-            answer_by = started + params.deadline_s - ANSWER_MARGIN_S
+        """What the request gets: its budget's plan (a cheaper point while the forecast wait is
+        long, if it allows) with budget control's thresholds, top-k, its timeout, and with a
+        deadline_ms the deepest exit forecast to finish in time."""
+        params, s = request.params, self.settings
         plan = self.resolver.resolve(params.budget_mflops, params.max_exit)
-        level = self.degrader.update(self.engine.queue_delay(), time.monotonic())
-        self.metrics.degradation_level.set(level)
-        allowed = params.degrade if params.degrade is not None else self.settings.degrade
-        if level and allowed:
+        degrade = params.degrade if params.degrade is not None else s.degrade
+        forecast = None
+        if params.deadline_s is not None or (degrade and self.degrader.max_level):
+            forecast = self.engine.forecast()
+        if degrade and forecast is not None and self.degrader.max_level:
+            level = self.degrader.level(forecast.wait)
+            self.metrics.degradation_level.set(level)
             plan = self.resolver.degrade(plan, level)
         plan = self.control.plan(plan, params.budget_control)
-        deadline = self._deadline(started, params.timeout_s)
-        return Ticket(plan, self._top_k(params.top_k), deadline, answer_by)
+        deadline, limit, late = math.inf, None, False
+        if params.deadline_s is not None:
+            assert forecast is not None
+            deadlines.check(params.deadline_s, s.request_timeout_s, self.engine.latency.floor(0, 1))
+            deadline = deadlines.due(request.arrived, params.deadline_s)
+            limit, late = deadlines.admit(forecast, deadline, params.deadline_policy == "strict")
+        top_k = self._top_k(params.top_k)
+        expires = self._expires(request.arrived, params.timeout_s)
+        return Ticket(plan, top_k, request.arrived, expires, deadline, limit, late)
 
-    # --- steps -----------------------------------------------------------------------------------
+    def _observe(self, plan: ExitPlan, result: ClassifyResult, outcome: Outcome) -> None:
+        """What the answer tells budget control, the degradation counter and the live page."""
+        mflops = self._costs[outcome.exit]
+        traffic = Traffic(outcome.trace, outcome.exit, outcome.reason == DEADLINE)
+        self.control.observe(plan, mflops, traffic)
+        if plan.degraded_from is not None and plan.operating_point is not None:
+            self.metrics.degraded.labels(operating_point=plan.operating_point).inc(len(mflops))
+        if self.live is not None:
+            exits = (outcome.exit + 1).tolist()
+            spent = time.monotonic() - result.arrived
+            self.live.record(plan.name, spent, exits, mflops.tolist())
+
+    # --- steps ------------------------------------------------------------------------------
 
     def _top_k(self, top_k: int | None) -> int:
         n = len(self.class_names)
@@ -250,97 +265,129 @@ class ModelService:
             raise InvalidParameterError(f"top_k must be between 0 and {n}, not {top_k}")
         return top_k
 
-    def _check_count(self, n: int) -> None:
-        if n < 1:
-            raise BadRequestError("the request holds no image")
-        limit = self.settings.max_images_per_request
-        if n > limit:
-            raise PayloadTooLargeError(f"{n} images in one request; the limit is {limit}")
-
-    def _deadline(self, started: float, client_timeout_s: float | None = None) -> float:
-        """The request's deadline: the server's limit, or the client's if that is shorter."""
+    def _expires(self, arrived: float, client_timeout_s: float | None = None) -> float:
+        """The request's timeout: the server's limit, or the client's if that is shorter."""
         timeout = self.settings.request_timeout_s
         if client_timeout_s is not None:
             timeout = min(timeout, client_timeout_s)
-        return started + timeout
+        return arrived + timeout
 
-    async def _within(self, awaitable: Awaitable[T], deadline: float, doing: str) -> T:
-        """``awaitable``'s result, or a 504 when ``deadline`` passes first."""
-        with before(deadline, doing):
-            return await awaitable
-
-    async def _off_loop(self, fn: Callable[[], T], deadline: float, doing: str) -> T:
+    async def _off_loop(self, fn: Callable[[], T], expires: float, doing: str) -> T:
         """Run CPU-bound ``fn`` (decoding, parsing) in the decode pool, never on the loop."""
         loop = asyncio.get_running_loop()
-        return await self._within(loop.run_in_executor(self._executor, fn), deadline, doing)
-
-    async def _classify_encoded(self, request: ClassifyRequest, t: Ticket) -> ClassifyResult:
-        """Encoded images (PNG, JPEG, ...): decoded by the engine's worker, or in the pool."""
-        blobs, labels = request.encoded, request.labels
-        self._check_count(len(blobs))
-        if self.decode_in_worker:
-            outcome = await self.engine.infer(
-                Encoded(blobs, labels), t.plan, t.top_k, t.deadline, answer_by=t.answer_by
-            )
-            return self._result(request, t.plan, outcome, outcome.decode_seconds)
-        start = time.monotonic()
-        spec, max_pixels = self.preprocessing, self.settings.max_image_pixels
-        # While decoding, the engine knows these images are coming and may hold a batch open
-        # for them (at most max_wait_ms).
-        with self.engine.expecting() as arrival:
-            images = await self._off_loop(
-                lambda: decode_images(blobs, spec, max_pixels, labels),
-                t.deadline,
-                "decoding the images",
-            )
-            decode_seconds = time.monotonic() - start
-            outcome = await self.engine.infer(
-                images, t.plan, t.top_k, t.deadline, arrival, t.answer_by
-            )
-        return self._result(request, t.plan, outcome, decode_seconds)
-
-    async def _classify_tensor(self, request: ClassifyRequest, t: Ticket) -> ClassifyResult:
-        """An already normalised FP32 ``[N, C, H, W]`` batch."""
-        array = request.tensor
-        assert array is not None  # the caller checked
-        self._check_count(int(array.shape[0]) if array.ndim else 0)
-        start = time.monotonic()
-        spec = self.preprocessing
-        images = await self._off_loop(
-            lambda: tensor_images(array, spec), t.deadline, "checking the input tensor"
-        )
-        decode_seconds = time.monotonic() - start
-        outcome = await self.engine.infer(
-            images, t.plan, t.top_k, t.deadline, answer_by=t.answer_by
-        )
-        return self._result(request, t.plan, outcome, decode_seconds)
+        with before(expires, doing):
+            return await loop.run_in_executor(self._executor, fn)
 
     def _result(
-        self,
-        request: ClassifyRequest,
-        plan: ExitPlan,
-        outcome: InferOutcome,
-        decode_seconds: float,
+        self, request: ClassifyRequest, ticket: Ticket, outcome: Outcome, decode_seconds: float
     ) -> ClassifyResult:
-        names = self.class_names
-        mflops = self.exit_mflops
+        names, mflops = self.class_names, self.exit_mflops
+        top_ids, top_probs = outcome.top_ids.tolist(), outcome.top_probs.tolist()
         predictions = [
             Prediction(
-                class_id=r.class_id,
-                class_name=names[r.class_id],
-                confidence=r.confidence,
-                exit=r.exit_index + 1,
-                mflops=mflops[r.exit_index],
-                top=[(c, names[c], p) for c, p in r.top],
-                stopped=r.reason,
+                class_id=c,
+                class_name=names[c],
+                confidence=conf,
+                exit=e + 1,
+                mflops=mflops[e],
+                top=[(i, names[i], p) for i, p in zip(ids, probs, strict=True)],
+                stopped=reason,
             )
-            for r in outcome.results
+            for c, conf, e, ids, probs, reason in zip(
+                outcome.class_id.tolist(),
+                outcome.confidence.tolist(),
+                outcome.exit.tolist(),
+                top_ids,
+                top_probs,
+                outcome.reasons(),
+                strict=True,
+            )
         ]
         return ClassifyResult(
             predictions=predictions,
-            plan=plan,
-            started=request.started,
+            plan=ticket.plan,
+            arrived=request.arrived,
             decode_seconds=decode_seconds,
             queue_seconds=outcome.queue_seconds,
             compute_seconds=outcome.compute_seconds,
+            deadline_s=request.params.deadline_s,
         )
+
+    # --- what /v1/model shows ---------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /v1/model`` returns."""
+        m, s = self.manifest, self.settings
+        cal = self.loaded.calibration
+        anytime = {a.exit: a for a in cal.anytime} if cal else {}
+        exits = []
+        for e in m.exits:
+            item: dict[str, Any] = {"exit": e.exit, "mflops": e.mflops, "params_m": e.params_m}
+            if e.exit in anytime:
+                item["heldout_accuracy"] = anytime[e.exit].heldout_top1
+                item["test_accuracy"] = anytime[e.exit].test_top1
+            exits.append(item)
+        points = [
+            {
+                "name": p.name,
+                "target_mflops": p.target_mflops,
+                "expected_mflops": p.expected_mflops,
+                "thresholds": p.thresholds,
+                "heldout": p.heldout.model_dump(),
+                "test": p.test.model_dump() if p.test else None,
+                "budget_control": self.control.describe(p.name),
+            }
+            for p in self.resolver.points
+        ]
+        budget_range = self.resolver.budget_range
+        return {
+            "name": self.name,
+            "version": "1",
+            "exitwise_version": __version__,
+            "arch": m.arch,
+            "preset": m.preset,
+            "dataset": m.dataset,
+            "num_classes": m.num_classes,
+            "class_names": m.class_names,
+            "input": {
+                "channels": m.preprocessing.channels,
+                "size": m.preprocessing.input_size,
+                "preprocessing": m.preprocessing.model_dump(mode="json"),
+            },
+            "weights_sha256": m.weights.sha256,
+            "exits": exits,
+            "calibrated": cal is not None,
+            "operating_points": points,
+            "default_operating_point": cal.default_operating_point if cal else None,
+            "budget_mflops_range": list(budget_range) if budget_range else None,
+            "default_plan": self.resolver.resolve().describe(),
+            "latency_model": self.engine.latency.describe(),
+            "degradation": {
+                "enabled_by_default": s.degrade,
+                "level": self.degrader.last,
+                "queue_ms": s.degrade_queue_ms,
+            },
+            "budget_control": {
+                "enabled": self.control.enabled,
+                "available": self.control.available,
+                "window": s.budget_control_window,
+                "tolerance": s.budget_control_tolerance,
+            },
+            "backend": self.runner.backend,
+            "device": str(self.runner.device),
+            "provider": self.runner.provider,
+            "limits": {
+                "max_batch_size": s.max_batch_size,
+                "max_wait_ms": s.max_wait_ms,
+                "max_stage_wait_ms": s.max_stage_wait_ms,
+                "max_queue_images": s.max_queue_images,
+                "max_images_per_request": s.max_images_per_request,
+                "max_body_bytes": s.max_body_bytes,
+                "max_image_pixels": s.max_image_pixels,
+                "request_timeout_s": s.request_timeout_s,
+            },
+        }
+
+
+def _count(array: np.ndarray) -> int:
+    return int(array.shape[0]) if array.ndim else 0

@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     default_max_exit: int | None = Field(default=None, ge=1)
     default_top_k: int = Field(default=5, ge=0)
 
-    # --- budget control (serving.control) --------------------------------------------------------
+    # --- budget control (serving.budget.control) -------------------------------------------------
     budget_control: Literal["on", "off"] = Field(
         default="on",
         description="Keep each operating point's realised MFLOPs per image on target.",
@@ -86,18 +86,15 @@ class Settings(BaseSettings):
     # --- under load (serving.degrade) ------------------------------------------------------------
     degrade: bool = Field(
         default=True,
-        description="Requests may be served at cheaper operating points while the queue is "
-        "long (a request's degrade=false opts out).",
+        description="Requests may be served at cheaper operating points while the forecast wait "
+        "is long (a request's degrade=false opts out).",
     )
     degrade_queue_ms: float = Field(
         default=50.0,
         gt=0,
         le=60_000,
-        description="Queueing wait above which the server steps down a point (back up below a "
-        "quarter of it).",
-    )
-    degrade_hold_ms: float = Field(
-        default=200.0, ge=0, le=60_000, description="Least time between two steps."
+        description="Forecast wait at which requests get the cheapest point (stepping down "
+        "begins at half of it).",
     )
 
     # --- limits ----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from calibration.build import split_result, thresholds_json
-from calibration.control import control_table
+from calibration.control_table import control_table
 from calibration.evaluate import evaluate_thresholds
 from calibration.scores import SplitScores
 from calibration.solver import BudgetSolver

@@ -81,7 +81,7 @@ def serve(
     # Several workers: check the bundle once here (cheap), each worker then loads it.
     from exitwise.bundle import load_bundle
     from exitwise.devices import resolve_device
-    from serving.budgets import BudgetResolver
+    from serving.budget.resolve import BudgetResolver
 
     checked = load_bundle(settings.bundle)
     checked.verify()

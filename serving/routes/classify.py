@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -15,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..deps import authorize, service_of
+from ..deps import arrival_of, authorize, disconnected, service_of
 from ..errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from ..params import merge_fields, parse_params
 from ..service import ClassifyRequest, ClassifyResult
@@ -71,12 +70,16 @@ def render(service_name: str, result: ClassifyResult, filenames: list[str] | Non
             top_k=[{"class_id": c, "class_name": n, "probability": pr} for c, n, pr in p.top],
         )
         items.append(item)
-    return {
+    out = {
         "model": service_name,
         "operating_point": result.plan.describe(),
         "mean_mflops": result.mean_mflops,
         "results": items,
     }
+    if result.deadline_s is not None:
+        out["deadline_ms"] = result.deadline_s * 1000
+        out["deadline_met"] = result.deadline_met()
+    return out
 
 
 _PARAMS = [
@@ -97,6 +100,10 @@ _PARAMS = [
                     "server's setting)."},
     {"name": "budget_control", "in": "query", "schema": {"type": "string", "enum": ["on", "off"]},
      "description": "off: the calibrated thresholds even while budget control has moved them."},
+    {"name": "deadline_policy", "in": "query",
+     "schema": {"type": "string", "enum": ["late", "strict"]},
+     "description": "When not even exit 1 is forecast to make deadline_ms: late (default) "
+                    "answers from exit 1 anyway and says so; strict answers 503 at once."},
 ]  # fmt: skip
 _BODY = {
     "required": True,
@@ -115,7 +122,7 @@ _BODY = {
 
 @router.post("/v1/classify", openapi_extra={"parameters": _PARAMS, "requestBody": _BODY})
 async def classify(request: Request) -> JSONResponse:
-    started = time.monotonic()
+    started = arrival_of(request)
     authorize(request)
     service = service_of(request)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -135,8 +142,9 @@ async def classify(request: Request) -> JSONResponse:
             "image files, or one image as the body with an image/* content type"
         )
     params = parse_params(merge_fields(request.query_params.multi_items(), form_fields))
+    gone = disconnected(request)
     result = await service.classify(
-        ClassifyRequest(started=started, params=params, encoded=blobs, labels=filenames)
+        ClassifyRequest(started, params, encoded=blobs, labels=filenames, gone=gone)
     )
     return JSONResponse(
         render(service.name, result, filenames),

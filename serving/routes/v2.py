@@ -15,7 +15,6 @@ operating point was used.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from typing import Annotated, Any
 
@@ -25,7 +24,15 @@ from fastapi.responses import JSONResponse, Response
 
 from exitwise import __version__
 
-from ..deps import Authorized, Service, authorize, get_lifecycle, service_of
+from ..deps import (
+    Authorized,
+    Service,
+    arrival_of,
+    authorize,
+    disconnected,
+    get_lifecycle,
+    service_of,
+)
 from ..errors import BadRequestError, ModelNotFoundError, error_response
 from ..lifecycle import Lifecycle
 from ..params import parse_params
@@ -133,7 +140,7 @@ async def infer_version(request: Request, name: str, version: str) -> Response:
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
-    started = time.monotonic()
+    started = arrival_of(request)
     authorize(request)
     service = service_of(request)
     _check_model(service, name, version)
@@ -153,7 +160,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     if tensor.name == "input":
         if tensor.datatype != "FP32":
             raise BadRequestError(f"input 'input' must be FP32, not {tensor.datatype}")
-        classify = ClassifyRequest(started=started, params=params, tensor=values)
+        classify = ClassifyRequest(started, params, tensor=values, gone=disconnected(request))
     elif tensor.name == "image":
         if tensor.datatype != "BYTES":
             raise BadRequestError(f"input 'image' must be BYTES, not {tensor.datatype}")
@@ -161,7 +168,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
             raise BadRequestError(
                 f"input 'image' must have shape [N] or [N, 1], not {tensor.shape}"
             )
-        classify = ClassifyRequest(started=started, params=params, encoded=values)
+        classify = ClassifyRequest(started, params, encoded=values, gone=disconnected(request))
     else:
         raise BadRequestError(
             f"unknown input {tensor.name!r}; inputs: 'input' (FP32), 'image' (BYTES)"
@@ -202,6 +209,8 @@ def _respond(
     header["parameters"] = {k: v for k, v in result.plan.describe().items() if v is not None} | {
         "mean_mflops": result.mean_mflops
     }
+    if result.deadline_s is not None:
+        header["parameters"]["deadline_met"] = result.deadline_met()
     body, json_length = encode_response(header, [(n, OUTPUTS[n], values[n]) for n in names], binary)
     headers = {"Server-Timing": result.server_timing()}
     if json_length is None:

@@ -21,8 +21,9 @@ from calibration.probabilities import compute_scores
 from exitwise.datasets import EvalImages, open_dataset
 from exitwise.preprocess import normalize
 from exitwise.runtime import load_torch_runner, run_early_exit
-from serving.budgets import BudgetResolver
+from serving.budget.resolve import BudgetResolver
 from serving.engine import Engine
+from serving.jobs import Ticket
 from tests.serving_helpers import Served, served_bundle
 
 
@@ -77,9 +78,10 @@ async def _serve_one_by_one(runner, exit_mflops, x, plan) -> np.ndarray:  # type
     engine = Engine(runner, exit_mflops=list(exit_mflops), max_batch_size=16, max_wait_s=0.0)
     engine.start()
     try:
-        deadline = time.monotonic() + 60
-        jobs = [engine.submit(x[i : i + 1], plan, 0, deadline) for i in range(len(x))]
+        now = time.monotonic()
+        ticket = Ticket(plan, 0, now, now + 60)
+        jobs = [engine.submit(ticket, x[i : i + 1]) for i in range(len(x))]
         outcomes = [await job.future for job in jobs]
     finally:
         engine.stop()
-    return np.array([o.results[0].exit_index for o in outcomes])
+    return np.concatenate([o.exit for o in outcomes])

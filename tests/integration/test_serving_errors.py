@@ -99,8 +99,8 @@ def _fp32(n: int, shape: tuple[int, ...] = (1, 32, 32), value: float = 0.0) -> d
         ("bad-number", 422, "must be a number"),
         ("top-k-range", 422, "top_k"),
         ("v2-bad-budget", 422, "budget_mflops"),
-        ("deadline", 504, "deadline"),
-        ("v2-deadline", 504, "deadline"),
+        ("timeout", 504, "timeout passed"),
+        ("v2-timeout", 504, "timeout passed"),
     ],
 )
 def test_error_statuses(
@@ -167,9 +167,9 @@ def test_error_statuses(
         r = post("/v1/classify?top_k=11", content=image, headers=PNG)
     elif case == "v2-bad-budget":
         r = _v2(client, {**_fp32(1), "parameters": {"budget_mflops": "lots"}})
-    elif case == "deadline":
+    elif case == "timeout":
         r = post("/v1/classify?timeout_ms=0.000001", content=image, headers=PNG)
-    elif case == "v2-deadline":
+    elif case == "v2-timeout":
         r = _v2(client, {**_fp32(1), "parameters": {"timeout": 0.001}})
     else:  # pragma: no cover
         raise AssertionError(case)

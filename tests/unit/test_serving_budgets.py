@@ -10,7 +10,7 @@ import pytest
 
 from exitwise.bundle import Calibration, OperatingPoint, SplitResult
 from exitwise.preprocess import ImageTooLargeError, InvalidImageError
-from serving.budgets import BudgetResolver
+from serving.budget.resolve import BudgetResolver
 from serving.errors import (
     STATUS,
     BadRequestError,

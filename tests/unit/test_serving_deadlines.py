@@ -1,10 +1,12 @@
-"""Deadlines and load: the latency model, the deadline stop rule in the engine, the degradation
-state machine and its ladder of operating points."""
+"""Deadlines: the latency model, the engine's deadline rules (stop before a stage that would end
+late, earliest deadlines first, answer waiting rows in time, top-k whatever path answered),
+admission's forecast and policies, and the degradation ladder."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 
 import numpy as np
@@ -12,11 +14,14 @@ import pytest
 import torch
 
 from exitwise.bundle import Calibration, OperatingPoint, SplitResult
-from serving.budgets import BudgetResolver
-from serving.degrade import Degrader
+from exitwise.models import State
+from serving import deadlines
+from serving.budget.resolve import BudgetResolver
 from serving.engine import Engine
+from serving.errors import DeadlineUnmeetableError, InvalidParameterError
+from serving.jobs import Outcome
 from serving.latency import LatencyModel, buckets_up_to
-from tests.unit.test_serving_engine import FakeRunner, K, _images, _plan
+from tests.unit.test_serving_engine import FakeRunner, K, _images, _plan, ticket
 
 
 def test_buckets_and_estimates() -> None:
@@ -35,6 +40,9 @@ def test_buckets_and_estimates() -> None:
     assert m.describe()[0]["ms_per_batch"] == {"1": 1.0, "8": 5.0}
 
 
+NEVER = _plan([math.inf] * (K - 1))  # nobody is confident: only caps and deadlines stop them
+
+
 class SlowRunner(FakeRunner):
     """Each stage takes ``per_stage`` seconds."""
 
@@ -42,14 +50,39 @@ class SlowRunner(FakeRunner):
         super().__init__(delay=per_stage)
 
 
+class GatedRunner(FakeRunner):
+    """Its first stage batch waits until ``gate`` is set; a later stage-1 batch of 3 rows or
+    more takes ``slow`` seconds."""
+
+    def __init__(self, slow: float) -> None:
+        super().__init__()
+        self.inside, self.gate = threading.Event(), threading.Event()
+        self.slow = slow
+        self.batches: list[torch.Tensor] = []
+
+    def run_stage(self, index: int, state: State) -> tuple[State, torch.Tensor]:
+        self.batches.append(state[0].clone())
+        if len(self.batches) == 1:
+            self.inside.set()
+            self.gate.wait(5)
+        elif index == 0 and len(state[0]) >= 3:
+            time.sleep(self.slow)
+        return super().run_stage(index, state)
+
+
+def _timed(engine: Engine, seconds: float = 0.001) -> Engine:
+    for k in range(K):
+        for n in engine.latency.buckets:
+            engine.latency.set(k, n, seconds)
+    return engine
+
+
 def _serve(engine: Engine, images: torch.Tensor, thresholds: list[float], deadline_ms: float):  # type: ignore[no-untyped-def]
     async def main():  # type: ignore[no-untyped-def]
         engine.start()
         try:
             start = time.monotonic()
-            out = await engine.infer(
-                images, _plan(thresholds), 0, start + 30, answer_by=start + deadline_ms / 1000
-            )
+            out = await engine.infer(ticket(_plan(thresholds), deadline=deadline_ms / 1000), images)
             return out, time.monotonic() - start
         finally:
             engine.stop()
@@ -61,14 +94,10 @@ def test_an_image_stops_where_the_next_stage_would_miss_its_deadline() -> None:
     # Stages of 0.2 s and a deadline of 0.5 s: two stages fit (0.4 s), a third would end at
     # 0.6 s. The margins (0.1 s either way) absorb a busy machine's scheduling delays.
     runner = SlowRunner(per_stage=0.2)
-    engine = Engine(runner, exit_mflops=[1, 2, 3, 4], max_batch_size=8)
-    for k in range(K):
-        for n in engine.latency.buckets:
-            engine.latency.set(k, n, 0.2)
-    never = [math.inf] * (K - 1)  # nobody is confident: only the deadline can stop them early
-    out, _ = _serve(engine, _images(4), never, deadline_ms=500)
-    assert [r.exit_index for r in out.results] == [1] * 4
-    assert {r.reason for r in out.results} == {"deadline"}
+    engine = _timed(Engine(runner, exit_mflops=[1, 2, 3, 4], max_batch_size=8), 0.2)
+    out, _ = _serve(engine, _images(4), [math.inf] * (K - 1), deadline_ms=500)
+    assert out.exit.tolist() == [1] * 4
+    assert out.reasons() == ["deadline"] * 4
     assert [n for _, n in runner.calls] == [4, 4]  # stage 3 never ran
 
 
@@ -79,19 +108,20 @@ def test_reasons_confident_and_cap_and_no_deadline_changes_nothing() -> None:
     thresholds = [0.9, 0.85, 0.8]
     with_deadline, _ = _serve(a, images, thresholds, deadline_ms=10_000)
 
-    async def plain():  # type: ignore[no-untyped-def]
+    async def plain() -> Outcome:
         b.start()
         try:
-            return await b.infer(images, _plan(thresholds), 0, time.monotonic() + 30)
+            return await b.infer(ticket(_plan(thresholds)), images)
         finally:
             b.stop()
 
     without = asyncio.run(plain())
-    assert with_deadline.results == without.results  # a generous deadline changes no answer
-    reasons = {r.reason for r in without.results}
+    for field in ("exit", "class_id", "confidence", "reason"):  # a generous deadline changes nothing
+        np.testing.assert_array_equal(getattr(with_deadline, field), getattr(without, field))
+    reasons = set(without.reasons())
     assert reasons <= {"confident", "cap"} and "confident" in reasons
-    for r in without.results:
-        assert (r.reason == "cap") == (r.exit_index == K - 1)  # the last exit has no threshold
+    for e, r in zip(without.exit.tolist(), without.reasons(), strict=True):
+        assert (r == "cap") == (e == K - 1)  # the last exit has no threshold
 
 
 def test_rows_waiting_past_their_deadline_are_answered_from_their_last_exit() -> None:
@@ -99,48 +129,137 @@ def test_rows_waiting_past_their_deadline_are_answered_from_their_last_exit() ->
     # answered from exit 1 rather than run late.
     runner = SlowRunner(per_stage=0.03)
     engine = Engine(runner, exit_mflops=[1, 2, 3, 4], max_batch_size=4, max_stage_wait_s=10)
-    for k in range(K):
-        for n in engine.latency.buckets:
-            engine.latency.set(k, n, 0.03)
+    _timed(engine, 0.03)
 
-    async def main():  # type: ignore[no-untyped-def]
+    async def main() -> list[Outcome]:
         engine.start()
         try:
-            start = time.monotonic()
-            never = _plan([math.inf] * (K - 1))
-            late = [
-                engine.submit(_images(4, s), never, 0, start + 30, answer_by=start + 0.05)
-                for s in range(3)
-            ]
+            late = [engine.submit(ticket(NEVER, deadline=0.05), _images(4, s)) for s in range(3)]
             return [await j.future for j in late]
         finally:
             engine.stop()
 
     outcomes = asyncio.run(main())
-    results = [r for o in outcomes for r in o.results]
-    assert all(r.reason == "deadline" for r in results)
-    assert min(r.exit_index for r in results) == 0  # some never got past exit 1
+    assert all(r == "deadline" for o in outcomes for r in o.reasons())
+    assert min(int(o.exit.min()) for o in outcomes) == 0  # some never got past exit 1
 
 
-def test_degrader_steps_down_under_a_long_queue_and_back_with_hysteresis() -> None:
-    d = Degrader(max_level=3, high_s=0.05, low_s=0.0125, hold_s=0.15)
-    t = 0.0
-    levels = []
-    for wait in [0.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]:
-        levels.append(d.update(wait, t))
-        t += 0.1
-    assert levels == [0, 1, 1, 2, 2, 3, 3, 3, 3]  # one step per hold time, up to the cheapest
-    # In the band between the thresholds nothing moves (no flapping on a middling queue).
-    for _ in range(10):
-        assert d.update(0.03, t) == 3
-        t += 0.1
-    down = []
-    for _ in range(8):
-        down.append(d.update(0.001, t))
-        t += 0.1
-    assert down == [2, 2, 1, 1, 0, 0, 0, 0]
-    with pytest.raises(ValueError):
-        Degrader(max_level=1, high_s=0.01, low_s=0.02, hold_s=0)
+def _two_requests(engine: Engine, runner: GatedRunner, deadline: float, top_k: int):  # type: ignore[no-untyped-def]
+    """Request A (2 images, ``deadline``) runs stage 1 alone; B (3 images, no deadline) arrives
+    while it runs, and its stage 1 then takes ``runner.slow`` seconds while A waits for
+    stage 2. A's outcome and the seconds it took."""
+
+    async def main():  # type: ignore[no-untyped-def]
+        engine.start()
+        try:
+            start = time.monotonic()
+            a = engine.submit(ticket(NEVER, top_k, deadline=deadline), _images(2, 1))
+            await asyncio.to_thread(runner.inside.wait, 5)
+            b = engine.submit(ticket(NEVER), _images(3, 2))
+            runner.gate.set()
+            out = await a.future
+            elapsed = time.monotonic() - start
+            await b.future
+            return out, elapsed
+        finally:
+            engine.stop()
+
+    return asyncio.run(main())
+
+
+def test_a_deadline_answer_has_its_top_k_whatever_answered_it() -> None:
+    # A's rows are answered by their deadline while they wait for stage 2, where the survivors of
+    # B's batch (whose request asked for no top-k) join them: each still has its top 2.
+    runner = GatedRunner(slow=0.4)
+    engine = Engine(
+        runner, exit_mflops=[1, 2, 3, 4], max_batch_size=3, max_wait_s=0, max_stage_wait_s=10
+    )
+    _timed(engine, 0.3)  # a stage is forecast to take longer than A has left after stage 1
+    out, _ = _two_requests(engine, runner, deadline=0.2, top_k=2)
+    assert out.reasons() == ["deadline", "deadline"]
+    assert out.top_ids.shape == (2, 2) and out.top_probs.shape == (2, 2)
+    np.testing.assert_allclose(out.top_probs[:, 0], out.confidence, rtol=1e-12)
+    assert (out.top_probs.sum(axis=1) == pytest.approx(1.0))  # two classes
+
+
+def test_rows_in_a_deeper_queue_are_answered_by_their_deadline() -> None:
+    # B's stage-1 batch is forecast (and takes) 0.4 s; A, waiting for stage 2 with 0.25 s left,
+    # runs first and is answered in time, instead of after B's batch.
+    runner = GatedRunner(slow=0.4)
+    engine = Engine(
+        runner, exit_mflops=[1, 2, 3, 4], max_batch_size=3, max_wait_s=0, max_stage_wait_s=10
+    )
+    _timed(engine)
+    engine.latency.set(0, 3, 0.4)
+    out, elapsed = _two_requests(engine, runner, deadline=0.25, top_k=0)
+    assert elapsed < 0.25
+    assert len(out.exit) == 2
+
+
+def test_a_shrunk_batch_takes_the_row_with_the_deadline() -> None:
+    # Six rows without a deadline wait for stage 1, then one whose deadline leaves room for a
+    # batch of one row only: the batch taken is that row, not the oldest.
+    runner = GatedRunner(slow=0.0)
+    runner.gate.set()
+    engine = Engine(
+        runner, exit_mflops=[1, 2, 3, 4], max_batch_size=8, max_wait_s=0, max_stage_wait_s=10
+    )
+    _timed(engine)
+    for n in engine.latency.buckets:  # stage 1: one row fits in 0.1 s, two or more do not
+        engine.latency.set(0, n, 0.05 if n == 1 else 0.5)
+    marked = torch.full((1, 1, 1, K), 7.0)
+
+    async def main() -> None:
+        b = engine.submit(ticket(NEVER), _images(6, 3))
+        a = engine.submit(ticket(NEVER, deadline=0.1), marked)
+        engine.start()
+        try:
+            await a.future, await b.future
+        finally:
+            engine.stop()
+
+    asyncio.run(main())
+    first = runner.batches[0]
+    assert len(first) == 1 and (first == 7.0).all()
+
+
+def _forecast(wait: float, stages: list[float]) -> deadlines.Forecast:
+    return deadlines.Forecast(100.0, wait, np.array(stages))
+
+
+def test_admission_gives_the_deepest_exit_that_finishes_in_time() -> None:
+    f = _forecast(0.010, [0.002, 0.003, 0.004, 0.005])  # exits done at +12, 15, 19, 24 ms
+    assert deadlines.admit(f, 100.020, strict=False) == (2, False)
+    assert deadlines.admit(f, 100.030, strict=True) == (3, False)
+    assert deadlines.admit(f, 100.012, strict=False) == (0, False)
+    # Not even exit 1: the default answers from it anyway (late, and says so); strict refuses.
+    assert deadlines.admit(f, 100.011, strict=False) == (0, True)
+    with pytest.raises(DeadlineUnmeetableError) as refused:
+        deadlines.admit(_forecast(2.5, [0.002] * 4), 100.011, strict=True)
+    assert refused.value.response_headers() == {"Retry-After": "3"}
+
+
+def test_deadlines_known_to_be_impossible_up_front_are_refused() -> None:
+    deadlines.check(0.050, timeout_s=30, first_exit_s=0.002)
+    with pytest.raises(InvalidParameterError, match="shorter than the first exit"):
+        deadlines.check(0.001, timeout_s=30, first_exit_s=0.002)
+    with pytest.raises(InvalidParameterError, match="request timeout"):
+        deadlines.check(31, timeout_s=30, first_exit_s=0.002)
+
+
+def test_the_engine_forecast_counts_the_work_queued_ahead() -> None:
+    async def main() -> tuple[deadlines.Forecast, deadlines.Forecast]:
+        engine = _timed(Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=4), 0.004)
+        idle = engine.forecast()
+        engine.submit(ticket(NEVER), _images(8))  # not started: it stays queued
+        return idle, engine.forecast()
+
+    idle, busy = asyncio.run(main())
+    assert idle.wait == 0.0
+    np.testing.assert_allclose(idle.stage, [0.004] * K)
+    # 8 rows at stage 1, each 0.001 s per stage at full batches, half going on after each stage.
+    assert busy.wait == pytest.approx(8 * 0.001 * (1 + 0.5 + 0.25 + 0.125))
+    assert (busy.finish() > idle.finish()).all()
 
 
 def _point(name: str, mflops: float) -> OperatingPoint:

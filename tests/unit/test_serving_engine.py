@@ -14,9 +14,10 @@ from prometheus_client import CollectorRegistry
 from exitwise.models import State
 from exitwise.policy import confidence_and_prediction, decide_exits
 from exitwise.runtime import StageRunner, run_early_exit
-from serving.budgets import ExitPlan
-from serving.engine import Engine, EngineFailureError, InferOutcome
+from serving.budget.resolve import ExitPlan
+from serving.engine import Engine, EngineFailureError
 from serving.errors import DeadlineExceededError, NotReadyError, QueueFullError
+from serving.jobs import Outcome, Ticket
 from serving.metrics import Metrics
 
 K = 4
@@ -66,6 +67,27 @@ def _plan(thresholds: list[float], cap: int = K - 1) -> ExitPlan:
     return ExitPlan(arr, cap, "p", None, None, None, "request")
 
 
+def ticket(
+    plan: ExitPlan, top_k: int = 0, expires: float = 30.0, deadline: float = math.inf
+) -> Ticket:
+    """A ticket as admission makes it; ``expires`` and ``deadline`` in seconds from now."""
+    now = time.monotonic()
+    return Ticket(plan, top_k, now, now + expires, now + deadline)
+
+
+def results(out: Outcome) -> list[tuple[int, int, float, str]]:
+    """Per image: exit, class, confidence, stop reason."""
+    return list(
+        zip(
+            out.exit.tolist(),
+            out.class_id.tolist(),
+            out.confidence.tolist(),
+            out.reasons(),
+            strict=True,
+        )
+    )
+
+
 PLANS = [_plan([0.9, 0.85, 0.8]), _plan([0.99, 0.97, 0.95], cap=2), _plan([0.7, math.inf, 0.6])]
 
 
@@ -98,45 +120,44 @@ def _run(coro):  # type: ignore[no-untyped-def]
 def test_mixed_budgets_share_a_batch_and_match_running_alone() -> None:
     batches = [_images(5, seed=s) for s in range(3)]
 
-    async def together() -> list[InferOutcome]:
+    async def together() -> list[Outcome]:
         runner = FakeRunner()
         engine = Engine(runner, exit_mflops=[1, 2, 3, 4], max_batch_size=64)
-        deadline = time.monotonic() + 30
-        jobs = [engine.submit(x, p, 2, deadline) for x, p in zip(batches, PLANS, strict=True)]
+        jobs = [engine.submit(ticket(p, 2), x) for x, p in zip(batches, PLANS, strict=True)]
         engine.start()  # only now: all 15 images are queued, so they form one batch
         try:
-            results = [await job.future for job in jobs]
+            got = [await job.future for job in jobs]
         finally:
             engine.stop()
         assert runner.calls[0] == (0, 15)
-        return results
+        return got
 
-    async def alone(x: torch.Tensor, plan: ExitPlan) -> InferOutcome:
+    async def alone(x: torch.Tensor, plan: ExitPlan) -> Outcome:
         engine = Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4])
         engine.start()
         try:
-            return await engine.infer(x, plan, 2, time.monotonic() + 30)
+            return await engine.infer(ticket(plan, 2), x)
         finally:
             engine.stop()
 
     shared = _run(together())
     for x, plan, got in zip(batches, PLANS, shared, strict=True):
-        assert _run(alone(x, plan)).results == got.results
+        assert results(_run(alone(x, plan))) == results(got)
 
 
 def test_queue_full_is_refused_at_once() -> None:
     async def main() -> None:
         engine = Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_queue_images=4)
-        engine.submit(_images(3), PLANS[0], 0, time.monotonic() + 30)
+        engine.submit(ticket(PLANS[0]), _images(3))
         with pytest.raises(QueueFullError, match="3 of 4"):
-            engine.submit(_images(2), PLANS[0], 0, time.monotonic() + 30)
-        engine.submit(_images(1), PLANS[0], 0, time.monotonic() + 30)  # still fits
+            engine.submit(ticket(PLANS[0]), _images(2))
+        engine.submit(ticket(PLANS[0]), _images(1))  # still fits
         assert engine.queued_images == 4
         engine.start()
         engine.stop()
         assert engine.queued_images == 0
         with pytest.raises(NotReadyError):
-            engine.submit(_images(1), PLANS[0], 0, time.monotonic() + 30)
+            engine.submit(ticket(PLANS[0]), _images(1))
 
     _run(main())
 
@@ -146,16 +167,16 @@ def test_deadline_cancels_and_frees_the_queue() -> None:
         runner = FakeRunner()
         engine = Engine(runner, exit_mflops=[1, 2, 3, 4])
         with pytest.raises(DeadlineExceededError):  # the worker is not running yet
-            await engine.infer(_images(3), PLANS[0], 0, time.monotonic() + 0.05)
+            await engine.infer(ticket(PLANS[0], expires=0.05), _images(3))
         assert engine.queued_images == 0
         engine.start()
         try:
             runner.delay = 0.1  # slower than the deadline
             with pytest.raises(DeadlineExceededError):
-                await engine.infer(_images(2), PLANS[0], 0, time.monotonic() + 0.05)
+                await engine.infer(ticket(PLANS[0], expires=0.05), _images(2))
             runner.delay = 0.0
-            out = await engine.infer(_images(2), PLANS[0], 0, time.monotonic() + 30)
-            assert len(out.results) == 2
+            out = await engine.infer(ticket(PLANS[0]), _images(2))
+            assert len(out.exit) == 2
         finally:
             engine.stop()
 
@@ -172,10 +193,10 @@ def test_a_failing_batch_fails_its_requests_and_the_engine_goes_on(
         try:
             runner.fail = True
             with pytest.raises(EngineFailureError):
-                await engine.infer(_images(2), PLANS[0], 0, time.monotonic() + 30)
+                await engine.infer(ticket(PLANS[0]), _images(2))
             runner.fail = False
-            out = await engine.infer(_images(2), PLANS[0], 0, time.monotonic() + 30)
-            assert len(out.results) == 2
+            out = await engine.infer(ticket(PLANS[0]), _images(2))
+            assert len(out.exit) == 2
         finally:
             engine.stop()
 
@@ -186,11 +207,11 @@ def test_a_failing_batch_fails_its_requests_and_the_engine_goes_on(
 def test_stop_finishes_what_is_queued() -> None:
     async def main() -> None:
         engine = Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=2)
-        jobs = [engine.submit(_images(3, s), PLANS[0], 0, time.monotonic() + 30) for s in range(3)]
+        jobs = [engine.submit(ticket(PLANS[0]), _images(3, s)) for s in range(3)]
         engine.start()
         engine.stop()
         outcomes = [await job.future for job in jobs]
-        assert [len(o.results) for o in outcomes] == [3, 3, 3]
+        assert [len(o.exit) for o in outcomes] == [3, 3, 3]
 
     _run(main())
 
@@ -202,19 +223,19 @@ def test_batch_waits_only_for_requests_on_their_way() -> None:
         engine.start()
         try:
             start = time.monotonic()
-            await engine.infer(_images(1), PLANS[0], 0, start + 30)
+            await engine.infer(ticket(PLANS[0]), _images(1))
             assert time.monotonic() - start < 2.5  # nobody else coming: no 5 s wait
             runner.calls.clear()
             with engine.expecting() as arrival:  # another request is being decoded
-                first = engine.submit(_images(1, 1), PLANS[0], 0, start + 30)
+                first = engine.submit(ticket(PLANS[0]), _images(1, 1))
                 await asyncio.sleep(0.05)
-                second = engine.submit(_images(1, 2), PLANS[1], 0, start + 30, arrival)
+                second = engine.submit(ticket(PLANS[1]), _images(1, 2), arrival)
             await first.future, await second.future
             assert runner.calls[0] == (0, 2)  # one batch of both
             with engine.expecting():
                 pass  # a request that failed before reaching the queue is forgotten
             again = time.monotonic()
-            await engine.infer(_images(1), PLANS[0], 0, again + 30)
+            await engine.infer(ticket(PLANS[0]), _images(1))
             assert time.monotonic() - again < 2.5
         finally:
             engine.stop()
@@ -233,7 +254,7 @@ def test_metrics_follow_the_batches() -> None:
         engine = Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], metrics=metrics)
         engine.start()
         try:
-            await engine.infer(images, PLANS[0], 0, time.monotonic() + 30)
+            await engine.infer(ticket(PLANS[0]), images)
         finally:
             engine.stop()
 
@@ -246,7 +267,7 @@ def test_metrics_follow_the_batches() -> None:
             assert rows == (exits >= k).sum()
     assert get("exitwise_mflops_per_image_sum") == pytest.approx(float((exits + 1).sum()))
     assert get("exitwise_batch_size_sum") == 32 and get("exitwise_queue_depth") == 0
-    assert get("exitwise_queue_wait_seconds_count") == 32
+    assert get("exitwise_queue_wait_seconds_count") == 1  # one request
     assert get("exitwise_compute_seconds_count") == len([k for k in range(K) if (exits >= k).any()])
     assert (
         get(
@@ -264,10 +285,9 @@ def test_survivors_of_several_batches_run_the_next_stage_together() -> None:
     plan = _plan([0.9, 0.85, 0.8])
     requests = [_images(4, seed=s) for s in (3, 4, 5)]
 
-    async def main() -> list[InferOutcome]:
+    async def main() -> list[Outcome]:
         engine = Engine(runner, exit_mflops=[1, 2, 3, 4], max_batch_size=4, max_wait_s=10.0)
-        deadline = time.monotonic() + 30
-        jobs = [engine.submit(x, plan, 1, deadline) for x in requests]
+        jobs = [engine.submit(ticket(plan, 1), x) for x in requests]
         engine.start()
         try:
             return [await job.future for job in jobs]
@@ -278,10 +298,12 @@ def test_survivors_of_several_batches_run_the_next_stage_together() -> None:
     images = torch.cat(requests)
     conf, pred = _all_confidences(images)
     exits = decide_exits(conf, plan.thresholds)
-    got = [r for o in outcomes for r in o.results]
-    assert [r.exit_index for r in got] == exits.tolist()
-    assert [r.class_id for r in got] == pred[np.arange(12), exits].tolist()
-    assert [r.top[0][1] for r in got] == pytest.approx(conf[np.arange(12), exits].tolist())
+    got = np.concatenate([o.exit for o in outcomes])
+    assert got.tolist() == exits.tolist()
+    classes = np.concatenate([o.class_id for o in outcomes])
+    assert classes.tolist() == pred[np.arange(12), exits].tolist()
+    top = np.concatenate([o.top_probs[:, 0] for o in outcomes])
+    assert top.tolist() == pytest.approx(conf[np.arange(12), exits].tolist())
     # Every row ran each stage once, until its exit; stage 2+ batches hold more rows than the
     # survivors of any single stage-1 batch of 4.
     for k in range(K):
@@ -300,14 +322,14 @@ def test_cancelled_rows_leave_every_stage_queue() -> None:
         never = _plan([math.inf, math.inf, math.inf])  # every image runs to the last exit
         engine.start()
         try:
-            task = asyncio.ensure_future(engine.infer(_images(4), never, 0, time.monotonic() + 30))
+            task = asyncio.ensure_future(engine.infer(ticket(never), _images(4)))
             await asyncio.sleep(0.12)  # some rows have moved on to later stages
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
             assert engine.queued_images == 0
-            out = await engine.infer(_images(1), never, 0, time.monotonic() + 30)
-            assert out.results[0].exit_index == K - 1
+            out = await engine.infer(ticket(never), _images(1))
+            assert out.exit.tolist() == [K - 1]
         finally:
             engine.stop()
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from exitwise.bundle import Calibration, OperatingPoint
 
-from .errors import InvalidParameterError, ServerConfigError
+from ..errors import InvalidParameterError, ServerConfigError
 
 Source = Literal["request", "server-default", "calibration-default", "last-exit"]
 
@@ -38,11 +38,13 @@ class ExitPlan:
     budget_mflops: float | None  # the budget that picked the point
     max_exit: int | None  # the cap asked for (1-based)
     source: Source
-    # Budget control (serving.budget_control): whether the request lets it act, and whether it
-    # had moved the operating point's thresholds (then: the held-out budget they were solved for).
+    # Budget control (serving.budget.control): whether the request lets it act, whether it had
+    # moved the operating point's thresholds (then: the held-out budget they were solved for),
+    # and which of its settings served the request (-1: not under control).
     control: bool = True
     controlled: bool = False
     control_mflops: float | None = None
+    control_epoch: int = -1
     # Under load (serving.degrade): the plan the request asked for, when it got a cheaper one.
     degraded_from: str | None = None
 

@@ -1,0 +1,462 @@
+"""Budget control: each operating point's realised MFLOPs per image kept on its calibrated cost
+while traffic changes, and the calibrated thresholds served again once it is clean.
+
+Calibration promises an operating point's expected cost E on the held-out distribution. Harder
+traffic (noise, blur, dim light) makes fewer images confident early and the cost rises; easier
+traffic lowers it. A :class:`BudgetController` per point does three things:
+
+- **Detects** a change wherever it starts: a two-sided CUSUM of the served images' cost against
+  E, in units of the per-image spread the point has on the held-out split. It alarms when the
+  evidence that the mean moved by more than ``allowance`` spreads adds up to ``threshold``,
+  and dates the change (the last moment the sum was zero). On clean traffic it stays still: no
+  alarm in 100,000 images in ``exitwise bench drift --simulate``'s clean runs.
+- **Corrects** from the images since the change: what each row of calibration's control table
+  would cost on them (:func:`serving.budget.table.estimate`, exact for rows that stop images no
+  later than they stopped), and a move to the row whose estimate is closest to E, in one step.
+  Where the estimate is not exact (a dearer row: images may go further than anyone saw), the
+  move is bounded to ``max_step`` in held-out cost. It checks again as the evidence grows (250,
+  500, 1,000, ... images after the change, up to ``window``), with every image since the change.
+- **Comes home**: when the images since a change cost, under the thresholds served, what those
+  thresholds cost on the held-out split, the traffic is clean again and the calibrated
+  thresholds are served, exactly what calibration simulated.
+
+Images served with thresholds from before a move (admitted earlier, answered later) still tell
+what the traffic is like, but do not count for the detection of the next change. Images stopped
+by a deadline are censored: their cost says nothing of the thresholds (see ``table.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from exitwise.bundle import Calibration, OperatingPoint
+
+from .resolve import ExitPlan
+from .table import ControlTable, Estimate, Traffic, cost_after, estimate, hazards_of
+
+log = logging.getLogger("exitwise.serving.control")
+
+CALIBRATED = -1  # the row index that stands for the point's own calibrated thresholds
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    window: int = 4000  # the most recent images an estimate looks at
+    tolerance: float = 0.02  # relative deadband around the target
+    allowance: float = 0.07  # CUSUM: the drift ignored, in per-image spreads
+    threshold: float = 60.0  # CUSUM: the evidence that makes an alarm, same unit
+    z: float = 2.5  # standard errors a difference must exceed to move
+    max_step: float = 1.5  # the most a move where the estimate is not exact changes b
+    first_check: int = 250  # images after a change before the first re-check
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"the window must hold at least one image, not {self.window}")
+        if not self.tolerance >= 0 or not math.isfinite(self.tolerance):
+            raise ValueError(f"the tolerance must be 0 or more, not {self.tolerance}")
+        if not (self.allowance >= 0 and self.threshold > 0 and self.z > 0):
+            raise ValueError("allowance must be 0 or more, threshold and z positive")
+        if not self.max_step > 1:
+            raise ValueError(f"max_step must be above 1, not {self.max_step}")
+
+
+@dataclass(frozen=True)
+class Move:
+    """A decision: the held-out budget whose thresholds are served from now on."""
+
+    budget: float
+    previous: float
+    realised: float  # the estimated cost of the thresholds served before, on recent images
+    images: int  # how many images the decision looked at
+    home: bool = False  # back to the calibrated thresholds
+
+
+class _Log:
+    """The last ``capacity`` images fed to a controller, by sequence number."""
+
+    def __init__(self, capacity: int, num_exits: int) -> None:
+        self.capacity = capacity
+        self.confidence = np.full((capacity, num_exits), np.nan)
+        self.reached = np.zeros(capacity, dtype=np.int64)
+        self.censored = np.zeros(capacity, dtype=bool)
+        self.epoch = np.zeros(capacity, dtype=np.int64)
+        self.count = 0  # images ever added
+
+    def add(self, traffic: Traffic, epoch: int) -> None:
+        n = min(len(traffic), self.capacity)
+        at = (self.count + len(traffic) - n + np.arange(n)) % self.capacity
+        self.confidence[at] = traffic.confidence[-n:]
+        self.reached[at] = traffic.reached[-n:]
+        self.censored[at] = traffic.censored[-n:]
+        self.epoch[at] = epoch
+        self.count += len(traffic)
+
+    def since(self, start: int) -> tuple[Traffic, np.ndarray]:
+        """The images from sequence number ``start`` on (the last ``capacity`` at most)."""
+        first = max(start, self.count - self.capacity)
+        at = np.arange(first, self.count) % self.capacity
+        traffic = Traffic(self.confidence[at], self.reached[at], self.censored[at])
+        return traffic, self.epoch[at]
+
+
+class _Cusum:
+    """Two-sided CUSUM of standardised increments; an alarm dates the change."""
+
+    def __init__(self, allowance: float, threshold: float) -> None:
+        self.allowance, self.threshold = allowance, threshold
+        self.reset(0)
+
+    def reset(self, seq: int) -> None:
+        self.high = self.low = 0.0
+        self.high_zero = self.low_zero = seq  # sequence number after the last zero
+
+    def update(self, x: np.ndarray, seq: np.ndarray) -> tuple[int, int] | None:
+        """Feed increments ``x`` (their sequence numbers ``seq``); on an alarm ``(sign, change)``:
+        +1 when the cost went up, -1 down, and the sequence number where the change began."""
+        for sign in (1, -1):
+            level = self.high if sign > 0 else self.low
+            walk = level + np.cumsum(sign * x - self.allowance)
+            floor = np.minimum.accumulate(np.minimum(walk, 0.0))
+            sums = walk - floor
+            zeros = np.flatnonzero(sums <= 0.0)
+            zero = int(seq[zeros[-1]]) + 1 if len(zeros) else None
+            over = np.flatnonzero(sums > self.threshold)
+            if len(over):
+                before = zeros[zeros < over[0]]
+                start = int(seq[before[-1]]) + 1 if len(before) else None
+                if start is None:
+                    start = self.high_zero if sign > 0 else self.low_zero
+                return sign, start
+            if sign > 0:
+                self.high = float(sums[-1])
+                self.high_zero = zero if zero is not None else self.high_zero
+            else:
+                self.low = float(sums[-1])
+                self.low_zero = zero if zero is not None else self.low_zero
+        return None
+
+
+class BudgetController:
+    """One operating point's loop (see the module docstring). Not thread-safe: the server
+    drives it from its event loop."""
+
+    def __init__(
+        self,
+        point: OperatingPoint,
+        costs: Sequence[float],
+        table: ControlTable,
+        settings: ControlSettings | None = None,
+    ) -> None:
+        self.settings = s = settings or ControlSettings()
+        self.target = point.expected_mflops
+        self.costs = np.asarray(costs, dtype=np.float64)
+        self.table = table
+        self.calibrated = point.threshold_array()
+        fractions = np.asarray(point.heldout.exit_fractions, dtype=np.float64)
+        self._home_fractions = fractions
+        self._home_hazards = hazards_of(fractions)
+        spread = math.sqrt(max(0.0, float(fractions @ self.costs**2) - self.target**2))
+        self.spread = max(spread, 1e-3 * self.target)
+        self.row = CALIBRATED
+        self.epoch = 0
+        self.moves = 0
+        self._log = _Log(s.window, len(self.costs))
+        self._cusum = _Cusum(s.allowance, s.threshold)
+        self._fed = 0  # images the CUSUM has seen (by sequence number)
+        self._after = cost_after(self._home_hazards, self.costs)
+        self._segment: int | None = None  # sequence number where the current change began
+        self._check = 0  # images into the segment of the next re-check
+        self._home_check = 0  # sequence number of the next look for clean traffic
+
+    @property
+    def budget(self) -> float:
+        """The held-out cost of the thresholds served (E when calibrated)."""
+        return self.target if self.row == CALIBRATED else float(self.table.mflops[self.row])
+
+    @property
+    def moved(self) -> bool:
+        return self.row != CALIBRATED
+
+    def thresholds(self) -> np.ndarray:
+        return self.calibrated if self.row == CALIBRATED else self.table.thresholds[self.row]
+
+    def observe(self, traffic: Traffic, epoch: int) -> Move | None:
+        """Images just served with the thresholds of ``epoch``; a :class:`Move` when it moved."""
+        self._log.add(traffic, epoch)
+        if self._log.count - self._fed >= 32:  # the CUSUM runs on groups: cheap per request
+            self._watch()
+        if self._segment is None and self.row != CALIBRATED:
+            if self._log.count >= self._home_check:
+                return self._home()
+            return None
+        if self._segment is None or self._log.count - self._segment < self._check:
+            return None
+        return self._decide()
+
+    def _home(self) -> Move | None:
+        """Away from home and settled: every ``first_check`` images, are the recent ones clean?
+        (A small shift ending moves the cost too little for the CUSUM to see soon.)"""
+        s = self.settings
+        self._home_check = self._log.count + s.first_check
+        traffic, _ = self._log.since(self._log.count - s.window // 2)
+        now = self._estimate(traffic, self.thresholds())
+        if not self._clean(now, traffic):
+            return None
+        return self._move(CALIBRATED, now.mflops, len(traffic), traffic)
+
+    def _watch(self) -> None:
+        """Feed the CUSUM the images served with the current thresholds since it last ran."""
+        start = self._fed
+        self._fed = self._log.count
+        seq, x = self._increments(start)
+        if not len(x):
+            return
+        alarm = self._cusum.update(x, seq)
+        if alarm is None:
+            return
+        sign, since = alarm
+        self._cusum.reset(self._log.count)
+        # The CUSUM dates a change at its last zero, which a random excursion of the clean
+        # traffic before it can put too early; the likelihood ratio of a shift of unknown size
+        # starting at each image since then dates it better.
+        seq, x = self._increments(since)
+        tail = np.cumsum(sign * x[::-1])[::-1]
+        score = np.where(tail > 0, tail**2 / np.arange(len(x), 0, -1), 0.0)
+        self._segment, self._check = int(seq[int(np.argmax(score))]), 0
+
+    def _increments(self, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sequence numbers and standardised cost minus target of the images from ``start`` on
+        that were served with the current thresholds (a censored image counts its expected
+        cost given the exits it passed)."""
+        recent, epochs = self._log.since(start)
+        seq = np.arange(self._log.count - len(recent), self._log.count)
+        mine = epochs == self.epoch
+        reached = recent.reached[mine]
+        cost = np.where(recent.censored[mine], self._after[reached], self.costs[reached])
+        return seq[mine], (cost - self.target) / self.spread
+
+    def _decide(self) -> Move | None:
+        assert self._segment is not None
+        s = self.settings
+        traffic, _ = self._log.since(self._segment)
+        n = len(traffic)
+        self._check = max(s.first_check, 2 * n)
+        if n >= s.window:
+            self._segment = None  # settled: the next change is the CUSUM's to find
+        now = self._estimate(traffic, self.thresholds())
+        if self.row != CALIBRATED and self._clean(now, traffic):
+            # Home. The next change is the CUSUM's to find (this segment may begin a little
+            # before the traffic turned clean).
+            self._segment = None
+            return self._move(CALIBRATED, now.mflops, n, traffic)
+        # The alarm was the significance test; from here the estimate only gets better with
+        # more images, so any difference beyond the deadband is worth a move.
+        gap = now.mflops - self.target
+        if abs(gap) <= s.tolerance * self.target:
+            return None
+        here = self.table.row_at(self.target) if self.row == CALIBRATED else self.row
+        if gap > 0:
+            lo, hi = 0, max(0, here - (self.row != CALIBRATED))
+        elif here + 1 < len(self.table):
+            lo = here + 1
+            hi = max(lo, self.table.row_at(self.budget * s.max_step))
+        else:
+            return None  # the dearest row already
+        row = self._dearest_within(traffic, lo, hi)
+        if row is None:  # too dear: the cheapest candidate; too cheap: stay
+            return None if gap < 0 else self._move(lo, now.mflops, n, traffic)
+        if row == self.row:
+            return None
+        return self._move(row, now.mflops, n, traffic)
+
+    def _dearest_within(self, traffic: Traffic, lo: int, hi: int) -> int | None:
+        """The dearest row in ``lo..hi`` whose estimated cost on ``traffic`` is within the
+        target (plus the tolerance), or None (a bisection: the estimate rises with the row's
+        held-out cost). The promise is an average not above the budget: between two rows,
+        one too cheap and one too dear, the cheaper one."""
+        ceiling = self.target * (1 + self.settings.tolerance)
+
+        def fits(i: int) -> bool:
+            return self._estimate(traffic, self.table.thresholds[i]).mflops <= ceiling
+
+        if not fits(lo):
+            return None
+        if fits(hi):
+            return hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
+
+    def _clean(self, now: Estimate, traffic: Traffic) -> bool:
+        """Whether ``traffic`` looks like the held-out split: the thresholds served cost on it
+        what they cost there, and as many images as there are confident at exit 1 by the
+        calibrated thresholds. (The served ones alone can be blind: at the cheapest rows nearly
+        every image leaves at exit 1, whatever the traffic. Exit 1 is the one exit every image
+        passes, so its share is known exactly whatever thresholds served them.)"""
+        n = len(traffic)
+        if n < self.settings.first_check:
+            return False
+        first = float(self._home_fractions[0])
+        share = float(np.mean(traffic.confidence[:, 0] >= self.calibrated[0]))
+        spread = math.sqrt(max(first * (1 - first), 1e-4) / n)
+        same_first = abs(share - first) <= self.settings.z * spread + 0.01
+        return same_first and self._matches(now, self.budget)
+
+    def _matches(self, found: Estimate, expected: float) -> bool:
+        noise = max(self.settings.z * found.stderr, self.settings.tolerance * expected)
+        return abs(found.mflops - expected) <= noise
+
+    def _estimate(self, traffic: Traffic, thresholds: np.ndarray) -> Estimate:
+        return estimate(traffic, thresholds, self.costs, self._home_hazards)
+
+    def _move(self, row: int, realised: float, images: int, traffic: Traffic) -> Move:
+        previous = self.budget
+        self.row = row
+        self.epoch += 1
+        self.moves += 1
+        hazards = (
+            self._home_hazards
+            if row == CALIBRATED
+            else self._estimate(traffic, self.thresholds()).hazards
+        )
+        self._after = cost_after(hazards, self.costs)
+        self._cusum.reset(self._log.count)
+        return Move(self.budget, previous, realised, images, home=row == CALIBRATED)
+
+
+class _PointState:
+    """One operating point in the server: its controller, and what it spent."""
+
+    def __init__(self, point: OperatingPoint, controller: BudgetController | None, window: int):
+        self.point = point
+        self.controller = controller
+        self.spent = 0.0
+        self.images = 0
+        self.up = 0  # moves to a dearer budget
+        self.down = 0
+        self._recent: deque[tuple[float, int]] = deque()  # (MFLOPs, images) per request
+        self._recent_sum, self._recent_n, self._window = 0.0, 0, window
+
+    def spend(self, mflops: float, images: int) -> None:
+        self.spent += mflops
+        self.images += images
+        self._recent.append((mflops, images))
+        self._recent_sum += mflops
+        self._recent_n += images
+        while self._recent_n - self._recent[0][1] >= self._window:
+            old, k = self._recent.popleft()
+            self._recent_sum -= old
+            self._recent_n -= k
+
+    def realised(self) -> float | None:
+        """Mean cost of about the last ``window`` images served with the point."""
+        return self._recent_sum / self._recent_n if self._recent_n else None
+
+
+class BudgetControl:
+    """Budget control in the server: plans get their point's current thresholds, answers feed
+    the controllers, and what they did is there to describe and export."""
+
+    def __init__(
+        self,
+        calibration: Calibration | None,
+        points: Sequence[OperatingPoint],
+        settings: ControlSettings,
+        enabled: bool,
+    ) -> None:
+        self.settings = settings
+        self.available = calibration is not None and bool(calibration.control)
+        self.enabled = enabled and self.available
+        if enabled and calibration is not None and not calibration.control:
+            log.warning(
+                "budget control is unavailable: calibration.json was made before it existed "
+                "(no control table); re-run `exitwise calibrate` to enable it"
+            )
+        table = None
+        if calibration is not None and calibration.control:
+            rows = calibration.control
+            table = ControlTable([r.mflops for r in rows], [r.threshold_array() for r in rows])
+        self._points: dict[str, _PointState] = {}
+        for p in points:
+            ctl = None
+            if table is not None and calibration is not None:
+                ctl = BudgetController(p, calibration.exit_mflops, table, settings)
+            self._points[p.name] = _PointState(p, ctl, settings.window)
+
+    def plan(self, plan: ExitPlan, allowed: bool | None = None) -> ExitPlan:
+        """``plan`` with its point's current thresholds; ``allowed=False``: the request opts out."""
+        if allowed is False:
+            return dataclasses.replace(plan, control=False)
+        state = self._points.get(plan.operating_point or "")
+        ctl = state.controller if state is not None else None
+        if not self.enabled or ctl is None:
+            return plan
+        if not ctl.moved:
+            return dataclasses.replace(plan, control_epoch=ctl.epoch)
+        return dataclasses.replace(
+            plan,
+            thresholds=ctl.thresholds(),
+            controlled=True,
+            control_mflops=ctl.budget,
+            control_epoch=ctl.epoch,
+        )
+
+    def observe(self, plan: ExitPlan, mflops: np.ndarray, traffic: Traffic) -> None:
+        """A request's images, served with ``plan``: their costs (MFLOPs) and what the engine
+        recorded of them. Only a point's plans without an exit cap count (a cap makes images
+        look cheaper than the thresholds make them); opted-out ones count only as spent."""
+        state = self._points.get(plan.operating_point or "")
+        if state is None or plan.max_exit is not None:
+            return
+        state.spend(float(mflops.sum()), len(mflops))
+        ctl = state.controller
+        if not self.enabled or ctl is None or not plan.control or plan.control_epoch < 0:
+            return
+        move = ctl.observe(traffic, plan.control_epoch)
+        if move is None:
+            return
+        state.up += move.budget > move.previous
+        state.down += move.budget < move.previous
+        log.info(
+            "budget control: %s cost %.4g MFLOPs per image over %d images (target %.4g); now "
+            "serving the thresholds of %s (held-out %.4g MFLOPs; was %.4g)",
+            state.point.name,
+            move.realised,
+            move.images,
+            ctl.target,
+            "its calibration" if move.home else "a control-table row",
+            move.budget,
+            move.previous,
+        )
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """What ``/v1/model`` shows of one operating point's control."""
+        state = self._points.get(name)
+        ctl = state.controller if state is not None else None
+        if state is None or ctl is None:
+            return {"controlled": False, "current_thresholds": None, "control_mflops": None}
+        return {
+            "controlled": self.enabled and ctl.moved,
+            "current_thresholds": _json(ctl.thresholds()),
+            "control_mflops": ctl.budget,
+            "realised_mflops": state.realised(),
+            "adjustments": ctl.moves,
+        }
+
+    def states(self) -> list[_PointState]:
+        return list(self._points.values())
+
+
+def _json(thresholds: np.ndarray) -> list[float | None]:
+    out: list[float | None] = [None if np.isinf(t) else float(t) for t in thresholds]
+    out[-1] = None
+    return out
