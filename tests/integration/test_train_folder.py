@@ -94,6 +94,25 @@ def test_held_out_size_is_a_fraction_with_a_floor_and_a_cap() -> None:
     assert DataSpec(dataset="cifar10", heldout_fraction=0.2).heldout_count(50000) == 5000  # cap
 
 
+def test_the_image_size_is_the_folders_unless_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_folder(tmp_path / "data", per_class=8)  # shorter sides 36, 36, 44
+    recipe = _recipe(data, image_size="auto")
+    assert _train(tmp_path, recipe, "auto") == 0
+    err = capsys.readouterr().err
+    assert "image size 32 (data.image_size auto: the median shorter side of the " in err
+    manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
+    assert manifest["preprocessing"]["input_size"] == 32 == manifest["preprocessing"]["crop"]
+    saved = yaml.safe_load((tmp_path / "auto" / "recipe.yaml").read_text())
+    assert saved["data"]["image_size"] == "auto"  # what was asked; the bundle has the number
+    # A number is used as given, and nothing is said about it.
+    assert _train(tmp_path, recipe, "fixed", "data.image_size=24") == 0
+    assert "data.image_size auto" not in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "fixed" / "manifest.json").read_text())
+    assert manifest["preprocessing"]["input_size"] == 24
+
+
 def _refused(tmp: Path, capsys: pytest.CaptureFixture[str], recipe: dict[str, Any],
              match: str, *sets: str) -> None:  # fmt: skip
     assert _train(tmp, recipe, "bad", *sets) == 1
