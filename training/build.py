@@ -232,8 +232,9 @@ def build_run(
         preprocessing = default_preprocessing(data.dataset, data.channels)
     module = build_model(recipe, preprocessing, train_set.class_names).to(device)
     notes = list(folder.notes) if folder is not None else []
+    rule = data.heldout_rule_note(len(train_set))  # the held-out rule changed the size asked for
     small = heldout_note(len(split.heldout), module.num_exits)
-    notes += [small] if small else []
+    notes += [note for note in (rule, small) if note]
     if ckpt is not None:
         ckpt.check_architecture(module.arch, module.config_dict)
     if recipe.channels_last:

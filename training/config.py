@@ -149,6 +149,35 @@ class DataSpec(_Section):
         size = min(max(share, self.heldout_min), self.heldout_max)
         return max(1, min(size, n_train // 2))  # training keeps at least half
 
+    def heldout_rule_note(self, n_train: int) -> str | None:
+        """One line when the held-out rule (at least ``heldout_min``, at most ``heldout_max`` and
+        half the split) changes the size the fraction asks for; None when it does not."""
+        if self.heldout_size is not None:
+            return None
+        if self.heldout_fraction is None and self.dataset != "folder":
+            return None
+        fraction = self.heldout_fraction or DEFAULT_HELDOUT_FRACTION
+        asked = round(fraction * n_train)
+        used = self.heldout_count(n_train)
+        if used == asked:
+            return None
+        default = " (the default)" if self.heldout_fraction is None else ""
+        steps = []
+        if asked < self.heldout_min:
+            steps.append(
+                f"raised to data.heldout_min = {self.heldout_min} so that calibration has enough"
+            )
+        elif asked > self.heldout_max:
+            steps.append(f"capped at data.heldout_max = {self.heldout_max}")
+        if used < min(max(asked, self.heldout_min), self.heldout_max):
+            steps.append("capped at half of them, so that training keeps the other half")
+        share = "half" if used == n_train // 2 else f"{used / n_train:.0%}"
+        return (
+            f"held-out split: {used} of the {n_train} training images ({share}), not the {asked} "
+            f"that data.heldout_fraction {fraction:g}{default} asks for: {', then '.join(steps)}; "
+            f"{n_train - used} are left to train on (data.heldout_size sets the number)"
+        )
+
 
 class OptimSpec(_Section):
     lr: float = Field(default=0.1, gt=0)  # for the global batch
