@@ -206,7 +206,7 @@ def run_calibration(
     if options.workers < 0:
         raise CalibrationError("--workers must be 0 or more")
     # Everything that can be refused without running the network is checked first.
-    targets = plan_targets(options.budgets, options.fractions, m.exit_mflops)
+    targets = plan_targets(options.budgets, options.fractions, m.exit_mflops, str(path))
     names = [t.name for t in targets]
     if options.default is not None and options.default not in names:
         raise CalibrationError(

@@ -62,6 +62,21 @@ def describe_range(exit_mflops: Sequence[float] | np.ndarray) -> str:
     return f"{math.ceil(low * 1e4) / 1e4:g}..{math.floor(high * 1e4) / 1e4:g} MFLOPs"
 
 
+def in_range(target: float, exit_mflops: Sequence[float] | np.ndarray) -> bool:
+    """Whether a finite positive ``target`` lies in [exit 1's cost, the last exit's cost]."""
+    low, high = cost_range(exit_mflops)
+    return low * (1 - _RANGE_RTOL) <= target <= high * (1 + _RANGE_RTOL)
+
+
+def describe_costs(exit_mflops: Sequence[float] | np.ndarray) -> str:
+    """Every exit's cumulative cost, the first rounded up and the last down (as in
+    :func:`describe_range`: every number shown is a valid budget)."""
+    costs = [f"{round(float(c), 4):g}" for c in exit_mflops]
+    costs[0] = f"{math.ceil(float(exit_mflops[0]) * 1e4) / 1e4:g}"
+    costs[-1] = f"{math.floor(float(exit_mflops[-1]) * 1e4) / 1e4:g}"
+    return ", ".join(costs)
+
+
 def check_target(
     target: float, exit_mflops: Sequence[float] | np.ndarray, what: str = "budget"
 ) -> float:
@@ -71,7 +86,7 @@ def check_target(
         raise BudgetError(f"{what} {target!r} is not a number")
     if target <= 0 or math.isinf(target):
         raise BudgetError(f"{what} {target:g} MFLOPs must be a positive finite number")
-    if target < low * (1 - _RANGE_RTOL) or target > high * (1 + _RANGE_RTOL):
+    if not in_range(target, exit_mflops):
         raise BudgetError(
             f"{what} {target:g} MFLOPs is outside the valid range {describe_range(exit_mflops)} "
             f"(exit 1 costs {low:.8g}, exit {len(exit_mflops)} costs {high:.8g})"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import BudgetError
-from .solver import check_target, describe_range
+from .solver import check_target, describe_costs, describe_range, in_range
 
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.75)
 
@@ -49,16 +49,63 @@ def _digits(values: Sequence[float]) -> int:
     return 12
 
 
+def _listed(values: Sequence[float]) -> str:
+    shown = [f"{v:g}" for v in values]
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
+
+
+def suggested_fractions(exit_mflops: Sequence[float]) -> list[float]:
+    """Fractions of the last exit's cost to suggest: the defaults that are valid, or exit 1's
+    share (rounded up) and 1 when none is."""
+    low, high = float(exit_mflops[0]), float(exit_mflops[-1])
+    valid = [f for f in DEFAULT_FRACTIONS if f * high >= low]
+    return valid or [math.ceil(low / high * 100) / 100, 1.0]
+
+
+def range_help(exit_mflops: Sequence[float], bundle: str | None = None) -> str:
+    """What a budget must be, the cost of every exit, and how to ask without knowing them."""
+    suggested = ",".join(f"{f:g}" for f in suggested_fractions(exit_mflops))
+    return (
+        f"(a budget is an average cost per image, between exit 1's cost and exit "
+        f"{len(exit_mflops)}'s; cumulative MFLOPs per exit: {describe_costs(exit_mflops)}): give "
+        f"budgets in that range, or fractions of the last exit's cost (--fractions {suggested}); "
+        f"`exitwise inspect {bundle or 'BUNDLE'}` shows the exit costs"
+    )
+
+
+def check_budgets(
+    budgets: Sequence[float], exit_mflops: Sequence[float], bundle: str | None = None
+) -> list[float]:
+    """The budgets, each checked; every one outside the valid range is named in one error that
+    says what the range is, what each exit costs and how to find budgets that fit."""
+    for b in budgets:
+        if not isinstance(b, (int, float)) or math.isnan(b) or b <= 0 or math.isinf(b):
+            check_target(b, exit_mflops)  # raises: not a number, not positive, not finite
+    outside = [b for b in budgets if not in_range(b, exit_mflops)]
+    if outside:
+        many = len(outside) > 1
+        raise BudgetError(
+            f"budget{'s' if many else ''} {_listed(outside)} MFLOPs {'are' if many else 'is'} "
+            f"outside the valid range {describe_range(exit_mflops)} "
+            f"{range_help(exit_mflops, bundle)}"
+        )
+    return [check_target(b, exit_mflops) for b in budgets]
+
+
 def plan_targets(
-    budgets: Sequence[float], fractions: Sequence[float], exit_mflops: Sequence[float]
+    budgets: Sequence[float],
+    fractions: Sequence[float],
+    exit_mflops: Sequence[float],
+    bundle: str | None = None,
 ) -> list[Target]:
     """Checked targets, ordered by cost; with neither budgets nor fractions, the default
-    fractions 0.25 / 0.5 / 0.75 of the last exit's cost, raised to exit 1's cost if below it."""
+    fractions 0.25 / 0.5 / 0.75 of the last exit's cost, raised to exit 1's cost if below it.
+    ``bundle`` (its path as the user gave it) goes into the messages of refused budgets."""
     low, high = float(exit_mflops[0]), float(exit_mflops[-1])
     shown = f"{math.ceil(low / high * 1e4) / 1e4:g}..1"
     wanted: list[tuple[str, float, float | None]] = []
-    for b in budgets:
-        wanted.append(("budget", check_target(b, exit_mflops), None))
+    for b in check_budgets(budgets, exit_mflops, bundle):
+        wanted.append(("budget", b, None))
     for f in fractions:
         if math.isnan(f) or f <= 0 or f > 1 + 1e-7:
             raise BudgetError(
@@ -68,7 +115,8 @@ def plan_targets(
         if f * high < low * (1 - 1e-7):
             raise BudgetError(
                 f"fraction {f:g} ({f * high:.4g} MFLOPs) is below exit 1's cost; the valid range "
-                f"is {shown} ({describe_range(exit_mflops)})"
+                f"is {shown} ({describe_range(exit_mflops)}; cumulative MFLOPs per exit: "
+                f"{describe_costs(exit_mflops)})"
             )
         wanted.append(("fraction", check_target(f * high, exit_mflops), min(f, 1.0)))
     if not budgets and not fractions:

@@ -26,6 +26,7 @@ import torch
 
 from exitwise.benchkit import describe_cpu, markdown_table, sync
 from exitwise.fileio import atomic_write_text
+from exitwise.preprocess import Preprocessing
 
 from .build import build_model, make_autocast, seed_everything
 from .config import Recipe
@@ -73,9 +74,10 @@ def _device_name(device: torch.device) -> str:
     return describe_cpu()
 
 
-def _make_step(recipe: Recipe, weighting: str, device: torch.device, mode: str) -> TrainStep:
+def _make_step(
+    recipe: Recipe, preprocessing: Preprocessing, weighting: str, device: torch.device, mode: str
+) -> TrainStep:
     seed_everything(recipe.seed)
-    preprocessing = input_preprocessing(recipe.data)
     classes = [str(i) for i in range(int(_num_classes(recipe)))]
     module = build_model(recipe, preprocessing, classes).to(device)
     if recipe.channels_last:
@@ -123,8 +125,8 @@ def run_bench(
     labels = torch.randint(0, _num_classes(recipe), (b,), generator=gen).to(device)
     x = Normalizer(preprocessing, device, recipe.channels_last)(pixels)
 
-    uniform = _make_step(recipe, "uniform", device, "forward")
-    l2w = _make_step(recipe, "l2w", device, "forward")
+    uniform = _make_step(recipe, preprocessing, "uniform", device, "forward")
+    l2w = _make_step(recipe, preprocessing, "l2w", device, "forward")
     modes: dict[str, tuple[TrainStep, bool]] = {
         "uniform": (uniform, False),
         "l2w_meta": (l2w, True),
@@ -132,7 +134,7 @@ def run_bench(
     }
     if double_backward:
         modes["l2w_meta_double_backward"] = (
-            _make_step(recipe, "l2w", device, "double-backward"),
+            _make_step(recipe, preprocessing, "l2w", device, "double-backward"),
             True,
         )
 

@@ -218,7 +218,7 @@ def build_run(
     train_set: ImageDataset
     test_set: ImageDataset | None
     if data.dataset == FOLDER:
-        folder = open_folder(data, with_test=recipe.eval.test)
+        folder = open_folder(data, with_test=recipe.eval.test, preset=recipe.model.preset)
         train_set, test_set = folder.train, folder.test
     else:
         train_set = open_dataset(data.dataset, "train", data.root)
@@ -227,13 +227,14 @@ def build_run(
     if folder is not None:
         if ckpt is not None:
             ckpt.check_folder(folder.source.model_dump())
-        preprocessing = folder_preprocessing(data, folder.train, split.train)
+        preprocessing = folder_preprocessing(data, folder.geometry, folder.train, split.train)
     else:
         preprocessing = default_preprocessing(data.dataset, data.channels)
     module = build_model(recipe, preprocessing, train_set.class_names).to(device)
     notes = list(folder.notes) if folder is not None else []
+    rule = data.heldout_rule_note(len(train_set))  # the held-out rule changed the size asked for
     small = heldout_note(len(split.heldout), module.num_exits)
-    notes += [small] if small else []
+    notes += [note for note in (rule, small) if note]
     if ckpt is not None:
         ckpt.check_architecture(module.arch, module.config_dict)
     if recipe.channels_last:

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from exitwise.datasets import CHANNEL_OPTIONS, DEFAULT_HELDOUT
 from exitwise.datasets.folder import DEFAULT_TEST_FRACTION
@@ -26,7 +33,8 @@ class RecipeError(ExitwiseError):
     """A recipe that cannot be read or does not validate."""
 
 
-DEFAULT_IMAGE_SIZE = 64  # folder data sets
+AUTO = "auto"  # data.image_size measured from the folder's training images
+IMAGE_SIZES = (16, 512)  # an explicit data.image_size
 DEFAULT_HELDOUT_FRACTION = 0.1
 FOLDER_ONLY = ("image_size", "channels", "mean", "std", "test_fraction")
 
@@ -58,12 +66,31 @@ class DataSpec(_Section):
     workers: int = Field(default=8, ge=0)  # loader processes for image folders (ImageNet)
     # Folder data sets only (the named ones have a fixed preprocessing), except channels: 3 for
     # Fashion-MNIST (the grey channel replicated, for the 3-channel CIFAR architectures):
-    image_size: int | None = Field(default=None, ge=16, le=512)  # None: 64
+    # The input size in pixels (16-512), or auto (None: auto): measured from the folder's
+    # training images, see training.folder_data.auto_image_size.
+    image_size: int | Literal["auto"] | None = None
     channels: Literal[1, 3] | None = None  # None: 3 (folder), the data set's own (named sets)
     mean: list[float] | None = None  # None: computed on the training images
     std: list[float] | None = None
     test_fraction: float | None = Field(default=None, gt=0, lt=1)  # without val/; None: 0.1
     max_memory_gb: float = Field(default=8.0, gt=0)  # decoded images are held in memory
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _image_size(cls, value: Any) -> Any:
+        low, high = IMAGE_SIZES
+        if value is None or value == AUTO:
+            return value
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not whole:
+            raise ValueError(
+                f"must be auto or a whole number of pixels ({low}-{high}), not {value!r}"
+            )
+        if not low <= value <= high:
+            raise ValueError(
+                f"{value:g} pixels is outside {low}-{high} (or auto: the folder's size)"
+            )
+        return int(value)
 
     @model_validator(mode="after")
     def _folder_keys(self) -> DataSpec:
@@ -95,8 +122,9 @@ class DataSpec(_Section):
         return self
 
     @property
-    def folder_image_size(self) -> int:
-        return self.image_size or DEFAULT_IMAGE_SIZE
+    def fixed_image_size(self) -> int | None:
+        """The recipe's input size, or None when it is measured from the folder (auto)."""
+        return self.image_size if isinstance(self.image_size, int) else None
 
     @property
     def folder_channels(self) -> int:
@@ -120,6 +148,35 @@ class DataSpec(_Section):
         share = round((self.heldout_fraction or DEFAULT_HELDOUT_FRACTION) * n_train)
         size = min(max(share, self.heldout_min), self.heldout_max)
         return max(1, min(size, n_train // 2))  # training keeps at least half
+
+    def heldout_rule_note(self, n_train: int) -> str | None:
+        """One line when the held-out rule (at least ``heldout_min``, at most ``heldout_max`` and
+        half the split) changes the size the fraction asks for; None when it does not."""
+        if self.heldout_size is not None:
+            return None
+        if self.heldout_fraction is None and self.dataset != "folder":
+            return None
+        fraction = self.heldout_fraction or DEFAULT_HELDOUT_FRACTION
+        asked = round(fraction * n_train)
+        used = self.heldout_count(n_train)
+        if used == asked:
+            return None
+        default = " (the default)" if self.heldout_fraction is None else ""
+        steps = []
+        if asked < self.heldout_min:
+            steps.append(
+                f"raised to data.heldout_min = {self.heldout_min} so that calibration has enough"
+            )
+        elif asked > self.heldout_max:
+            steps.append(f"capped at data.heldout_max = {self.heldout_max}")
+        if used < min(max(asked, self.heldout_min), self.heldout_max):
+            steps.append("capped at half of them, so that training keeps the other half")
+        share = "half" if used == n_train // 2 else f"{used / n_train:.0%}"
+        return (
+            f"held-out split: {used} of the {n_train} training images ({share}), not the {asked} "
+            f"that data.heldout_fraction {fraction:g}{default} asks for: {', then '.join(steps)}; "
+            f"{n_train - used} are left to train on (data.heldout_size sets the number)"
+        )
 
 
 class OptimSpec(_Section):

@@ -8,8 +8,9 @@ crops of the image padded by an eighth of its size, horizontal flips, on the tra
 its held-out and test accuracy are measured on exactly the pixels calibration and the server
 compute from the files. Decoding also finds damaged files before the first step (refused, named).
 
-``mean`` and ``std`` are the recipe's, or computed once on the training images (held-out images
-excluded) and stored in the bundle's preprocessing.
+``image_size`` is the recipe's, or (``auto``, the default) measured from the folder's training
+images by :func:`auto_image_size`. ``mean`` and ``std`` are the recipe's, or computed once on the
+training images (held-out images excluded). Both are stored in the bundle's preprocessing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ import numpy as np
 import torch
 
 from exitwise.datasets import FOLDER, MIN_HELDOUT_PER_EXIT, FolderSource, default_preprocessing
-from exitwise.datasets.folder import EXTENSIONS, LARGE_FACTOR, FolderImages, FolderScan, scan_folder
+from exitwise.datasets.folder import (
+    EXTENSIONS,
+    LARGE_FACTOR,
+    Entry,
+    FolderImages,
+    FolderScan,
+    scan_folder,
+)
 from exitwise.datasets.readers import ArrayDataset, InvalidDatasetError
 from exitwise.errors import ExitwiseError
 from exitwise.preprocess import Preprocessing, to_uint8
@@ -30,14 +38,63 @@ from .config import DataSpec
 
 TYPICAL_Q = 0.75  # the exit distribution used to size that warning (q^k, the meta target's q)
 _SHOWN = 5
+# data.image_size auto: the median shorter side, clamped to these and rounded down to a multiple
+# of AUTO_STEP (so the median image is never enlarged, and the network's maps halve evenly).
+AUTO_MIN, AUTO_MAX, AUTO_STEP = 32, 224, 8
 
 
-def input_preprocessing(spec: DataSpec) -> Preprocessing:
-    """The data set's preprocessing; a folder's with the recipe's mean/std (or placeholders until
-    they are computed: the geometry is all decoding needs)."""
+def auto_image_size(entries: list[Entry]) -> tuple[int, int]:
+    """The input size for images of these sizes, and the median shorter side it comes from.
+
+    The median (the lower one for an even count: a size some image has) of the images' shorter
+    sides, clamped to ``AUTO_MIN``-``AUTO_MAX`` pixels and rounded down to a multiple of
+    ``AUTO_STEP``: 64-pixel photos give 64, 100-pixel ones 96, 28-pixel ones 32, 4000x3000
+    photos 224."""
+    if not entries:
+        raise InvalidDatasetError("no training images to measure data.image_size on")
+    sides = sorted(min(e.size) for e in entries)
+    median = sides[(len(sides) - 1) // 2]
+    size = min(max(median, AUTO_MIN), AUTO_MAX) // AUTO_STEP * AUTO_STEP
+    return size, median
+
+
+def image_size(spec: DataSpec, scan: FolderScan | None = None) -> int:
+    """A folder's input size: the recipe's number, or measured from its training images (the
+    folder is scanned, headers only, when no ``scan`` is given)."""
+    if spec.fixed_image_size is not None:
+        return spec.fixed_image_size
+    if scan is None:
+        scan = scan_folder(spec.root, test_fraction=spec.folder_test_fraction,
+                           split_seed=spec.split_seed)  # fmt: skip
+    return auto_image_size(scan.train)[0]
+
+
+def size_note(spec: DataSpec, scan: FolderScan, preset: str = "PRESET") -> str | None:
+    """What the automatic size is and where it comes from (nothing for a size the recipe gives)."""
+    if spec.fixed_image_size is not None:
+        return None
+    size, median = auto_image_size(scan.train)
+    steps = []
+    if not AUTO_MIN <= median <= AUTO_MAX:
+        steps.append(f"clamped to {AUTO_MIN}-{AUTO_MAX}")
+    if min(max(median, AUTO_MIN), AUTO_MAX) != size:
+        steps.append(f"rounded down to a multiple of {AUTO_STEP}")
+    how = f", {' and '.join(steps)}" if steps else ""
+    return (
+        f"image size {size} (data.image_size auto: the median shorter side of the "
+        f"{len(scan.train)} training images is {median} pixels{how}); --set data.image_size=N "
+        f"to choose, and `exitwise inspect {preset} --image-size N` shows what it costs"
+    )
+
+
+def input_preprocessing(spec: DataSpec, size: int | None = None) -> Preprocessing:
+    """The data set's preprocessing; a folder's at ``size`` pixels (default: :func:`image_size`)
+    with the recipe's mean/std (or placeholders until they are computed: the geometry is all
+    decoding needs)."""
     if spec.dataset != FOLDER:
         return default_preprocessing(spec.dataset, spec.channels)
-    size, channels = spec.folder_image_size, spec.folder_channels
+    size = image_size(spec) if size is None else size
+    channels = spec.folder_channels
     return Preprocessing(
         input_size=size,
         channels=channels,  # type: ignore[arg-type]
@@ -51,6 +108,7 @@ def input_preprocessing(spec: DataSpec) -> Preprocessing:
 @dataclass
 class FolderData:
     scan: FolderScan
+    geometry: Preprocessing  # the input size and channels (mean/std not computed yet)
     train: ArrayDataset
     test: ArrayDataset | None
     notes: list[str] = field(default_factory=list)  # what the user should read before training
@@ -120,9 +178,11 @@ def channel_stats(dataset: ArrayDataset, indices: np.ndarray) -> tuple[list[floa
     return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std]
 
 
-def folder_preprocessing(spec: DataSpec, train: ArrayDataset, indices: np.ndarray) -> Preprocessing:
-    """The bundle's preprocessing: the recipe's geometry, mean and std given or computed."""
-    base = input_preprocessing(spec)
+def folder_preprocessing(
+    spec: DataSpec, geometry: Preprocessing, train: ArrayDataset, indices: np.ndarray
+) -> Preprocessing:
+    """The bundle's preprocessing: the ``geometry`` decoded, mean and std given or computed."""
+    base = geometry
     if spec.mean is not None and spec.std is not None:
         return base
     mean, std = channel_stats(train, indices)
@@ -133,11 +193,11 @@ def folder_preprocessing(spec: DataSpec, train: ArrayDataset, indices: np.ndarra
     return Preprocessing(**{**base.model_dump(), "mean": tuple(mean), "std": tuple(std)})
 
 
-def open_folder(spec: DataSpec, *, with_test: bool) -> FolderData:
+def open_folder(spec: DataSpec, *, with_test: bool, preset: str = "PRESET") -> FolderData:
     """Scan, check the memory it will take, decode; the notes say what was found."""
     scan = scan_folder(spec.root, test_fraction=spec.folder_test_fraction,
                        split_seed=spec.split_seed)  # fmt: skip
-    geometry = input_preprocessing(spec)
+    geometry = input_preprocessing(spec, image_size(spec, scan))
     n = len(scan.train) + (len(scan.test) if with_test else 0)
     need = n * geometry.channels * geometry.crop**2 / 1e9
     if need > spec.max_memory_gb:
@@ -148,7 +208,10 @@ def open_folder(spec: DataSpec, *, with_test: bool) -> FolderData:
         )
     train = decode(FolderImages(scan, "train"), geometry, spec.workers)
     test = decode(FolderImages(scan, "test"), geometry, spec.workers) if with_test else None
-    return FolderData(scan, train, test, scan_notes(scan, geometry.crop))
+    notes = scan_notes(scan, geometry.crop)
+    size = size_note(spec, scan, preset)
+    notes[1:1] = [size] if size else []  # after the line that counts the images
+    return FolderData(scan, geometry, train, test, notes)
 
 
 def _names(items: list[str]) -> str:

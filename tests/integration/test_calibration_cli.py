@@ -264,6 +264,22 @@ def test_refusals_leave_the_calibration_untouched(
         assert (bundle / "calibration.json").read_bytes() == saved
 
 
+def test_an_impossible_budget_is_refused_before_any_work(
+    bundle: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    costs = load_bundle(bundle).manifest.exit_mflops
+    low, high = costs[0] * 0.5, costs[-1] * 1.5
+    assert calibrate(bundle, data, "--budgets", f"{low:g},{costs[1]:g},{high:g}") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err  # no network run, no traceback
+    line = err[0]
+    assert f"budgets {low:g} and {high:g} MFLOPs are outside the valid range" in line
+    shown = [float(c) for c in line.split("per exit: ")[1].split(")")[0].split(", ")]
+    assert shown == pytest.approx(costs, abs=1e-4) and len(shown) == len(costs)
+    assert "--fractions 0.25,0.5,0.75" in line and f"`exitwise inspect {bundle}`" in line
+    assert not (bundle / "calibration.json").exists()
+
+
 def test_bundles_that_do_not_fit_are_refused(
     data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -58,6 +58,8 @@ def test_a_run_reports_the_data_and_keeps_the_held_out_split(
     assert "skipped 2 unreadable file(s): train/bag/empty.png (not an image PIL can read)" in err
     assert "ignored 2 file(s) outside class folders or without an image extension" in err
     assert "warning: held-out split of 10 images" in err  # and how many it would take
+    # The 0.1 share of a few dozen images is raised to heldout_min, and the run says so.
+    assert "held-out split: 10 of the " in err and "raised to data.heldout_min = 10" in err
     assert (
         "1 image(s) are more than 8x the 16-pixel crop on their shorter side (largest 300x140)"
         in err
@@ -92,6 +94,45 @@ def test_held_out_size_is_a_fraction_with_a_floor_and_a_cap() -> None:
     assert DataSpec(dataset="folder", root="x", heldout_size=7).heldout_count(1000) == 7
     assert DataSpec(dataset="cifar10").heldout_count(50000) == 5000  # named sets: as before
     assert DataSpec(dataset="cifar10", heldout_fraction=0.2).heldout_count(50000) == 5000  # cap
+
+
+def test_the_held_out_rule_says_when_it_changes_the_size_asked_for() -> None:
+    spec = DataSpec(dataset="folder", root="x")
+    assert spec.heldout_rule_note(2692) is None  # 269: the 0.1 share as asked
+    assert spec.heldout_rule_note(300) == (
+        "held-out split: 100 of the 300 training images (33%), not the 30 that "
+        "data.heldout_fraction 0.1 (the default) asks for: raised to data.heldout_min = 100 so "
+        "that calibration has enough; 200 are left to train on (data.heldout_size sets the number)"
+    )
+    small = spec.heldout_rule_note(150)
+    assert small is not None and small.startswith("held-out split: 75 of the 150 training images")
+    assert (
+        "raised to data.heldout_min = 100 so that calibration has enough, then capped at " in small
+    )
+    big = DataSpec(dataset="folder", root="x", heldout_fraction=0.2).heldout_rule_note(80000)
+    assert big is not None and "not the 16000 that data.heldout_fraction 0.2 asks for: " in big
+    assert "capped at data.heldout_max = 5000; 75000 are left" in big
+    assert DataSpec(dataset="folder", root="x", heldout_size=7).heldout_rule_note(100) is None
+    assert DataSpec(dataset="cifar10").heldout_rule_note(50000) is None  # a fixed 5,000
+
+
+def test_the_image_size_is_the_folders_unless_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_folder(tmp_path / "data", per_class=8)  # shorter sides 36, 36, 44
+    recipe = _recipe(data, image_size="auto")
+    assert _train(tmp_path, recipe, "auto") == 0
+    err = capsys.readouterr().err
+    assert "image size 32 (data.image_size auto: the median shorter side of the " in err
+    manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
+    assert manifest["preprocessing"]["input_size"] == 32 == manifest["preprocessing"]["crop"]
+    saved = yaml.safe_load((tmp_path / "auto" / "recipe.yaml").read_text())
+    assert saved["data"]["image_size"] == "auto"  # what was asked; the bundle has the number
+    # A number is used as given, and nothing is said about it.
+    assert _train(tmp_path, recipe, "fixed", "data.image_size=24") == 0
+    assert "data.image_size auto" not in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "fixed" / "manifest.json").read_text())
+    assert manifest["preprocessing"]["input_size"] == 24
 
 
 def _refused(tmp: Path, capsys: pytest.CaptureFixture[str], recipe: dict[str, Any],

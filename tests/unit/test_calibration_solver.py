@@ -114,6 +114,34 @@ def test_plan_targets_names_order_and_defaults() -> None:
     assert [t.name for t in raised] == ["fraction-0.50", "fraction-0.75"]
 
 
+def test_budgets_outside_the_range_are_named_with_the_exit_costs() -> None:
+    costs = [7.549248, 16.736896, 32.822208, 46.7776]  # msdnet-fmnist at 64 pixels
+    with pytest.raises(BudgetError) as err:
+        plan_targets([4.0, 6.0, 9.0, 60.0], [], costs, "runs/my-images")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("budgets 4, 6 and 60 MFLOPs are outside the valid range ")
+    assert "7.5493..46.7776 MFLOPs" in message
+    assert "cumulative MFLOPs per exit: 7.5493, 16.7369, 32.8222, 46.7776" in message
+    assert "--fractions 0.25,0.5,0.75" in message
+    assert "`exitwise inspect runs/my-images`" in message
+    # Every number shown is accepted: the ends are rounded inwards.
+    assert [t.mflops for t in plan_targets([7.5493, 46.7776], [], costs)] == [7.5493, 46.7776]
+    with pytest.raises(BudgetError, match=r"^budget 3 MFLOPs is outside .* inspect BUNDLE"):
+        plan_targets([3.0], [], costs)
+
+
+def test_the_fractions_suggested_are_valid() -> None:
+    from calibration.targets import suggested_fractions
+
+    assert suggested_fractions(COSTS) == [0.25, 0.5, 0.75]
+    imagenet_stem = [19.9, 27.0, 39.5, 50.2]  # exit 1 is 40 % of the last
+    assert suggested_fractions(imagenet_stem) == [0.5, 0.75]
+    assert suggested_fractions([9.0, 10.0]) == [0.9, 1.0]
+    for costs in (COSTS, imagenet_stem, [9.0, 10.0]):
+        assert plan_targets([], suggested_fractions(costs), costs)
+
+
 @pytest.mark.parametrize("fraction", [0.0, -0.5, 0.05, 1.5, math.nan])
 def test_plan_targets_refuses_bad_fractions(fraction: float) -> None:
     with pytest.raises(BudgetError):

@@ -16,7 +16,7 @@ from exitwise.datasets import (
     default_preprocessing,
     open_dataset,
 )
-from exitwise.datasets.folder import FolderImages, in_test_share, scan_folder
+from exitwise.datasets.folder import Entry, FolderImages, in_test_share, scan_folder
 from exitwise.errors import ExitwiseError
 from exitwise.preprocess import Preprocessing, decode_image, to_uint8
 
@@ -146,3 +146,48 @@ def test_the_bundle_record_finds_the_same_images_again(tmp_path: Path) -> None:
 def test_a_folder_has_no_fixed_preprocessing() -> None:
     with pytest.raises(ExitwiseError, match="comes from the recipe"):
         default_preprocessing("folder")
+
+
+def _entries(*sizes: tuple[int, int]) -> list[Entry]:
+    return [Entry(Path(f"{i}.png"), f"train/a/{i}.png", 0, size, 1) for i, size in enumerate(sizes)]
+
+
+def test_the_automatic_size_is_the_median_shorter_side() -> None:
+    from training.folder_data import auto_image_size
+
+    assert auto_image_size(_entries((64, 64))) == (64, 64)
+    assert auto_image_size(_entries((80, 64), (64, 100), (640, 480))) == (64, 64)
+    # An even count takes the lower median: a size some image has.
+    assert auto_image_size(_entries((40, 40), (48, 60), (56, 56), (96, 96))) == (48, 48)
+    assert auto_image_size(_entries((100, 120))) == (96, 100)  # rounded down to a multiple of 8
+    assert auto_image_size(_entries((28, 28))) == (32, 28)  # at least 32
+    assert auto_image_size(_entries((4000, 3000))) == (224, 3000)  # at most 224
+    with pytest.raises(InvalidDatasetError):
+        auto_image_size([])
+
+
+def test_the_recipe_measures_the_folder_unless_given_a_size(folder: Path) -> None:
+    from training.config import DataSpec, build_recipe
+    from training.folder_data import image_size, input_preprocessing, size_note
+
+    scan = scan_folder(folder)  # shorter sides 36, 36, 44 (tests.folder_helpers.SIZES)
+    auto = DataSpec(dataset="folder", root=str(folder), image_size="auto")
+    assert DataSpec(dataset="folder", root=str(folder)).image_size is None  # left out: auto too
+    assert image_size(auto) == image_size(auto, scan) == 32
+    assert input_preprocessing(auto).input_size == 32 == input_preprocessing(auto).crop
+    note = size_note(auto, scan, "msdnet-fmnist")
+    assert note == (
+        f"image size 32 (data.image_size auto: the median shorter side of the {len(scan.train)} "
+        "training images is 36 pixels, rounded down to a multiple of 8); --set "
+        "data.image_size=N to choose, and `exitwise inspect msdnet-fmnist --image-size N` shows "
+        "what it costs"
+    )
+    fixed = DataSpec(dataset="folder", root=str(folder), image_size=48)
+    assert image_size(fixed, scan) == 48 and size_note(fixed, scan) is None
+    assert input_preprocessing(fixed).input_size == 48
+    base = {"model": {"preset": "msdnet-fmnist"}, "epochs": 1, "batch_size": 2,
+            "data": {"dataset": "folder", "root": "x"}}  # fmt: skip
+    assert build_recipe(base, ["data.image_size=auto"]).data.image_size == "auto"
+    for bad, why in (("8", "8 pixels is outside 16-512"), ("big", "must be auto or a whole")):
+        with pytest.raises(ExitwiseError, match=why):
+            build_recipe(base, [f"data.image_size={bad}"])

@@ -39,6 +39,7 @@ MINIMAL = {
         "imagenet-step4",
         "imagenet-step6",
         "imagenet-step7",
+        "folder-example",
     ],
 )
 def test_shipped_configs_validate(name: str) -> None:
