@@ -187,7 +187,7 @@ def compare(
         py = sys.executable
         commands = {
             "exitwise": (
-                [py, "-m", "exitwise", "serve", str(bundle), "--port", str(port),
+                [py, "-m", "cli", "serve", str(bundle), "--port", str(port),
                  "--torch-threads", str(torch_threads), "--log-level", "warning"],
                 f"{url}/readyz",
             ),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from exitwise.cli import main
+from cli import main
 from training.bench import write_markdown
 
 from ..training_helpers import one_thread  # noqa: F401  (autouse: one thread)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import ExitwiseError
+from exitwise.errors import ExitwiseError
 
 
 def register(app: typer.Typer) -> None:

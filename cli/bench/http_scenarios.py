@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from ..errors import ExitwiseError
+from exitwise.errors import ExitwiseError
 
 
 def scenarios(

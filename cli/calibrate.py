@@ -83,7 +83,7 @@ def calibrate(
 def small_heldout_note(images: int, fractions: dict[str, list[float]]) -> str | None:
     """A warning when an early exit's threshold of some operating point rests on few held-out
     images; it says how many held-out images would give each exit enough."""
-    from ..datasets import MIN_HELDOUT_PER_EXIT
+    from exitwise.datasets import MIN_HELDOUT_PER_EXIT
 
     thin: list[str] = []
     needed = 0

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from ..errors import ExitwiseError
+from exitwise.errors import ExitwiseError
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,6 @@
 """``exitwise train``: train a recipe into a bundle (implemented by the ``training`` package).
 
-Multi-GPU / multi-node: ``torchrun --nproc_per_node N -m exitwise train ...``.
+Multi-GPU / multi-node: ``torchrun --nproc_per_node N -m cli train ...``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import ExitwiseError
+from exitwise.errors import ExitwiseError
 
 
 def register(app: typer.Typer) -> None:

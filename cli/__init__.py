@@ -1,8 +1,10 @@
 """The ``exitwise`` command line (typer).
 
-Each sub-command lives in its own module and imports its package (training, calibration, ...)
-inside the command body, so ``exitwise inspect`` never loads FastAPI or onnxruntime. A user
-mistake (an :class:`~exitwise.errors.ExitwiseError`) becomes one line on stderr and exit code 1.
+This package sits above all the others: it imports the core (``exitwise``) and hands each
+sub-command to its package (training, calibration, exports, serving), and nothing
+imports it. Each sub-command lives in its own module and imports its package inside the command
+body, so ``exitwise inspect`` never loads FastAPI or onnxruntime. A user mistake (an
+:class:`~exitwise.errors.ExitwiseError`) becomes one line on stderr and exit code 1.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import sys
 
 import typer
 
-from ..errors import ExitwiseError
+from exitwise.errors import ExitwiseError
+
 from . import bench, calibrate, export, inspect, serve, train
 
 app = typer.Typer(

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from ..errors import ExitwiseError
+from exitwise.errors import ExitwiseError
 
 
 def register(app: typer.Typer) -> None:
@@ -78,7 +78,7 @@ def bench_http(
 
     levels = parse_ints(concurrency, "--concurrency")
     if overload is not None or deadlines is not None:
-        from .bench_http_scenarios import scenarios
+        from .http_scenarios import scenarios
 
         scenarios(
             url=url,

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import ExitwiseError
+from exitwise.errors import ExitwiseError
 
 
 def register(app: typer.Typer) -> None:
@@ -22,7 +22,7 @@ def presets(
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """List the architecture presets."""
-    from ..models import list_presets
+    from exitwise.models import list_presets
 
     items = list_presets()
     if as_json:
@@ -73,7 +73,7 @@ def inspect(
 
 
 def _describe(target: str, image_size: int | None = None) -> dict[str, Any]:
-    from ..models import is_preset
+    from exitwise.models import is_preset
 
     if is_preset(target):
         return _describe_preset(target, image_size)
@@ -84,7 +84,7 @@ def _describe(target: str, image_size: int | None = None) -> dict[str, Any]:
                 "input size"
             )
         return _describe_bundle(Path(target))
-    from ..models import list_presets
+    from exitwise.models import list_presets
 
     raise ExitwiseError(
         f"{target!r} is neither a preset nor a bundle directory; presets: "
@@ -93,8 +93,8 @@ def _describe(target: str, image_size: int | None = None) -> dict[str, Any]:
 
 
 def _describe_preset(name: str, image_size: int | None = None) -> dict[str, Any]:
-    from ..flops import exit_costs
-    from ..models import create_model, get_preset
+    from exitwise.flops import exit_costs
+    from exitwise.models import create_model, get_preset
 
     preset = get_preset(name)
     size = preset.input_size if image_size is None else image_size
@@ -118,7 +118,7 @@ def _describe_preset(name: str, image_size: int | None = None) -> dict[str, Any]
 
 
 def _describe_bundle(path: Path) -> dict[str, Any]:
-    from ..bundle import load_bundle
+    from exitwise.bundle import load_bundle
 
     bundle = load_bundle(path)
     bundle.verify()
