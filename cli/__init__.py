@@ -1,7 +1,7 @@
 """The ``exitwise`` command line (typer).
 
 This package sits above all the others: it imports the core (``exitwise``) and hands each
-sub-command to its package (training, calibration, exports, serving), and nothing
+sub-command to its package (training, calibration, exports, serving, benchmarks), and nothing
 imports it. Each sub-command lives in its own module and imports its package inside the command
 body, so ``exitwise inspect`` never loads FastAPI or onnxruntime. A user mistake (an
 :class:`~exitwise.errors.ExitwiseError`) becomes one line on stderr and exit code 1.

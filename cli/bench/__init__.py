@@ -1,4 +1,4 @@
-"""``exitwise bench ...``: benchmark sub-commands (each implemented by its package)."""
+"""``exitwise bench ...``: the benchmark sub-commands (implemented in ``benchmarks``)."""
 
 from __future__ import annotations
 

@@ -29,10 +29,11 @@ def backends(
 ) -> None:
     """Per-image latency and throughput of early-exit inference, torch eager vs onnxruntime,
     at each calibrated operating point and at the last exit only."""
-    from exitwise.benchkit import parse_ints
+    from benchmarks.backends import bench_backends, to_markdown
     from exitwise.bundle import load_bundle
     from exitwise.fileio import atomic_write_text
-    from exports.bench import bench_backends, to_markdown
+
+    from .options import parse_ints
 
     sizes = parse_ints(batch_sizes, "--batch-sizes")
     report = bench_backends(

@@ -23,7 +23,7 @@ def bench_calibration(
     from rich.console import Console
     from rich.table import Table
 
-    from calibration.bench import run_bench
+    from benchmarks.calibration_time import run_bench
     from exitwise.errors import ExitwiseError
 
     if images < 2 or exits < 2 or budgets < 1 or test_images < 1 or repeat < 1:

@@ -38,12 +38,12 @@ def bench_drift(
     import numpy as np
     import torch
 
-    from exitwise.benchkit import describe_machine
+    from benchmarks.drift import markdown, plot, run_drift, summarise
+    from benchmarks.machine import describe_machine
+    from benchmarks.shifts import SHIFTS
     from exitwise.bundle import load_bundle
     from exitwise.datasets import EvalImages, open_dataset
     from exitwise.fileio import atomic_write_json, atomic_write_text
-    from serving.bench.drift import markdown, plot, run_drift, summarise
-    from serving.bench.shifts import SHIFTS
     from serving.threads import default_torch_threads
 
     chosen = [s.strip() for s in shifts.split(",") if s.strip()]

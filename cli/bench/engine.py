@@ -31,14 +31,16 @@ def bench_engine(
     import numpy as np
     import torch
 
-    from exitwise.benchkit import describe_machine, parse_ints
+    from benchmarks.engine import markdown, run_engine_bench
+    from benchmarks.machine import describe_machine
     from exitwise.datasets import EvalImages, open_dataset
     from exitwise.fileio import atomic_write_json, atomic_write_text
     from exitwise.preprocess import normalize
-    from serving.bench.engine import markdown, run_engine_bench
     from serving.loading import load_model
     from serving.settings import Settings
     from serving.threads import default_torch_threads
+
+    from .options import parse_ints
 
     sizes = parse_ints(batch_sizes, "--batch-sizes")
     # The server's default when not given, so the engine is measured as it is served.

@@ -66,15 +66,16 @@ def bench_http(
     over the images; ``--duration`` seconds per workload and round) and reads what the server
     did from its /metrics; the Python client also sends several images per request.
     """
-    from exitwise.benchkit import parse_ints
-    from exitwise.fileio import atomic_write_json, atomic_write_text
-    from serving.bench.http import (
+    from benchmarks.http import (
         add_ratios,
         load_images,
         markdown,
         model_info,
         workloads_for,
     )
+    from exitwise.fileio import atomic_write_json, atomic_write_text
+
+    from .options import parse_ints
 
     levels = parse_ints(concurrency, "--concurrency")
     if overload is not None or deadlines is not None:
@@ -111,8 +112,8 @@ def bench_http(
     images = load_images(num_images, images_dir, dataset or info.get("dataset"), data_root)
     oracle_times = _oracle(oracle) if oracle else None
     if client == "wrk":
-        from serving.bench.wrk import find_wrk
-        from serving.bench.wrk_load import run_wrk_loads
+        from benchmarks.wrk import find_wrk
+        from benchmarks.wrk_load import run_wrk_loads
 
         find_wrk()
         all_rows = run_wrk_loads(
@@ -170,7 +171,7 @@ def _python_rows(
     """The Python client's rows at one concurrency: the rounds of each workload pooled."""
     import asyncio
 
-    from serving.bench.http import run_load
+    from benchmarks.http import run_load
 
     pooled: dict[str, Any] = {}
     for _ in range(rounds):  # interleaved, so machine-load drift hits every workload alike

@@ -1,5 +1,5 @@
 """``exitwise bench http --overload ... | --deadlines ...``: the load scenarios for deadlines
-and degradation (serving.bench.overload, serving.bench.deadline_sweep)."""
+and degradation (benchmarks.overload, benchmarks.deadline_sweep)."""
 
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ def scenarios(
     markdown_out: Path | None,
     figure: Path | None = None,
 ) -> None:
-    from exitwise.benchkit import parse_floats
+    from benchmarks.http import load_labelled_images, model_info
     from exitwise.fileio import atomic_write_json, atomic_write_text
-    from serving.bench.http import load_labelled_images, model_info
+
+    from .options import parse_floats
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     info = model_info(url, headers or None)
@@ -48,8 +49,8 @@ def scenarios(
     out: dict[str, Any] = {"url": url, "model": info["name"], "device": info["device"]}
     text: list[str] = []
     if overload is not None:
-        from serving.bench.overload import markdown, plot, run_overload
-        from serving.bench.wrk import find_wrk
+        from benchmarks.overload import markdown, plot, run_overload
+        from benchmarks.wrk import find_wrk
 
         find_wrk()
         multiples = parse_floats(overload, "--overload")
@@ -72,8 +73,8 @@ def scenarios(
             f"open loop below.\n\n" + markdown(result)
         )
     if deadlines is not None:
-        from serving.bench.deadline_sweep import markdown as sweep_markdown
-        from serving.bench.deadline_sweep import run_deadline_sweep
+        from benchmarks.deadline_sweep import markdown as sweep_markdown
+        from benchmarks.deadline_sweep import run_deadline_sweep
 
         if client_cpus:  # the Python client pins itself
             os.sched_setaffinity(0, {int(c) for c in client_cpus.split(",")})

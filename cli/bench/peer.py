@@ -39,12 +39,14 @@ def bench_peer(
     server CPUs and stopped with its whole process group, wrk pinned to the client CPUs."""
     import importlib.util
 
-    from exitwise.benchkit import describe_machine, parse_ints
+    from benchmarks.http import load_images
+    from benchmarks.machine import describe_machine
+    from benchmarks.peer import compare, markdown
+    from benchmarks.wrk import find_wrk
     from exitwise.bundle import load_bundle
     from exitwise.fileio import atomic_write_json, atomic_write_text
-    from serving.bench.http import load_images
-    from serving.bench.peer import compare, markdown
-    from serving.bench.wrk import find_wrk
+
+    from .options import parse_ints
 
     find_wrk()
     if importlib.util.find_spec("litserve") is None:

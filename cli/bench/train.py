@@ -37,7 +37,7 @@ def bench_train(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Time uniform and L2W iterations (meta interval 1 and 100) on one preset and device."""
-    from training.bench import markdown, run_bench, section_key, write_markdown
+    from benchmarks.train_step import markdown, run_bench, section_key, write_markdown
     from training.config import load_recipe
 
     sets = list(overrides)

@@ -120,7 +120,7 @@ def run_deadline_sweep(
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    from exitwise.benchkit import markdown_table
+    from .tables import markdown_table
 
     header = [
         "deadline_ms", "p50 ms", "p99 ms", "engine p50 / p99 ms", "within D", "within D+2 ms",

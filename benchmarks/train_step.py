@@ -24,16 +24,17 @@ from typing import Any
 
 import torch
 
-from exitwise.benchkit import describe_cpu, markdown_table, sync
 from exitwise.fileio import atomic_write_text
+from training.build import build_model, make_autocast, seed_everything
+from training.config import Recipe
+from training.data import Normalizer
+from training.distributed import DistContext, resolve_device
+from training.folder_data import input_preprocessing
+from training.meta_learner import MetaLearner
+from training.step import TrainStep
 
-from .build import build_model, make_autocast, seed_everything
-from .config import Recipe
-from .data import Normalizer
-from .distributed import DistContext, resolve_device
-from .folder_data import input_preprocessing
-from .meta_learner import MetaLearner
-from .step import TrainStep
+from .machine import describe_cpu, sync
+from .tables import markdown_table
 
 TARGETS = {1: 1.6, 100: 1.05}  # L2W cost / uniform cost at these meta intervals
 

@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from exitwise.benchkit import markdown_table, sync
 from exitwise.runtime import StageRunner
+from serving.budgets import BudgetResolver, ExitPlan
+from serving.engine import Engine
 
-from ..budgets import BudgetResolver, ExitPlan
-from ..engine import Engine
+from .machine import sync
+from .tables import markdown_table
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from exitwise.benchkit import describe_cpu
+from calibration.build import build_calibration
+from calibration.solver import BudgetSolver
+from calibration.synthetic import synthetic_scores
+from calibration.targets import Target
 
-from .build import build_calibration
-from .solver import BudgetSolver
-from .synthetic import synthetic_scores
-from .targets import Target
+from .machine import describe_cpu
 
 # The seed's CIFAR-100 MSDNet (5 exits), cumulative MFLOPs per exit.
 DEFAULT_EXIT_MFLOPS = (6.86, 14.35, 27.54, 41.71, 58.48)

@@ -170,7 +170,7 @@ def run_overload(
 
 
 def markdown(result: dict[str, Any]) -> str:
-    from exitwise.benchkit import markdown_table
+    from .tables import markdown_table
 
     header = [
         "offered", "degrade", "answered/s", "goodput/s", "p50 ms", "p99 ms",

@@ -6,7 +6,7 @@ default), the bundle's own preprocessing and every stage run, answering the last
 For ``exitwise bench peer`` only; LitServe is a benchmark extra (``pip install
 'exitwise[peer]'``), never a dependency of the server.
 
-    python -m serving.bench.litserve_peer BUNDLE --port 8001 [--max-batch-size 32]
+    python -m benchmarks.litserve_peer BUNDLE --port 8001 [--max-batch-size 32]
 """
 
 from __future__ import annotations

@@ -192,7 +192,7 @@ def compare(
                 f"{url}/readyz",
             ),
             "litserve": (
-                [py, "-m", "serving.bench.litserve_peer", str(bundle), "--port", str(port),
+                [py, "-m", "benchmarks.litserve_peer", str(bundle), "--port", str(port),
                  "--torch-threads", str(torch_threads), "--max-batch-size", str(litserve_batch),
                  "--batch-timeout-ms", str(litserve_timeout_ms)],
                 f"{url}/health",
@@ -244,7 +244,7 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    from exitwise.benchkit import markdown_table
+    from .tables import markdown_table
 
     header = [
         "connections", "server", "workload", "requests/s", "p50 ms", "p99 ms", "p99/p50",

@@ -1,6 +1,6 @@
 """``exitwise bench drift``: does an operating point keep its cost when traffic drifts?
 
-For every shift (:mod:`serving.bench.shifts`) and every calibrated operating point, a stream of
+For every shift (:mod:`benchmarks.shifts`) and every calibrated operating point, a stream of
 test images goes through the server's own data plane (:class:`serving.service.ModelService`:
 budget control, engine, exit rule; no HTTP): clean images, then shifted ones, then clean again,
 once with budget control off and once on, each run on a fresh service. Requests of a few images
@@ -247,7 +247,7 @@ def _window_error(costs: np.ndarray, target: float, window: int = 2000) -> float
 
 
 def markdown(rows: list[dict[str, Any]], settle: int) -> str:
-    from exitwise.benchkit import markdown_table
+    from .tables import markdown_table
 
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:+.1f}%"

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from exitwise.benchkit import markdown_table
 from exitwise.datasets import FolderSource
 from exitwise.errors import ExitwiseError
+
+from .tables import markdown_table
 
 
 class BenchError(ExitwiseError):

@@ -1,5 +1,4 @@
-"""What every ``exitwise bench`` command shares: the machine's description, device sync, markdown
-tables and the parsing of comma-separated options.
+"""The machine a benchmark ran on (CPU, GPU, software, threads), and device sync for timers.
 
 torch (and onnxruntime) are imported only inside the functions that need them, so the
 calibration benchmark (numpy only) does not pay for them.
@@ -9,11 +8,8 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from .errors import ExitwiseError
 
 if TYPE_CHECKING:
     import torch
@@ -76,40 +72,3 @@ def sync(device: torch.device) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str = "") -> str:
-    """A markdown table; ``align`` has one letter per column (``l`` or ``r``, default ``l``)."""
-    marks = ["---:" if (align[i : i + 1] == "r") else "---" for i in range(len(header))]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(marks) + "|"]
-    for row in rows:
-        if len(row) != len(header):
-            raise ValueError(f"a row of {len(row)} cells for {len(header)} columns")
-        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
-    return "\n".join(lines)
-
-
-def parse_ints(text: str, option: str, minimum: int = 1) -> list[int]:
-    """``"1,32"`` -> ``[1, 32]``; anything else is one readable :class:`ExitwiseError`."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < minimum:
-        raise ExitwiseError(
-            f"{option}: expected comma-separated integers >= {minimum} like 1,32, got {text!r}"
-        )
-    return values
-
-
-def parse_floats(text: str, option: str) -> list[float]:
-    """``"1,2.5"`` -> ``[1.0, 2.5]`` (positive, finite); else one readable error."""
-    import math
-
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or not all(math.isfinite(v) and v > 0 for v in values):
-        raise ExitwiseError(f"{option}: expected comma-separated positive numbers, got {text!r}")
-    return values

@@ -20,13 +20,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from exitwise.benchkit import describe_machine, machine_line, markdown_table, sync
 from exitwise.bundle import Bundle
 from exitwise.preprocess import normalize
 from exitwise.runtime import StageRunner, TorchStageRunner, run_early_exit
+from exports.parity import load_parity_images
+from exports.runtime import load_onnx_runner
 
-from .parity import load_parity_images
-from .runtime import load_onnx_runner
+from .machine import describe_machine, machine_line, sync
+from .tables import markdown_table
 
 LAST_EXIT = "last exit"
 _SOURCES = {"heldout": "held-out", "random": "random"}
