@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .http import _timings
+from .http import server_timings
 
 
 async def _sweep_one(
@@ -55,7 +55,7 @@ async def _sweep_one(
             statuses[r.status_code] += 1
             if r.status_code != 200:
                 continue
-            timing = _timings(r.headers.get("server-timing"))
+            timing = server_timings(r.headers.get("server-timing"))
             server_s.append(timing.get("app", float("nan")))
             engine_s.append(timing.get("queue", float("nan")) + timing.get("compute", float("nan")))
             result = r.json()["results"][0]

@@ -10,24 +10,14 @@ server.
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from exitwise.datasets import FolderSource
-from exitwise.errors import ExitwiseError
-
-from .tables import markdown_table
-
-
-class BenchError(ExitwiseError):
-    pass
+from .errors import BenchError
 
 
 @dataclass(frozen=True)
@@ -100,50 +90,7 @@ class LoadResult:
         }
 
 
-def encode_png(image: np.ndarray | Image.Image) -> bytes:
-    img = image if isinstance(image, Image.Image) else Image.fromarray(image)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def load_images(
-    count: int,
-    images_dir: Path | None = None,
-    dataset: str | None = None,
-    data_root: Path | None = None,
-    source: FolderSource | None = None,
-) -> list[bytes]:
-    """Encoded images to send: files from ``images_dir``, or the first test images of a data set
-    (``source``: a folder data set's record from the bundle's manifest)."""
-    if images_dir is not None:
-        files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-        if not files:
-            raise BenchError(f"{images_dir}: no image files")
-        return [p.read_bytes() for p in files[:count]]
-    if dataset is None:
-        raise BenchError("the model names no data set: pass --dataset or --images")
-    return load_labelled_images(count, dataset, data_root, source)[0]
-
-
-def load_labelled_images(
-    count: int,
-    dataset: str,
-    data_root: Path | None = None,
-    source: FolderSource | None = None,
-) -> tuple[list[bytes], list[int]]:
-    """The first ``count`` test images of a data set as PNG, and their labels."""
-    from exitwise.datasets import open_dataset
-
-    ds = open_dataset(dataset, "test", data_root, source=source)
-    n = min(count, len(ds))
-    return [encode_png(ds.image(i)) for i in range(n)], [int(x) for x in ds.labels[:n]]
-
-
-def _timings(header: str | None) -> dict[str, float]:
+def server_timings(header: str | None) -> dict[str, float]:
     """The entries of a Server-Timing header, in seconds."""
     out = {}
     for part in (header or "").split(","):
@@ -211,7 +158,7 @@ async def run_load(
             for item in r.json()["results"]:
                 result.exits[int(item["exit"])] += 1
                 result.mflops.append(float(item["mflops"]))
-            timing = _timings(r.headers.get("server-timing"))
+            timing = server_timings(r.headers.get("server-timing"))
             if "compute" in timing:
                 compute = timing["compute"]
                 result.compute.append(compute)
@@ -225,6 +172,42 @@ async def run_load(
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
     result.wall_seconds = time.perf_counter() - start
     return result
+
+
+def run_python_loads(
+    url: str,
+    images: list[bytes],
+    loads: list[Workload],
+    *,
+    concurrency: int,
+    rounds: int,
+    requests: int,
+    duration_s: float,
+    images_per_request: int,
+    headers: dict[str, str] | None,
+) -> list[dict[str, Any]]:
+    """Every workload at one concurrency, ``rounds`` times, interleaved so machine-load drift
+    hits every workload alike; a row per workload with its rounds pooled."""
+    pooled: dict[str, LoadResult] = {}
+    for _ in range(rounds):
+        for w in loads:
+            result = asyncio.run(
+                run_load(
+                    url.rstrip("/"),
+                    images,
+                    w,
+                    concurrency=concurrency,
+                    requests=requests,
+                    duration_s=duration_s,
+                    images_per_request=images_per_request,
+                    headers=headers,
+                )
+            )
+            if w.label in pooled:
+                pooled[w.label].merge(result)
+            else:
+                pooled[w.label] = result
+    return [pooled[w.label].summary() for w in loads]
 
 
 def model_info(url: str, headers: dict[str, str] | None, timeout_s: float = 10.0) -> Any:
@@ -261,60 +244,3 @@ def workloads_for(info: dict[str, Any], budgets: list[str] | None) -> list[Workl
         label = f"{names[-1]} ({value:.4g} MFLOPs)" if names else f"{value:.4g} MFLOPs"
         out.append(Workload(label, {"budget_mflops": value}))
     return out
-
-
-def add_ratios(rows: list[dict[str, Any]], oracle: list[float] | None) -> None:
-    """Speed-up, MFLOPs ratio and efficiencies against the first row (the last-exit baseline)."""
-    base = rows[0]
-    for row in rows:
-        speedup = row["images_per_s"] / base["images_per_s"] if base["images_per_s"] else np.nan
-        ratio = base["mean_mflops"] / row["mean_mflops"] if row["mean_mflops"] else np.nan
-        row["speedup"] = float(speedup)
-        row["mflops_ratio"] = float(ratio)
-        row["mflops_efficiency"] = float(speedup / ratio) if ratio else float("nan")
-        if oracle is not None and row["images_per_s"]:
-            hist = row["exit_histogram"]
-            total = sum(hist.values())
-            per_image = sum(oracle[int(e) - 1] * n for e, n in hist.items()) / total
-            # Oracle time / measured time, both per image served.
-            row["oracle_efficiency"] = float(per_image * row["images_per_s"])
-            # With the server saturating its core(s), the time per image it spends on anything
-            # but the network: HTTP, decoding, queues, bookkeeping.
-            row["beyond_network_ms"] = float(1000 * (1 / row["images_per_s"] - per_image))
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    header = [
-        "workload", "conc.", "img/req", "images/s", "p50 ms", "p95 ms", "p99 ms", "mean MFLOPs",
-        "speed-up", "MFLOPs ratio", "MFLOPs-eff.", "oracle eff.", "beyond network ms/img",
-        "overhead p50 (server)", "exits",
-    ]  # fmt: skip
-    cells = []
-    for r in rows:
-        exits = " ".join(f"{k}:{v}" for k, v in r["exit_histogram"].items())
-        oracle = r.get("oracle_efficiency")
-        beyond = r.get("beyond_network_ms")
-        overhead = "-"
-        if r["overhead_fraction_p50"] is not None:  # None: unknown (the wrk client)
-            client, server = r["overhead_fraction_p50"], r["server_overhead_fraction_p50"]
-            overhead = f"{client:.0%} ({server:.0%})"
-        cells.append(
-            [
-                r["workload"],
-                r["concurrency"],
-                r["images_per_request"],
-                f"{r['images_per_s']:.1f}",
-                f"{r['p50_ms']:.2f}",
-                f"{r['p95_ms']:.2f}",
-                f"{r['p99_ms']:.2f}",
-                f"{r['mean_mflops']:.3f}",
-                f"{r['speedup']:.2f}",
-                f"{r['mflops_ratio']:.2f}",
-                f"{r['mflops_efficiency']:.2f}",
-                "-" if oracle is None else f"{oracle:.2f}",
-                "-" if beyond is None else f"{beyond:.3f}",
-                overhead,
-                exits,
-            ]
-        )
-    return markdown_table(header, cells)

@@ -39,7 +39,7 @@ def bench_peer(
     server CPUs and stopped with its whole process group, wrk pinned to the client CPUs."""
     import importlib.util
 
-    from benchmarks.http import load_images
+    from benchmarks.images import load_images
     from benchmarks.machine import describe_machine
     from benchmarks.peer import compare, markdown
     from benchmarks.wrk import find_wrk
