@@ -24,6 +24,8 @@ def check(run: BudgetComparison, load: Load) -> None:
 
 
 def run_budgets(target: Target, load: Load, run: BudgetComparison) -> Report:
+    """The last exit and every budget at each concurrency, rounds interleaved; each row with its
+    speed-up and MFLOPs ratio against the last exit (and oracle efficiency with ``--oracle``)."""
     check(run, load)
     headers = target.headers
     info = model_info(target.url, headers)
