@@ -34,7 +34,7 @@ ew() {
   [[ ${#pin[@]} -eq 0 ]] || shown="${pin[*]} $shown"
   echo "\$ $shown" >&2
   echo "$shown" >>"$out/$item.cmd"
-  "${pin[@]}" "$py" -m exitwise "$@"
+  "${pin[@]}" "$py" -m cli "$@"
 }
 
 server_pid=""
@@ -44,7 +44,7 @@ serve() {
   shift
   echo "taskset -c $server_cpu exitwise serve $b --port $port --torch-threads 1 $*   # in the background" \
     >>"$out/$item.cmd"
-  setsid taskset -c "$server_cpu" "$py" -m exitwise serve "$b" --port "$port" --torch-threads 1 \
+  setsid taskset -c "$server_cpu" "$py" -m cli serve "$b" --port "$port" --torch-threads 1 \
     --log-level warning "$@" >"$out/.server.log" 2>&1 &
   server_pid=$!
   trap stop_server EXIT

@@ -44,7 +44,7 @@ def say(msg: str) -> None:
 
 
 def exitwise(*args: str) -> None:
-    cmd = [sys.executable, "-m", "exitwise", *args]
+    cmd = [sys.executable, "-m", "cli", *args]
     print("$ exitwise " + shlex.join(args), flush=True)
     if subprocess.run(cmd, cwd=REPO).returncode != 0:
         sys.exit(f"demo stopped: `exitwise {args[0]}` failed (see above)")
@@ -106,7 +106,7 @@ def start_server(bundle_dir: Path, host: str, port: int, backend: str) -> str:
     print(f"$ exitwise {shlex.join(args)} > {log.relative_to(REPO)} &", flush=True)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "exitwise", *args],
+            [sys.executable, "-m", "cli", *args],
             cwd=REPO,
             stdout=out,
             stderr=subprocess.STDOUT,

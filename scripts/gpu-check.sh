@@ -42,7 +42,7 @@ note() { echo "$*" | tee -a "$logs/${note_part:-$part}.note"; }
 
 ew() { # exitwise ARGS, echoed into the part's log
   echo "[$(date +%T)] \$ exitwise $*" >&2
-  "$py" -m exitwise "$@"
+  "$py" -m cli "$@"
 }
 
 # A sub-step in its own box. `timeout` makes itself a process-group leader, out of reach of the
@@ -106,7 +106,7 @@ serve_and_load() { # VARIANT BUNDLE PRECISION BACKEND: start a server, load it w
   local pin=() gpu=()
   if [[ $ncpu -gt 1 ]] && command -v taskset >/dev/null; then pin=(taskset -c "1-$((ncpu - 1))"); fi
   [[ "$backend" == onnx && "$device" == cuda ]] && gpu=(--require-gpu)
-  EXITWISE_PRECISION=$precision setsid "${pin[@]}" "$py" -m exitwise serve "$bundle" \
+  EXITWISE_PRECISION=$precision setsid "${pin[@]}" "$py" -m cli serve "$bundle" \
     --port "$port" --device "$device" --backend "$backend" "${gpu[@]}" >"$log" 2>&1 &
   pid=$! # setsid: the server leads its own session and group (ended below, or by main)
   touch "$logs/pg.$pid"
@@ -145,7 +145,7 @@ part_serving() {
       continue
     fi
     echo "== $v" >&2
-    if ! boxed "$engine_box" env EXITWISE_PRECISION="$precision" "$py" -m exitwise bench engine \
+    if ! boxed "$engine_box" env EXITWISE_PRECISION="$precision" "$py" -m cli bench engine \
       "$bundle" --device "$device" --backend "$backend" "${data_args[@]}" "${engine_args[@]}" \
       --json "$res/engine-$v.json" --markdown "$res/engine-$v.md"; then
       note "$v engine: failed or cut at ${engine_box}s"
@@ -171,7 +171,7 @@ part_train() {
   echo "== $compare_runs processes at once" >&2
   local pids=() i
   for i in $(seq 1 "$compare_runs"); do
-    "$py" -m exitwise bench train --config "$recipe" --device "$device" \
+    "$py" -m cli bench train --config "$recipe" --device "$device" \
       --batch-size "$train_batch" "${probe_args[@]}" "${compare_sets_args[@]}" --json \
       >"$res/train-shared-$i.json" 2>"$logs/train-shared-$i.log" &
     pids+=($!)

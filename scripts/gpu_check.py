@@ -114,7 +114,7 @@ def environment() -> dict[str, Any]:
     env["onnx_cuda"] = env["has_cuda"] and "CUDAExecutionProvider" in env["onnxruntime_providers"]
     try:  # what every part needs: the project and its serving stack
         import calibration  # noqa: F401
-        import exitwise.cli  # noqa: F401
+        import cli  # noqa: F401
         import exports  # noqa: F401
         import serving.app  # noqa: F401
         import training.trainer  # noqa: F401

@@ -51,7 +51,7 @@ def free_port() -> int:
 
 def serve(bundle: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "exitwise", "serve", str(bundle), "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli", "serve", str(bundle), "--port", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip

@@ -34,7 +34,7 @@ from exitwise.fileio import atomic_write_json
 
 
 def _exitwise() -> list[str]:
-    return [sys.executable, "-m", "exitwise"]
+    return [sys.executable, "-m", "cli"]
 
 
 def _log(msg: str) -> None:

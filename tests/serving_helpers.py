@@ -236,7 +236,7 @@ def start_server(
 ) -> ServerProcess:
     """``exitwise serve BUNDLE`` on 127.0.0.1 and a free port; returns once /readyz is 200."""
     port = free_port()
-    cmd = [sys.executable, "-m", "exitwise", "serve", str(bundle), "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "cli", "serve", str(bundle), "--host", "127.0.0.1"]
     cmd += ["--port", str(port), *args]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     handle = log.open("wb")

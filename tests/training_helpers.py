@@ -95,14 +95,14 @@ def write_image_folder(root: Path, per_class: int = 4, size: tuple[int, int] = (
 def run_cli(
     args: list[str], cwd: Path | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m exitwise ARGS`` in a fresh process (the repository on the path).
+    """``python -m cli ARGS`` in a fresh process (the repository on the path).
 
     One intra-op thread: on a shared 2-core machine, two OpenMP threads competing with other
     processes spin-wait and can run ten times slower.
     """
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "exitwise", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=cwd or REPO,
         env=env,
         capture_output=True,

@@ -45,7 +45,7 @@ def server(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def _exitwise(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "exitwise", *args]
+    cmd = [sys.executable, "-m", "cli", *args]
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
 

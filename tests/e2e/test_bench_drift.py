@@ -22,7 +22,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
 def test_bench_drift_writes_the_table_and_the_figure(served: Served, tmp_path: Path) -> None:
     out, fig = tmp_path / "drift.json", tmp_path / "drift.png"
     cmd = [
-        sys.executable, "-m", "exitwise", "bench", "drift", str(served.path),
+        sys.executable, "-m", "cli", "bench", "drift", str(served.path),
         "--shifts", "noise", "--clean", "200", "--shifted", "2400", "--after", "400",
         "--settle", "1200", "--data-root", str(served.data_root), "--threads", "1",
         "--json", str(out), "--figure", str(fig),

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli import main
 from exitwise.bundle import Bundle, load_bundle
-from exitwise.cli import main
 from exitwise.preprocess import normalize
 from exports import export_bundle, load_onnx_runner, read_onnx_manifest
 from exports.manifest import OnnxManifest

@@ -14,8 +14,8 @@ import torch
 import yaml
 from fastapi.testclient import TestClient
 
+from cli import main
 from exitwise.bundle import load_bundle
-from exitwise.cli import main
 from exitwise.datasets import EvalImages, open_dataset
 from exitwise.datasets.folder import FolderImages, scan_folder
 from exitwise.policy import confidence_and_prediction, decide_exits

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from exitwise.cli import main
+from cli import main
 
 from ..helpers import make_bundle, write_fashion_mnist
 

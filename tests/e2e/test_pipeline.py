@@ -13,8 +13,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from calibration.run import CalibrateOptions, CalibrateResult, run_calibration
+from cli import main
 from exitwise.bundle import OperatingPoint, load_bundle
-from exitwise.cli import main
 from exitwise.policy import decide_exits
 from serving.app import create_app
 from serving.settings import Settings

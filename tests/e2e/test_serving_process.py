@@ -188,7 +188,7 @@ def test_bench_http_against_the_server(
 ) -> None:
     out = tmp_path / "bench.json"
     cmd = [
-        sys.executable, "-m", "exitwise", "bench", "http", "--url", server.url,
+        sys.executable, "-m", "cli", "bench", "http", "--url", server.url,
         "--concurrency", "1,4", "--requests", "12", "--duration", "20", "--num-images", "20",
         "--data-root", str(served.data_root), "--budgets", f"{_budget(served)},exit2",
         "--json", str(out),

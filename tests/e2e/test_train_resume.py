@@ -27,7 +27,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 def _train_cmd(config: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "exitwise", "train", "--config", str(config), "--out", str(out),
+    return [sys.executable, "-m", "cli", "train", "--config", str(config), "--out", str(out),
             *extra]  # fmt: skip
 
 

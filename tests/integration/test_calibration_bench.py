@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from exitwise.cli import main
+from cli import main
 
 
 def test_bench_calibration_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,8 +15,8 @@ import torch
 
 from calibration.cache import CACHE_DIR
 from calibration.run import CalibrateOptions, run_calibration
+from cli import main
 from exitwise.bundle import load_bundle, read_calibration, save_bundle
-from exitwise.cli import main
 from exitwise.errors import CalibrationMismatchError
 from exitwise.policy import decide_exits
 from exitwise.preprocess import FASHION_MNIST
@@ -302,7 +302,7 @@ def test_bundles_that_do_not_fit_are_refused(
 def test_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     b = untrained_bundle(tmp_path / "no-heldout", heldout=False)
     proc = subprocess.run(
-        [sys.executable, "-m", "exitwise", "calibrate", str(b.path), "--budgets", "1"],
+        [sys.executable, "-m", "cli", "calibrate", str(b.path), "--budgets", "1"],
         capture_output=True,
         text=True,
         check=False,

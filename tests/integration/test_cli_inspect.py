@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli import main
 from exitwise.bundle import HeldOutSplit, indices_sha256, save_bundle
-from exitwise.cli import main
 from exitwise.models import create_model
 from exitwise.preprocess import FASHION_MNIST
 
@@ -70,7 +70,7 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
         (["inspect", str(tmp_path / "broken")], "not valid JSON"),
     ]:
         proc = subprocess.run(
-            [sys.executable, "-m", "exitwise", *args], capture_output=True, text=True, check=False
+            [sys.executable, "-m", "cli", *args], capture_output=True, text=True, check=False
         )
         assert proc.returncode == 1
         lines = proc.stderr.strip().splitlines()
@@ -80,7 +80,21 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
 
 def test_usage_error_exit_code() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "exitwise", "inspect"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "cli", "inspect"], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+def test_inspect_loads_no_serving_stack() -> None:
+    """Sub-commands import their packages inside the command: ``inspect`` never loads FastAPI,
+    onnxruntime or the packages it does not use."""
+    code = (
+        "import sys; from cli import main; code = main(['inspect', 'msdnet-fmnist', '--json']); "
+        "heavy = ('fastapi', 'onnxruntime', 'serving', 'training', 'calibration', 'exports', "
+        "'benchmarks'); print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy))); "
+        "sys.exit(code)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

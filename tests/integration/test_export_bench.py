@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.backends import LAST_EXIT, bench_backends
+from cli import main
 from exitwise.bundle import load_bundle
-from exitwise.cli import main
-from exports.bench import LAST_EXIT, bench_backends
 from tests.export_helpers import tiny_exported
 
 

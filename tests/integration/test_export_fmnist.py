@@ -10,8 +10,8 @@ from pathlib import Path
 import onnx
 import pytest
 
+from cli import main
 from exitwise.bundle import load_bundle
-from exitwise.cli import main
 from exitwise.fileio import sha256_file
 from exports import ExportError, ParityError, export_bundle, read_onnx_manifest
 from exports import export as export_module

@@ -10,8 +10,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from cli import main
 from exitwise.bundle import CALIBRATION_FILE
-from exitwise.cli import main
 from serving.app import app_from_env
 from tests.serving_helpers import Served, served_bundle
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from exitwise.cli import main
+from cli import main
 from serving.app import create_app
 from serving.settings import Settings
 from tests.serving_helpers import Served, png, served_bundle

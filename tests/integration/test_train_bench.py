@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from exitwise.cli import main
-from training.bench import write_markdown
+from benchmarks.train_step import write_markdown
+from cli import main
 
 from ..training_helpers import one_thread  # noqa: F401  (autouse: one thread)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from exitwise.cli import main
+from cli import main
 
 from ..helpers import write_idx
 from ..training_helpers import (

@@ -27,7 +27,7 @@ def test_two_process_ddp_writes_one_bundle(tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "exitwise", "train", "--config", str(config), "--out", str(out)]  # fmt: skip
+           "-m", "cli", "train", "--config", str(config), "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     bundle = load_bundle(out)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
+from cli import main
 from exitwise.bundle import load_bundle
-from exitwise.cli import main
 from exitwise.datasets import EvalImages, default_preprocessing, open_dataset
 from exitwise.preprocess import normalize
 from training.config import RecipeError, build_recipe

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from exitwise.cli import main
+from cli import main
 from training.config import DataSpec, build_recipe
 
 from ..folder_helpers import truncate, write_folder

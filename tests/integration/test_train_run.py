@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from cli import main
 from exitwise.bundle import load_bundle
-from exitwise.cli import main
 from exitwise.datasets import EvalImages, open_dataset
 from exitwise.preprocess import FASHION_MNIST, IMAGENET, normalize
 from training.build import build_model, has_unused_parameters

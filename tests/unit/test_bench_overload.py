@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.bench.overload import _accuracy
+from benchmarks.overload import _accuracy
 
 INFO = {
     "exits": [{"test_accuracy": a} for a in (70.0, 80.0, 90.0)],

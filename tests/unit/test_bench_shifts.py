@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.bench.shifts import SHIFTS
+from benchmarks.shifts import SHIFTS
 
 
 @pytest.mark.parametrize("name", sorted(SHIFTS))

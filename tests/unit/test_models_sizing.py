@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from exitwise.cli import main
+from cli import main
 from exitwise.flops import exit_costs
 from exitwise.models import create_model, get_preset, list_presets
 from exitwise.models.sizing import head_inputs, stem_output

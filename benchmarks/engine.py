@@ -1,0 +1,198 @@
+"""The engine benchmark behind ``exitwise bench engine``: the engine without HTTP.
+
+For each batch size and each workload (every calibrated operating point, and the last exit
+alone as the baseline) the test images go through the real :class:`~serving.engine.Engine`
+(queue, worker thread, stage loop with row removal): at batch 1 one image at a time, batched
+with the whole set queued so the worker forms full batches. Workloads and the oracle's
+measurements are interleaved over the repeats so that a change in machine load hits all of them
+alike; times are means over the repeats.
+
+Definitions (DESIGN.md "Benchmarks"):
+
+- MFLOPs-efficiency = (time at the last exit / time at the budget) / (last exit's MFLOPs / the
+  budget's realised mean MFLOPs);
+- oracle time of an image leaving at exit k = time to run stages 1..k (blocks and heads) for a
+  full batch of the size in use, divided by the batch size; oracle efficiency = the workload's
+  oracle time / its measured time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from exitwise.runtime import StageRunner
+from serving.budgets import BudgetResolver, ExitPlan
+from serving.engine import Engine
+
+from .machine import sync
+from .tables import markdown_table
+
+
+@dataclass(frozen=True)
+class Workload:
+    label: str
+    plan: ExitPlan
+
+
+def workloads(resolver: BudgetResolver) -> list[Workload]:
+    k = resolver.num_exits
+    out = [Workload("last exit", resolver.resolve(max_exit=k))]
+    for p in resolver.points:
+        plan = resolver.resolve(budget_mflops=p.expected_mflops)
+        out.append(Workload(f"{p.name} ({p.expected_mflops:.3g} MFLOPs)", plan))
+    return out
+
+
+@torch.inference_mode()
+def oracle_samples(runner: StageRunner, images: Tensor, batch: int, rounds: int) -> np.ndarray:
+    """Seconds per image to run stages 1..k (blocks and heads) on a full batch: ``[rounds, K]``.
+
+    The exits alternate within each round, so a change in machine load hits them alike.
+    """
+    x = images[:batch]
+    if x.shape[0] < batch:
+        raise ValueError(f"need at least {batch} images")
+    out = np.zeros((rounds, runner.num_exits))
+    for r in range(rounds):
+        for k in range(runner.num_exits):
+            sync(runner.device)
+            t0 = time.perf_counter()
+            state = runner.initial_state(x)
+            for j in range(k + 1):
+                state, logits = runner.run_stage(j, state)
+            logits.cpu()
+            out[r, k] = (time.perf_counter() - t0) / batch
+    return out
+
+
+async def _measure(engine: Engine, images: Tensor, plan: ExitPlan, batch: int) -> dict[str, Any]:
+    n = images.shape[0]
+    deadline = time.monotonic() + 3600
+    latencies: list[float] = []
+    t0 = time.perf_counter()
+    if batch == 1:
+        outcomes = []
+        for i in range(n):
+            s = time.perf_counter()
+            outcomes.append(await engine.infer(images[i : i + 1], plan, 0, deadline))
+            latencies.append(time.perf_counter() - s)
+    else:
+        jobs = [engine.submit(images[i : i + 1], plan, 0, deadline) for i in range(n)]
+        outcomes = [await job.future for job in jobs]
+    wall = time.perf_counter() - t0
+    exits = np.array([o.results[0].exit_index for o in outcomes])
+    return {"wall": wall, "latencies": latencies, "exits": exits}
+
+
+def run_engine_bench(
+    runner: StageRunner,
+    resolver: BudgetResolver,
+    images: Tensor,
+    batch_sizes: list[int],
+    repeats: int = 3,
+    batch1_images: int = 500,
+) -> dict[str, Any]:
+    """Rows per (batch size, workload), plus the oracle per-exit times per batch size."""
+    exit_mflops = np.array(resolver.exit_mflops)
+    loads = workloads(resolver)
+    rows: list[dict[str, Any]] = []
+    oracle: dict[str, list[float]] = {}
+    for batch in batch_sizes:
+        subset = images[:batch1_images] if batch == 1 else images
+        engine = Engine(
+            runner,
+            exit_mflops=list(exit_mflops),
+            max_batch_size=batch,
+            max_wait_s=0.0,
+            max_queue_images=max(len(subset), batch),
+        )
+        engine.warm_up(tuple(images.shape[1:]), (batch,))  # type: ignore[arg-type]
+        engine.start()
+        # Enough oracle rounds to weigh about as much machine time as one workload run.
+        rounds = max(5, min(200, len(subset) // (2 * batch)))
+        try:
+            samples: dict[str, list[dict[str, Any]]] = {w.label: [] for w in loads}
+            oracle_runs = []
+            for _ in range(repeats):
+                # Oracle and workloads interleaved, so load drift hits all of them alike.
+                oracle_runs.append(oracle_samples(runner, images, batch, rounds))
+                for w in loads:
+                    samples[w.label].append(asyncio.run(_measure(engine, subset, w.plan, batch)))
+            oracle[str(batch)] = np.concatenate(oracle_runs).mean(axis=0).tolist()
+        finally:
+            engine.stop()
+        base_time: float | None = None
+        base_mflops = 0.0
+        for w in loads:
+            runs = samples[w.label]
+            wall = statistics.fmean(r["wall"] for r in runs)
+            exits = runs[0]["exits"]
+            n = len(exits)
+            mean_mflops = float(exit_mflops[exits].mean())
+            per_image = wall / n
+            if base_time is None:
+                base_time, base_mflops = per_image, mean_mflops
+            oracle_time = float(np.mean(np.array(oracle[str(batch)])[exits]))
+            lat = np.array([x for r in runs for x in r["latencies"]]) * 1000
+            speedup = base_time / per_image
+            ratio = base_mflops / mean_mflops
+            rows.append(
+                {
+                    "batch_size": batch,
+                    "workload": w.label,
+                    "images": n,
+                    "images_per_s": 1.0 / per_image,
+                    "ms_per_image": per_image * 1000,
+                    "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+                    "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+                    "mean_mflops": mean_mflops,
+                    "exit_histogram": {
+                        str(k + 1): int(c)
+                        for k, c in enumerate(np.bincount(exits, minlength=len(exit_mflops)))
+                    },
+                    "speedup": speedup,
+                    "mflops_ratio": ratio,
+                    "mflops_efficiency": speedup / ratio,
+                    "oracle_ms_per_image": oracle_time * 1000,
+                    "oracle_efficiency": oracle_time / per_image,
+                }
+            )
+    return {"rows": rows, "oracle_seconds_per_image": oracle}
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    header = [
+        "batch", "workload", "images/s", "ms/image", "p50 ms", "p99 ms", "mean MFLOPs",
+        "speed-up", "MFLOPs ratio", "MFLOPs-eff.", "oracle ms/image", "oracle eff.", "exits",
+    ]  # fmt: skip
+    cells = []
+    for r in rows:
+        p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.2f}"
+        p99 = "-" if r["p99_ms"] is None else f"{r['p99_ms']:.2f}"
+        exits = " ".join(f"{k}:{v}" for k, v in r["exit_histogram"].items())
+        cells.append(
+            [
+                r["batch_size"],
+                r["workload"],
+                f"{r['images_per_s']:.1f}",
+                f"{r['ms_per_image']:.3f}",
+                p50,
+                p99,
+                f"{r['mean_mflops']:.3f}",
+                f"{r['speedup']:.2f}",
+                f"{r['mflops_ratio']:.2f}",
+                f"{r['mflops_efficiency']:.2f}",
+                f"{r['oracle_ms_per_image']:.3f}",
+                f"{r['oracle_efficiency']:.2f}",
+                exits,
+            ]
+        )
+    return markdown_table(header, cells)
