@@ -95,7 +95,7 @@ async def run_stream(
     async def one(start: int) -> None:
         try:
             req = ClassifyRequest(
-                started=time.monotonic(), params=params, tensor=x[start : start + per_request]
+                arrived=time.monotonic(), params=params, tensor=x[start : start + per_request]
             )
             result = await service.classify(req)
         finally:
@@ -160,7 +160,7 @@ def run_drift(
                 correct = np.where(lab >= 0, (classes == lab).astype(float), np.nan)
                 run = Run(shift, point.name, point.expected_mflops, control, sizes)
                 run.costs, run.exits, run.correct, run.seconds = costs, exits, correct, seconds
-                if control:
+                if control and state.controller is not None:
                     run.moves = state.controller.moves
                     run.final_budget = state.controller.budget
                 run.control_seconds = timer.seconds

@@ -29,8 +29,9 @@ import torch
 from torch import Tensor
 
 from exitwise.runtime import StageRunner
-from serving.budgets import BudgetResolver, ExitPlan
+from serving.budget.resolve import BudgetResolver, ExitPlan
 from serving.engine import Engine
+from serving.jobs import Ticket
 
 from .machine import sync
 from .tables import markdown_table
@@ -75,20 +76,21 @@ def oracle_samples(runner: StageRunner, images: Tensor, batch: int, rounds: int)
 
 async def _measure(engine: Engine, images: Tensor, plan: ExitPlan, batch: int) -> dict[str, Any]:
     n = images.shape[0]
-    deadline = time.monotonic() + 3600
+    now = time.monotonic()
+    ticket = Ticket(plan, 0, now, now + 3600)
     latencies: list[float] = []
     t0 = time.perf_counter()
     if batch == 1:
         outcomes = []
         for i in range(n):
             s = time.perf_counter()
-            outcomes.append(await engine.infer(images[i : i + 1], plan, 0, deadline))
+            outcomes.append(await engine.infer(ticket, images[i : i + 1]))
             latencies.append(time.perf_counter() - s)
     else:
-        jobs = [engine.submit(images[i : i + 1], plan, 0, deadline) for i in range(n)]
+        jobs = [engine.submit(ticket, images[i : i + 1]) for i in range(n)]
         outcomes = [await job.future for job in jobs]
     wall = time.perf_counter() - t0
-    exits = np.array([o.results[0].exit_index for o in outcomes])
+    exits = np.concatenate([o.exit for o in outcomes])
     return {"wall": wall, "latencies": latencies, "exits": exits}
 
 

@@ -18,6 +18,7 @@ from fastapi import Depends, Request
 from .errors import NotReadyError, UnauthorizedError
 from .lifecycle import Lifecycle
 from .metrics import Metrics
+from .protocol import ARRIVAL
 from .service import ModelService
 from .settings import Settings
 
@@ -86,9 +87,6 @@ async def check_metrics_key(request: Request) -> None:
 
 Service = Annotated[ModelService, Depends(get_service)]
 Authorized = Depends(check_api_key)
-
-
-ARRIVAL = "exitwise.arrival"  # the scope key: when the server first saw the request
 
 
 def arrival_of(request: Request) -> float:

@@ -20,9 +20,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .deps import ARRIVAL
 from .errors import PayloadTooLargeError
 from .metrics import Metrics
+from .protocol import ARRIVAL
 
 log = logging.getLogger("exitwise.serving")
 

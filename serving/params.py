@@ -113,6 +113,30 @@ def parse_params(
     )
 
 
+# What a v2 request's top-level ``parameters`` may hold: ours, less top_k (v2's outputs are
+# fixed) and timeout_ms (v2 has the protocol's ``timeout``, in microseconds), and the Open
+# Inference Protocol's own (what tritonclient sends): outputs and sequences, which a stateless
+# classifier accepts and has no use for.
+V2_NAMES = (
+    *(n for n in NAMES if n not in ("top_k", "timeout_ms")),
+    "timeout",
+    "binary_data_output",
+    "priority",
+    "sequence_id",
+    "sequence_start",
+    "sequence_end",
+)
+
+
+def check_v2(parameters: Mapping[str, Any]) -> None:
+    """A v2 request's ``parameters``: unknown names are refused, as in v1 (a typo such as
+    ``budget=5`` must not silently serve the default)."""
+    for name in parameters:
+        if name not in V2_NAMES:
+            known = ", ".join(V2_NAMES)
+            raise InvalidParameterError(f"unknown parameter {name!r}; known: {known}")
+
+
 def merge_fields(
     query: Iterable[tuple[str, str]], form: Iterable[tuple[str, str]]
 ) -> dict[str, str]:

@@ -7,9 +7,10 @@ stage and how long the oldest has waited:
 
 1. **Age bound.** A stage whose oldest row has waited ``max_stage_wait_s`` runs now (the deepest
    such stage first); so does a stage that must start now for a row's ``deadline_ms`` to be met
-   (its ``due`` time), or before the batch the other rules chose would end. While the machine keeps up with the load, no row waits in front of a
-   stage longer than that plus the stages that run before it once it is overdue (the one running
-   then, which is never preempted, and deeper overdue ones: at most one per stage).
+   (its ``due`` time), or before the batch the other rules chose would end. While the machine
+   keeps up with the load, no row waits in front of a stage longer than that plus the stages
+   that run before it once it is overdue (the one running then, which is never preempted, and
+   deeper overdue ones: at most one per stage).
 2. **Full batches.** Else the deepest stage holding at least ``max_batch`` rows runs.
 3. **Filling the first batch.** Else, when only stage 1 holds rows, fewer than ``max_batch``,
    and more requests are on their way (being read and decoded), wait for them, at most

@@ -28,6 +28,7 @@ import uvicorn
 
 from .lifecycle import Lifecycle
 from .loading import LoadedModel
+from .protocol import StampedHttpToolsProtocol
 from .settings import Settings
 from .threads import torch_threads
 
@@ -97,6 +98,7 @@ def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         port=settings.port,
         log_level=settings.log_level,
         lifespan="on",
+        http=StampedHttpToolsProtocol,  # stamps each request's arrival (deadline_ms's clock)
         # A line per request costs tens of microseconds of a budget of a few hundred; requests
         # are counted and timed in /metrics. Off unless asked for.
         access_log=settings.access_log,

@@ -12,7 +12,9 @@ written by the server as it stood before the request path was made lean, and the
 it byte for byte. Since then, on purpose: budget control added two keys to each plan's
 description (``controlled``, ``control_mflops``); deadlines and degradation added
 ``degraded_from`` to it, ``stopped`` to each v1 result and the ``stop_reason`` output to v2; the
-known parameters an error message lists grew. Each time the file was written again.
+known parameters an error message lists grew; ``deadline_policy`` joined them, and v2 requests
+with an unknown parameter are refused as v1's are (a new request here). Each time the file was
+written again.
 Regenerate it (``python -m tests.golden_helpers OUT``) only when a response is meant to change,
 and say what changed.
 """
@@ -145,6 +147,9 @@ def requests() -> list[dict[str, Any]]:
         {"name": "v2 wrong datatype", "method": "POST", "url": v2,
          "json": _v2_json([{"name": "input", "datatype": "INT8", "shape": [1],
                             "data": [1]}])},
+        {"name": "v2 unknown parameter", "method": "POST", "url": v2,
+         "json": _v2_json([{"name": "input", "datatype": "FP32", "shape": [2, 1, 32, 32],
+                            "data": tensor.ravel().tolist()}], budget=5)},
     ]  # fmt: skip
 
 

@@ -52,7 +52,7 @@ class ControlSettings:
     window: int = 4000  # the most recent images an estimate looks at
     tolerance: float = 0.02  # relative deadband around the target
     allowance: float = 0.07  # CUSUM: the drift ignored, in per-image spreads
-    threshold: float = 60.0  # CUSUM: the evidence that makes an alarm, same unit
+    threshold: float = 110.0  # CUSUM: the evidence that makes an alarm, same unit
     z: float = 2.5  # standard errors a difference must exceed to move
     max_step: float = 1.5  # the most a move where the estimate is not exact changes b
     first_check: int = 250  # images after a change before the first re-check
@@ -118,9 +118,10 @@ class _Cusum:
         self.high = self.low = 0.0
         self.high_zero = self.low_zero = seq  # sequence number after the last zero
 
-    def update(self, x: np.ndarray, seq: np.ndarray) -> tuple[int, int] | None:
+    def update(self, x: np.ndarray, seq: np.ndarray, scale: float = 1.0) -> tuple[int, int] | None:
         """Feed increments ``x`` (their sequence numbers ``seq``); on an alarm ``(sign, change)``:
-        +1 when the cost went up, -1 down, and the sequence number where the change began."""
+        +1 when the cost went up, -1 down, and the sequence number where the change began.
+        ``scale``: a share of the threshold to alarm at."""
         for sign in (1, -1):
             level = self.high if sign > 0 else self.low
             walk = level + np.cumsum(sign * x - self.allowance)
@@ -128,7 +129,7 @@ class _Cusum:
             sums = walk - floor
             zeros = np.flatnonzero(sums <= 0.0)
             zero = int(seq[zeros[-1]]) + 1 if len(zeros) else None
-            over = np.flatnonzero(sums > self.threshold)
+            over = np.flatnonzero(sums > self.threshold * scale)
             if len(over):
                 before = zeros[zeros < over[0]]
                 start = int(seq[before[-1]]) + 1 if len(before) else None
@@ -194,19 +195,17 @@ class BudgetController:
         if self._log.count - self._fed >= 32:  # the CUSUM runs on groups: cheap per request
             self._watch()
         if self._segment is None and self.row != CALIBRATED:
-            if self._log.count >= self._home_check:
-                return self._home()
-            return None
+            return self._home() if self._log.count >= self._home_check else None
         if self._segment is None or self._log.count - self._segment < self._check:
             return None
         return self._decide()
 
     def _home(self) -> Move | None:
-        """Away from home and settled: every ``first_check`` images, are the recent ones clean?
-        (A small shift ending moves the cost too little for the CUSUM to see soon.)"""
+        """Away from home and settled: every ``first_check`` images, are the last ``window / 4``
+        clean? (A small shift ending moves the cost too little for the CUSUM to see soon.)"""
         s = self.settings
         self._home_check = self._log.count + s.first_check
-        traffic, _ = self._log.since(self._log.count - s.window // 2)
+        traffic, _ = self._log.since(self._log.count - s.window // 4)
         now = self._estimate(traffic, self.thresholds())
         if not self._clean(now, traffic):
             return None
@@ -219,7 +218,10 @@ class BudgetController:
         seq, x = self._increments(start)
         if not len(x):
             return
-        alarm = self._cusum.update(x, seq)
+        # At home an alarm moves the thresholds, so it must be rare on clean traffic; away from
+        # home it only asks the estimate again (which moves nothing if the traffic has not
+        # changed), so half the evidence will do: the end of a shift is seen sooner.
+        alarm = self._cusum.update(x, seq, 1.0 if self.row == CALIBRATED else 0.5)
         if alarm is None:
             return
         sign, since = alarm

@@ -35,7 +35,7 @@ from ..deps import (
 )
 from ..errors import BadRequestError, ModelNotFoundError, error_response
 from ..lifecycle import Lifecycle
-from ..params import parse_params
+from ..params import check_v2, parse_params
 from ..service import ClassifyRequest, ClassifyResult, ModelService
 from ..v2_codec import HEADER_LENGTH, encode_response, parse_request
 
@@ -154,6 +154,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     tensor, values = req.inputs[0], data[0]
     # Triton's convention: the client's `timeout` parameter is in microseconds. No top-k
     # outputs in v2: the response's tensors are fixed.
+    check_v2(req.parameters)
     params = replace(
         parse_params(req.parameters, timeout_key="timeout", timeout_unit=1e-6), top_k=0
     )

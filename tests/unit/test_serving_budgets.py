@@ -14,7 +14,9 @@ from serving.budget.resolve import BudgetResolver
 from serving.errors import (
     STATUS,
     BadRequestError,
+    ClientGoneError,
     DeadlineExceededError,
+    DeadlineUnmeetableError,
     InvalidParameterError,
     ModelNotFoundError,
     NotFoundError,
@@ -155,11 +157,15 @@ def test_error_table() -> None:
         UnsupportedMediaTypeError: 415,
         InvalidParameterError: 422,
         QueueFullError: 503,
+        DeadlineUnmeetableError: 503,
         NotReadyError: 503,
         DeadlineExceededError: 504,
+        ClientGoneError: 499,
     }
     assert expected == STATUS
-    assert all(status_of(cls("x")) == status for cls, status in expected.items())
+    made = {cls: cls("x", 2.5) if cls is DeadlineUnmeetableError else cls("x") for cls in expected}
+    assert all(status_of(made[cls]) == status for cls, status in expected.items())
+    assert made[DeadlineUnmeetableError].response_headers() == {"Retry-After": "3"}
     assert status_of(RuntimeError("boom")) is None
     assert QueueFullError.headers == {"Retry-After": "1"}
 

@@ -55,7 +55,8 @@ def served(conf: np.ndarray, thresholds: np.ndarray, cap: int = K - 1) -> Traffi
     deadline if not before)."""
     exits = np.minimum(decide_exits(conf, thresholds), cap)
     seen = np.arange(K)[None, :] <= exits[:, None]
-    censored = (exits == cap) & (cap < K - 1) & (conf[np.arange(len(conf)), exits] < thresholds[exits])
+    at = conf[np.arange(len(conf)), exits]
+    censored = (exits == cap) & (cap < K - 1) & (at < thresholds[exits])
     return Traffic(np.where(seen, conf, np.nan), exits, censored)
 
 

@@ -116,7 +116,8 @@ def test_reasons_confident_and_cap_and_no_deadline_changes_nothing() -> None:
             b.stop()
 
     without = asyncio.run(plain())
-    for field in ("exit", "class_id", "confidence", "reason"):  # a generous deadline changes nothing
+    # A generous deadline changes nothing.
+    for field in ("exit", "class_id", "confidence", "reason"):
         np.testing.assert_array_equal(getattr(with_deadline, field), getattr(without, field))
     reasons = set(without.reasons())
     assert reasons <= {"confident", "cap"} and "confident" in reasons
@@ -179,7 +180,7 @@ def test_a_deadline_answer_has_its_top_k_whatever_answered_it() -> None:
     assert out.reasons() == ["deadline", "deadline"]
     assert out.top_ids.shape == (2, 2) and out.top_probs.shape == (2, 2)
     np.testing.assert_allclose(out.top_probs[:, 0], out.confidence, rtol=1e-12)
-    assert (out.top_probs.sum(axis=1) == pytest.approx(1.0))  # two classes
+    assert out.top_probs.sum(axis=1) == pytest.approx(1.0)  # two classes
 
 
 def test_rows_in_a_deeper_queue_are_answered_by_their_deadline() -> None:

@@ -12,7 +12,8 @@ from serving.degrade import Degrader
 
 def test_the_level_rises_with_the_forecast_wait() -> None:
     d = Degrader(max_level=4, queue_s=0.1)
-    assert [d.level(w) for w in (0.0, 0.05, 0.051, 0.0625, 0.076, 0.1, 1.0)] == [0, 0, 1, 1, 3, 4, 4]
+    waits = (0.0, 0.05, 0.051, 0.0625, 0.076, 0.1, 1.0)
+    assert [d.level(w) for w in waits] == [0, 0, 1, 1, 3, 4, 4]
     assert d.last == 4
     assert Degrader(max_level=0, queue_s=0.1).level(5.0) == 0
     with pytest.raises(ValueError):

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from serving.scheduler import EMPTY, Idle, QueueView, Run, Wait, deadline_batch_limit, pick
+from serving.deadlines import batch_limit as deadline_batch_limit
+from serving.scheduler import EMPTY, Idle, QueueView, Run, Wait, pick
 
 ARGS = {"max_batch": 8, "max_wait_s": 0.002, "max_stage_wait_s": 0.005}
 

@@ -1,0 +1,133 @@
+"""Where serving features meet: budget control under deadlines, and a client that goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from exitwise.models import State
+from serving.app import create_app
+from serving.loading import load_model
+from serving.settings import Settings
+from tests.serving_helpers import Served, png, served_bundle
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
+    return served_bundle(tmp_path_factory)
+
+
+class SlowStages:
+    """The bundle's runner with every stage taking at least ``seconds`` (a busy device)."""
+
+    def __init__(self, runner: Any, seconds: float) -> None:
+        self.runner, self.seconds = runner, seconds
+        self.backend, self.device, self.provider = runner.backend, runner.device, runner.provider
+        self.num_exits = runner.num_exits
+
+    def initial_state(self, images: torch.Tensor) -> State:
+        state: State = self.runner.initial_state(images)
+        return state
+
+    def run_stage(self, index: int, state: State) -> tuple[State, torch.Tensor]:
+        time.sleep(self.seconds)
+        out: tuple[State, torch.Tensor] = self.runner.run_stage(index, state)
+        return out
+
+
+def test_images_a_deadline_stops_do_not_steer_budget_control(served: Served) -> None:
+    # Stages of 40 ms and a deadline of 60 ms: every image leaves by exit 1, most because of
+    # the deadline. Their cost is the deadline's, not the thresholds': taken for what the
+    # thresholds spend, the clean test images would look cheap, and the controller would move
+    # to dearer thresholds (more load on a server that is already short of time).
+    settings = Settings(bundle=served.path, max_images_per_request=64)  # type: ignore[call-arg]
+    loaded = load_model(settings)
+    loaded.runner = SlowStages(loaded.runner, 0.04)
+    point = served.bundle.calibration().point("q1")
+    pixels = np.concatenate([served.test.pixels] * 8)[:1600]
+    with TestClient(create_app(settings, registry=CollectorRegistry(), loaded=loaded)) as client:
+        reasons: list[str] = []
+        for start in range(0, len(pixels), 64):
+            batch = pixels[start : start + 64]
+            files = [("image", (f"{i}.png", png(p), "image/png")) for i, p in enumerate(batch)]
+            data = {"budget_mflops": str(point.expected_mflops), "deadline_ms": "60", "top_k": "0"}
+            r = client.post("/v1/classify", files=files, data=data)
+            assert r.status_code == 200, r.text
+            reasons += [x["stopped"] for x in r.json()["results"]]
+            assert not r.json()["operating_point"]["controlled"]
+        described = client.get("/v1/model").json()
+        control = next(p for p in described["operating_points"] if p["name"] == "q1")
+        assert control["budget_control"]["adjustments"] == 0
+    assert reasons.count("deadline") > len(reasons) / 2
+
+
+def test_a_client_that_goes_away_leaves_the_engine(served: Served) -> None:
+    # The request's task is not cancelled when its client disconnects (uvicorn does not do it);
+    # the server notices the disconnect while it waits for the engine and drops the request's
+    # rows, so abandoned work does not run to the end under overload.
+    settings = Settings(bundle=served.path)  # type: ignore[call-arg]
+    loaded = load_model(settings)
+    loaded.runner = SlowStages(loaded.runner, 0.05)
+    app = create_app(settings, registry=CollectorRegistry(), loaded=loaded)
+    body = png(served.test.pixels[0])
+
+    async def main() -> tuple[int, float, list[int]]:
+        lifespan: asyncio.Queue[Any] = asyncio.Queue()
+        sent: list[Any] = []
+
+        async def lifespan_receive() -> Any:
+            return await lifespan.get()
+
+        async def lifespan_send(message: Any) -> None:
+            sent.append(message)
+
+        await lifespan.put({"type": "lifespan.startup"})
+        life = asyncio.ensure_future(app({"type": "lifespan"}, lifespan_receive, lifespan_send))
+        while not sent:
+            await asyncio.sleep(0.01)
+        service = app.state.service
+        gone = asyncio.Event()
+        first = True
+        responses: list[Any] = []
+
+        async def receive() -> Any:
+            nonlocal first
+            if first:
+                first = False
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            responses.append(message)
+
+        scope = {
+            "type": "http", "method": "POST", "path": "/v1/classify", "raw_path": b"/v1/classify",
+            "query_string": b"max_exit=4&top_k=0", "root_path": "", "scheme": "http",
+            "headers": [(b"content-type", b"image/png"),
+                        (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "http_version": "1.1",
+        }  # fmt: skip
+        start = time.monotonic()
+        request = asyncio.ensure_future(app(scope, receive, send))
+        await asyncio.sleep(0.02)  # it is in the engine: stage 1 of 4 (50 ms each) is running
+        gone.set()
+        await asyncio.wait_for(request, 5)
+        elapsed = time.monotonic() - start
+        rows = service.engine.queue_rows()
+        await lifespan.put({"type": "lifespan.shutdown"})
+        await life
+        status = next(m["status"] for m in responses if m["type"] == "http.response.start")
+        return status, elapsed, rows
+
+    status, elapsed, rows = asyncio.run(main())
+    assert status == 499
+    assert elapsed < 0.15  # answered when it left, not after the four stages (0.2 s)
+    assert rows == [0, 0, 0, 0]  # nothing of it waits for a stage
