@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from exitwise import __version__
 
 from . import errors
+from .lean import ServingApp, lean_middleware
 from .lifecycle import Lifecycle
 from .live import LiveStats
 from .loading import LoadedModel, load_model
@@ -75,7 +76,7 @@ def create_app(
             lifecycle.mark_stopped()
             log.info("engine stopped")
 
-    app = FastAPI(
+    app = ServingApp(
         title="exitwise",
         version=__version__,
         summary="Budgeted early-exit image classification",
@@ -88,6 +89,10 @@ def create_app(
     app.state.live = None  # the last minute of classifications, for the page (GET /v1/live)
     errors.install(app)
     app.add_middleware(ServingMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    # The inference routes go straight to their handlers (serving.lean), with the same
+    # middleware; FastAPI serves them too (its schema, an app mounted under a prefix).
+    app.lean = lean_middleware(app, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.classify, app.infer = classify.classify, v2.infer_model
     for router in (health.router, classify.router, model.router, v2.router):
         app.include_router(router)
     # The playground page at / and what only it uses (samples, the curve, the live summary).

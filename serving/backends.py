@@ -28,9 +28,12 @@ def load_runner(bundle: Bundle, settings: Settings) -> StageRunner:
     if settings.backend == "torch":
         if settings.precision != "fp32" and device.type != "cuda":
             raise ServerConfigError(f"precision {settings.precision} needs a CUDA device")
-        runner: StageRunner = load_torch_runner(
-            bundle, device, settings.precision, settings.channels_last
-        )
+        torch_runner = load_torch_runner(bundle, device, settings.precision, settings.channels_last)
+        if settings.torch_script:
+            p = bundle.manifest.preprocessing
+            if not torch_runner.trace((p.channels, p.input_size, p.input_size)):
+                log.warning("torch_script: the traced stages differ from eager ones; eager it is")
+        runner: StageRunner = torch_runner
     else:
         runner = _load_onnx(bundle, device, settings.require_gpu)
     if runner.num_exits != bundle.manifest.num_exits:

@@ -1,21 +1,20 @@
 """The engine: a queue in front of every stage and one worker thread that runs them.
 
-A request's life here, in order:
+A request's life here:
 
 - **Admit** (:meth:`Engine.submit`, on the event loop): its :class:`~serving.jobs.Ticket` gets a
-  run of slots (:class:`~serving.jobs.Slots`: thresholds, caps, deadline per image) and its
-  images join stage 1's queue; a full engine refuses at once (503 with Retry-After).
+  run of slots (thresholds, caps, deadline per image) and its images join stage 1's queue; a
+  full engine refuses at once (503 with Retry-After).
 - **Queue per stage**: the worker asks the scheduler (:func:`serving.scheduler.pick`) which
   stage to run and takes up to ``max_batch_size`` rows from its queue, from any requests and
-  budgets (earliest deadlines first when not all fit).
-- **Run and judge**: stage 1 decodes its encoded images first; then the stage runs and the exit
-  rule (:func:`exitwise.runtime.judge_stage`, the function calibration's simulation uses)
-  decides, row by row with each row's own thresholds and caps, who stops. The deadline rules
-  are :mod:`serving.deadlines`'.
-- **Answer**: stopping rows are answered in their slots, the survivors join the next stage's
-  queue, where they wait with the survivors of other batches. A request completes the moment
-  its last image is answered; the futures of every request a batch completed are resolved with
-  one call into their event loop.
+  budgets (earliest deadlines first when not all fit: :mod:`serving.deadlines`).
+- **Run and judge**: stage 1 decodes its encoded images first; the stage runs and the exit rule
+  (:func:`exitwise.runtime.judge_stage`, the function calibration's simulation uses) decides,
+  with each row's own thresholds and caps, who stops.
+- **Answer**: stopping rows are answered in their slots; the survivors join the next stage's
+  queue and wait there with the survivors of other batches, or, when they have the engine to
+  themselves, run on at once. A request completes with its last image; the futures of every
+  request a batch completed are resolved with one call into their event loop.
 
 A request whose client went away, that timed out or failed leaves every queue at once; its rows
 still running are dropped when they come back.
@@ -30,8 +29,8 @@ import logging
 import math
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,15 +44,14 @@ from exitwise.runtime import StageRunner, judge_stage, run_early_exit, top_k_of
 
 from . import deadlines
 from .errors import ClientGoneError, DeadlineExceededError, NotReadyError, QueueFullError
-from .jobs import CAP, CONFIDENT, DEADLINE, Job, Outcome, Rows, Slots, Ticket, join
+from .jobs import CAP, CONFIDENT, DEADLINE, Job, Rows, Slots, Ticket, join
 from .latency import LatencyModel
 from .metrics import Metrics
 from .scheduler import EMPTY, Idle, QueueView, Run, pick
 
 log = logging.getLogger("exitwise.serving.engine")
 
-# The longest a row may wait in front of a stage for company (at least max_wait).
-DEFAULT_MAX_STAGE_WAIT_S = 0.005
+DEFAULT_MAX_STAGE_WAIT_S = 0.005  # the longest a row waits for company (at least max_wait)
 
 Decoder = Callable[[Sequence[bytes], Sequence[str] | None], np.ndarray]
 
@@ -111,12 +109,15 @@ class Engine:
         self._jobs: dict[int, Job] = {}
         self._ids = itertools.count()
         self._done: list[Job] = []  # completed or failed, to be delivered
-        self._survive = np.full(k, 0.5)  # share of a stage's rows that go on (moving average)
+        self._survive = [0.5] * k  # share of a stage's rows that go on (moving average)
         self._running: tuple[int, int, float, float] | None = None  # stage, rows, start, forecast
         self._cond = threading.Condition()
+        self._idle = False  # the worker waits for work
         self._incoming = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
+        if metrics is not None:
+            metrics.watch_queues(self.queue_rows)
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -125,8 +126,7 @@ class Engine:
         every stage at each batch size bucket for the latency model."""
         k = self.num_exits
         for n in batch_sizes or (1, self.max_batch_size):
-            thr = np.full((n, k), np.inf)
-            x = torch.zeros((n, *input_shape))
+            x, thr = torch.zeros((n, *input_shape)), np.full((n, k), np.inf)
             run_early_exit(self.runner, x, thr, np.full(n, k - 1, dtype=np.int64))
         self.latency.measure(self.runner, input_shape)
 
@@ -154,32 +154,31 @@ class Engine:
 
     def queue_rows(self) -> list[int]:
         """Rows waiting in front of each stage (index 0 = stage 1)."""
-        with self._cond:
-            return list(self._rows)
+        return list(self._rows)
 
-    def forecast(self) -> deadlines.Forecast:
-        """When a new image's exits would be done: the work queued ahead of it (each queued row's
-        stages to come, weighted by the share of rows that go on after each stage, at full-batch
-        cost) and the stages of the batches it would join."""
-        now = time.monotonic()
-        k, full = self.num_exits, self.max_batch_size
-        rows, running = list(self._rows), self._running
-        estimate = self.latency.estimate
-        work = np.zeros(k + 1)
-        for index in range(k - 1, -1, -1):
-            per_row = estimate(index, full) / full
-            work[index] = per_row + self._survive[index] * work[index + 1]
-        wait = float(np.dot(rows, work[:k]))
+    def forecast(self, own: bool = True) -> deadlines.Forecast:
+        """When a new image's exits would be done: the work queued ahead of it (each queued
+        row's stages to come at full-batch cost, weighted by the share of rows that go on after
+        each stage) and, with ``own``, the stages of the batches it would join."""
+        now, rows, running = time.monotonic(), list(self._rows), self._running
+        per_row, survive = self.latency.per_row_full, self._survive
+        work = [0.0] * (self.num_exits + 1)
+        for i in range(self.num_exits - 1, -1, -1):
+            work[i] = per_row[i] + survive[i] * work[i + 1]
+        wait = sum(r * w for r, w in zip(rows, work, strict=False))
         if running is not None:
             stage, n, start, seconds = running
-            wait += max(0.0, start + seconds - now) + n * self._survive[stage] * work[stage + 1]
-        own = np.array([estimate(i, min(full, rows[i] + 1)) for i in range(k)])
-        return deadlines.Forecast(now, wait, own)
+            wait += max(0.0, start + seconds - now) + n * survive[stage] * work[stage + 1]
+        if not own:
+            return deadlines.Forecast(now, wait, np.zeros(0))
+        full, estimate = self.max_batch_size, self.latency.estimate
+        stage_s = np.array([estimate(i, min(full, rows[i] + 1)) for i in range(self.num_exits)])
+        return deadlines.Forecast(now, wait, stage_s)
 
     @contextlib.contextmanager
     def expecting(self) -> Iterator[Arrival]:
-        """Marks a request on its way (being read or decoded) until it is submitted with the
-        yielded :class:`Arrival`, or the block ends (it failed before reaching the queue)."""
+        """Marks a request on its way (being decoded) until it is submitted with the yielded
+        :class:`Arrival`, or the block ends (it failed before reaching the queue)."""
         arrival = Arrival()
         with self._cond:
             self._incoming += 1
@@ -204,6 +203,7 @@ class Engine:
         n = len(encoded.blobs) if encoded is not None else int(images.shape[0])  # type: ignore[union-attr]
         loop = asyncio.get_running_loop()
         job = Job(ticket, 0, n, loop, loop.create_future(), remaining=n)
+        job.labels = encoded.labels if encoded is not None else None
         job.enqueued = time.monotonic()
         with self._cond:
             if self._stopping:
@@ -211,23 +211,21 @@ class Engine:
             queued = sum(self._rows)
             if queued + n > self.max_queue_images:
                 raise QueueFullError(
-                    f"the queue is full ({queued} of {self.max_queue_images} images "
-                    "waiting); retry later"
+                    f"the queue is full ({queued} of {self.max_queue_images} images waiting); "
+                    "retry later"
                 )
             job_id = next(self._ids)
-            job.start = start = self.slots.allocate(job_id, ticket, n)
+            job.start = self.slots.allocate(job_id, ticket, n)
             self._jobs[job_id] = job
-            slots = np.arange(start, start + n)
-            if encoded is not None:
-                job.labels = encoded.labels
-                rows = Rows(slots, [], job.enqueued, encoded.blobs, job, ticket.deadline)
-            else:
-                rows = Rows(slots, [images], job.enqueued, None, job, ticket.deadline)  # type: ignore[list-item]
-            self._push(0, rows)
+            state = [] if encoded is not None else [images]
+            blobs = encoded.blobs if encoded is not None else None
+            slots = np.arange(job.start, job.start + n)
+            self._push(0, Rows(slots, state, job.enqueued, blobs, job, ticket.deadline))  # type: ignore[arg-type]
             if arrival is not None and not arrival.arrived:
                 arrival.arrived = True  # with the images: a waiting worker sees both at once
                 self._incoming -= 1
-            self._cond.notify_all()
+            if self._idle:
+                self._cond.notify()
         return job
 
     async def infer(
@@ -236,12 +234,13 @@ class Engine:
         images: Tensor | Encoded,
         arrival: Arrival | None = None,
         gone: Callable[[], Coroutine[Any, Any, Any]] | None = None,
-    ) -> Outcome:
-        """Queue ``images`` and wait for all of them, at most until the ticket expires; ``gone``
-        returns when the client disconnects (then the request leaves the engine)."""
+    ) -> Any:
+        """Queue ``images`` and wait for their :class:`~serving.jobs.Outcome`, at most until the
+        ticket expires; ``gone`` returns when the client disconnects (the request then leaves)."""
         job = self.submit(ticket, images, arrival)
         loop = job.loop
-        timer = loop.call_later(max(0.0, ticket.expires - time.monotonic()), self._expire, job)
+        late = DeadlineExceededError("the request timeout passed before its images were classified")
+        timer = loop.call_later(max(0.0, ticket.expires - time.monotonic()), self.cancel, job, late)
         watch = None if gone is None else loop.create_task(gone())
         if watch is not None:
 
@@ -259,10 +258,6 @@ class Engine:
             timer.cancel()
             if watch is not None:
                 watch.cancel()
-
-    def _expire(self, job: Job) -> None:
-        self.cancel(job, DeadlineExceededError("the request timeout passed before its images "
-                                               "were classified"))  # fmt: skip
 
     def cancel(self, job: Job, error: BaseException | None = None) -> None:
         """On the request's loop: it is over; its rows leave the queues, its future fails."""
@@ -288,27 +283,27 @@ class Engine:
             while True:
                 self._deliver()
                 now = time.monotonic()
-                self._sweep(now)
+                if any(self._timed):
+                    self._sweep(now)
                 views = [self._view(k) for k in range(self.num_exits)]
-                incoming = self._incoming > 0 and not self._stopping
                 decision = pick(
                     views,
                     now,
                     max_batch=self.max_batch_size,
                     max_wait_s=self.max_wait_s,
                     max_stage_wait_s=self.max_stage_wait_s,
-                    incoming=incoming,
+                    incoming=self._incoming > 0 and not self._stopping,
                 )
                 if isinstance(decision, Run):
                     parts = self._take(decision.stage, now)
                     if parts:
                         return decision.stage, parts
-                elif isinstance(decision, Idle):
-                    if self._stopping:
-                        return None
-                    self._cond.wait()
-                else:
-                    self._cond.wait(decision.until - now)
+                    continue
+                if isinstance(decision, Idle) and self._stopping:
+                    return None
+                self._idle = True
+                self._cond.wait(None if isinstance(decision, Idle) else decision.until - now)
+                self._idle = False
 
     def _view(self, stage: int) -> QueueView:
         queue = self._queues[stage]
@@ -325,15 +320,13 @@ class Engine:
         return min((r.deadline for r in self._queues[stage]), default=math.inf)
 
     def _take(self, stage: int, now: float) -> list[Rows]:
-        """Up to a batch of live rows from ``stage``'s queue, oldest first; with deadlines
-        waiting, fewer when a full batch would end after the earliest one, and earliest
-        deadlines first when not all fit."""
+        """Up to a batch of live rows, oldest first; with deadlines waiting, fewer when a full
+        batch would end after the earliest one, and earliest deadlines first when not all fit."""
         queue, slots = self._queues[stage], self.slots
         soonest, limit = self._soonest(stage), self.max_batch_size
         if math.isfinite(soonest):
-            limit = deadlines.batch_limit(
-                soonest - now, limit, lambda n: self.latency.estimate(stage, n)
-            )
+            estimate = self.latency.estimate
+            limit = deadlines.batch_limit(soonest - now, limit, lambda n: estimate(stage, n))
         urgent = math.isfinite(soonest) and self._rows[stage] > limit
         if urgent:  # the whole queue in deadline order; what is left goes back by age
             queue = deque(sorted(queue, key=lambda r: r.deadline))
@@ -354,12 +347,10 @@ class Engine:
             if len(rows):
                 taken.append(rows)
                 room -= len(rows)
+                slots.queued[rows.slots] = -1
+                self._rows[stage] -= len(rows)
         if urgent:
             self._queues[stage] = deque(sorted(queue, key=lambda r: r.since))
-        for rows in taken:
-            slots.queued[rows.slots] = -1
-            self._rows[stage] -= len(rows)
-        self._set_depth()
         return taken
 
     def _part(self, rows: Rows, index: np.ndarray) -> Rows:
@@ -368,8 +359,8 @@ class Engine:
         return part
 
     def _sweep(self, now: float) -> None:
-        """Answer the rows waiting for a later stage that could not finish it in time even
-        if it started now, from the exit they passed last."""
+        """Answer the rows waiting for a later stage that could not finish it in time even if
+        it started now, from the exit they passed last."""
         for stage in range(1, self.num_exits):
             finish = now + self.latency.estimate(stage, 1)
             if self._soonest(stage) >= finish:
@@ -390,66 +381,79 @@ class Engine:
             self._timed[stage] = sum(math.isfinite(r.deadline) for r in kept)
 
     def _run(self, stage: int, parts: list[Rows]) -> None:
-        start = time.monotonic()
-        if stage == 0:
-            parts = self._decode(parts)
-            if not parts:
-                return
+        """Run ``parts`` through ``stage``, and straight on through the next stages while the
+        survivors have the engine to themselves (nothing waits: the scheduler would pick them
+        anyway). Rows with a deadline always go back to the queues, where its rules apply."""
+        if stage == 0 and not (parts := self._decode(parts)):
+            return
         rows = join(parts)
-        n, s = len(rows), rows.slots
-        slots, k = self.slots, self.num_exits
+        s, state, timed = rows.slots, rows.state, rows.deadline < math.inf
+        while (out := self._stage(stage, s, state, timed)) is not None:
+            s, state, done = out
+            stage += 1
+            if timed or self._incoming or any(self._rows):
+                deadline = float(self.slots.deadline[s].min()) if timed else math.inf
+                with self._cond:
+                    self._push(stage, Rows(s, state, done, deadline=deadline))
+                return
+
+    def _stage(
+        self, stage: int, s: np.ndarray, state: Any, timed: bool
+    ) -> tuple[np.ndarray, Any, float] | None:
+        """One stage batch: run, judge, answer who stops; the survivors' slots and state and
+        when they left the stage, or None (nobody goes on)."""
+        n, slots, k = len(s), self.slots, self.num_exits
+        start = time.monotonic()
         self._running = (stage, n, start, self.latency.estimate(stage, n))
-        began = time.monotonic()
         try:
-            state = self.runner.initial_state(rows.state[0]) if stage == 0 else rows.state
+            state = self.runner.initial_state(state[0]) if stage == 0 else state
             state, logits = self.runner.run_stage(stage, state)
             thresholds = slots.thresholds[s, stage]
             caps = np.minimum(slots.max_index[s], slots.limit[s])
             verdict = judge_stage(logits, stage, k, thresholds, caps)
             done = time.monotonic()
             leave = verdict.stop
-            if stage + 1 < k and not leave.all():
+            if timed and stage + 1 < k and not leave.all():
                 nxt = min(self._rows[stage + 1] + int((~leave).sum()), self.max_batch_size)
                 finish = done + self.latency.estimate(stage + 1, nxt)
                 leave = leave | deadlines.late(slots.deadline[s], finish)
-            # Top-k where it is needed: rows leaving, and rows going on that a deadline may
-            # stop later (their answer would be this exit's).
-            wanted = (slots.top_k[s] > 0) & (leave | np.isfinite(slots.deadline[s]))
-            top = None
-            if wanted.any():
-                top = top_k_of(logits, wanted, int(slots.top_k[s][wanted].max()))
+            # Top-k where needed: rows leaving, and rows that a deadline may stop later (their
+            # answer would be this exit's).
+            top_k = slots.top_k[s]
+            wanted = (top_k > 0) & ((leave | np.isfinite(slots.deadline[s])) if timed else leave)
+            top = top_k_of(logits, wanted, int(top_k[wanted].max())) if wanted.any() else None
             going = np.flatnonzero(~leave)
-            if len(going) and len(going) < n:
+            if 0 < len(going) < n:
                 state = select_rows(state, torch.from_numpy(going).to(state[0].device))
         except Exception:  # the network or a bug: fail these requests, keep serving
             log.exception("stage %d failed on a batch of %d rows", stage + 1, n)
             with self._cond:
                 self._fail(s, EngineFailureError("inference failed"))
-            return
+            return None
         slots.passed(s, stage, verdict.prediction, verdict.confidence)
         if top is not None:
             slots.set_top(s[wanted], *top)
-        confident = verdict.stop & (verdict.confidence >= thresholds) & (stage < k - 1)
-        capped = verdict.stop & ((slots.max_index[s] <= stage) | (stage == k - 1))
-        reason = np.where(confident, CONFIDENT, np.where(capped, CAP, DEADLINE))[leave]
-        self.latency.observe(stage, n, done - began)
+        if stage == k - 1:
+            reason = np.full(n, CAP)  # the last exit has no threshold: it takes the rest
+        else:
+            capped = np.where(slots.max_index[s] <= stage, CAP, DEADLINE)
+            reason = np.where(verdict.confidence >= thresholds, CONFIDENT, capped)[leave]
+        self.latency.observe(stage, n, done - start)
         self._survive[stage] += 0.05 * (len(going) / n - self._survive[stage])
         seconds = time.monotonic() - start
         waits = []
-        for job_id in np.unique(slots.job[s]).tolist():
+        for job_id, _ in _tally(slots.job[s]):
             job = self._jobs[job_id]
             job.compute_seconds += seconds
             if not job.started:
                 job.started = True
-                waits.append(began - job.enqueued)
+                waits.append(start - job.enqueued)
         if self.metrics is not None:
-            self.metrics.record_stage(stage, n, done - began, waits)
+            self.metrics.record_stage(stage, n, done - start, waits)
         with self._cond:
             self._answer(s[leave], reason)
-            if len(going):
-                survivors = Rows(s[going], state, done)
-                survivors.deadline = float(slots.deadline[survivors.slots].min())
-                self._push(stage + 1, survivors)
+            self._deliver()
+        return (s[going], state, done) if len(going) else None
 
     def _decode(self, parts: list[Rows]) -> list[Rows]:
         """Decode stage 1's still-encoded images and normalise all their pixels in one call; a
@@ -459,22 +463,20 @@ class Engine:
         assert self.decode is not None and self.normalize is not None
         ready, pixels = [], []
         for part in parts:
-            if part.encoded is None:
-                ready.append(part)
-                continue
-            job = part.job
-            assert job is not None  # a stage-1 part holds one request's images
-            start = time.monotonic()
-            try:
-                pixels.append(self.decode(part.encoded, job.labels))
-            except Exception as err:
-                if not isinstance(err, ExitwiseError):  # the client's image: its own 4xx
-                    log.exception("decoding %d images failed", len(part))
-                    err = EngineFailureError("decoding failed")
-                with self._cond:
-                    self._fail(part.slots, err)
-                continue
-            job.decode_seconds += time.monotonic() - start
+            if part.encoded is not None:
+                job = part.job
+                assert job is not None  # a stage-1 part holds one request's images
+                start = time.monotonic()
+                try:
+                    pixels.append(self.decode(part.encoded, job.labels))
+                except Exception as err:
+                    if not isinstance(err, ExitwiseError):  # not the client's image: a bug
+                        log.exception("decoding %d images failed", len(part))
+                        err = EngineFailureError("decoding failed")
+                    with self._cond:
+                        self._fail(part.slots, err)
+                    continue
+                job.decode_seconds += time.monotonic() - start
             ready.append(part)
         if pixels:
             x = self.normalize(torch.from_numpy(np.concatenate(pixels)))
@@ -496,9 +498,8 @@ class Engine:
             rows = self._part(rows, np.flatnonzero(live))
         self.slots.queued[rows.slots] = stage
         self._queues[stage].append(rows)
-        self._timed[stage] += math.isfinite(rows.deadline)
         self._rows[stage] += len(rows)
-        self._set_depth()
+        self._timed[stage] += math.isfinite(rows.deadline)
 
     def _answer(self, slots: np.ndarray, reasons: np.ndarray) -> None:
         """Rows answered: their results are in their slots already."""
@@ -510,25 +511,26 @@ class Engine:
 
     def _count(self, slots: np.ndarray) -> None:
         """``slots`` are done with (answered or dropped); requests with none left complete."""
-        ids, counts = np.unique(self.slots.job[slots], return_counts=True)
-        now = time.monotonic()
-        for job_id, count in zip(ids.tolist(), counts.tolist(), strict=True):
+        complete = []
+        for job_id, count in _tally(self.slots.job[slots]):
             job = self._jobs.get(job_id)
             if job is None:  # a bug elsewhere: never let it take the worker down
                 log.error("rows of an unknown request %d", job_id)
                 continue
             job.remaining -= count
-            if job.remaining > 0:
-                continue
-            del self._jobs[job_id]
-            if not job.cancelled:
-                busy = job.compute_seconds + job.decode_seconds
-                job.result = self.slots.outcome(job, max(0.0, now - job.enqueued - busy))
-                self._done.append(job)
+            if job.remaining == 0:
+                del self._jobs[job_id]
+                complete.append(job)
+        answered = [job for job in complete if not job.cancelled]
+        now = time.monotonic()
+        for job, outcome in zip(answered, self.slots.outcomes(answered, now), strict=True):
+            job.result = outcome
+            self._done.append(job)
+        for job in complete:
             self.slots.free(job.start, job.n)
 
     def _drop(self, job: Job) -> None:
-        """The request is over: its waiting rows leave the queues; its rows running are
+        """The request is over: its waiting rows leave the queues now; its rows running are
         dropped when they come back."""
         if job.cancelled:
             return
@@ -542,11 +544,10 @@ class Engine:
         self.slots.queued[span] = -1
         if len(waiting):
             self._count(job.start + np.flatnonzero(where >= 0))
-        self._set_depth()
 
     def _fail(self, slots: np.ndarray, err: BaseException) -> None:
         """The requests of ``slots`` (which the worker holds) fail with ``err``."""
-        for job_id in np.unique(self.slots.job[slots]).tolist():
+        for job_id, _ in _tally(self.slots.job[slots]):
             job = self._jobs.get(job_id)
             if job is not None and not job.cancelled:
                 job.result = err
@@ -566,16 +567,19 @@ class Engine:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_resolve, jobs)
 
-    def _set_depth(self) -> None:
-        if self.metrics is not None:
-            self.metrics.set_queue_depth(self._rows)
-
 
 def _resolve(jobs: list[Job]) -> None:
     for job in jobs:
-        if job.future.done():
-            continue
-        if isinstance(job.result, BaseException):
-            job.future.set_exception(job.result)
-        else:
-            job.future.set_result(job.result)  # type: ignore[arg-type]
+        if not job.future.done():
+            if isinstance(job.result, BaseException):
+                job.future.set_exception(job.result)
+            elif job.result is not None:
+                job.future.set_result(job.result)
+
+
+def _tally(ids: np.ndarray) -> Iterable[tuple[int, int]]:
+    """``(id, count)`` of each distinct id (a Python count beats numpy's sort on a batch)."""
+    if len(ids) > 256:
+        values, counts = np.unique(ids, return_counts=True)
+        return zip(values.tolist(), counts.tolist(), strict=True)
+    return Counter(ids.tolist()).items()

@@ -125,12 +125,20 @@ def error_response(
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def _domain_error(request: Request, err: Exception) -> JSONResponse:
+def response_for(err: Exception) -> JSONResponse | None:
+    """The table's answer to ``err``; None when it is not in the table (a bug: a 500)."""
     status = status_of(err)
-    if status is None:  # registered below only for table entries; defensive
-        raise err
+    if status is None:
+        return None
     headers = err.response_headers() if isinstance(err, ServingError) else None
     return error_response(status, str(err), headers)
+
+
+async def _domain_error(request: Request, err: Exception) -> JSONResponse:
+    response = response_for(err)
+    if response is None:  # registered below only for table entries; defensive
+        raise err
+    return response
 
 
 async def _http_error(request: Request, err: Exception) -> JSONResponse:

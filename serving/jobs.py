@@ -153,23 +153,36 @@ class Slots:
         self.top_ids[slots, :width] = ids
         self.top_probs[slots, :width] = probs
 
-    def outcome(self, job: Job, queue_seconds: float) -> Outcome:
-        s = slice(job.start, job.start + job.n)
-        k = job.ticket.top_k
-        exits = self.exit[s].copy()
-        trace = self.trace[s].copy()
-        return Outcome(
-            exit=exits,
-            class_id=self.class_id[s].copy(),
-            confidence=trace[np.arange(job.n), exits],
-            reason=self.reason[s].copy(),
-            top_ids=self.top_ids[s, :k].copy(),
-            top_probs=self.top_probs[s, :k].copy(),
-            trace=trace,
-            queue_seconds=queue_seconds,
-            compute_seconds=job.compute_seconds,
-            decode_seconds=job.decode_seconds,
-        )
+    def outcomes(self, jobs: list[Job], now: float) -> list[Outcome]:
+        """The answers of complete requests: their slots copied out in one gather per array
+        (a batch completes many one-image requests at once), then split per request."""
+        if not jobs:
+            return []
+        index = np.concatenate([np.arange(j.start, j.start + j.n) for j in jobs])
+        exits, trace = self.exit[index], self.trace[index]
+        confidence = trace[np.arange(len(index)), exits]
+        classes, reasons = self.class_id[index], self.reason[index]
+        top_ids, top_probs = self.top_ids[index], self.top_probs[index]
+        out, at = [], 0
+        for job in jobs:
+            span, k = slice(at, at + job.n), job.ticket.top_k
+            busy = job.compute_seconds + job.decode_seconds
+            out.append(
+                Outcome(
+                    exits[span],
+                    classes[span],
+                    confidence[span],
+                    reasons[span],
+                    top_ids[span, :k],
+                    top_probs[span, :k],
+                    trace[span],
+                    queue_seconds=max(0.0, now - job.enqueued - busy),
+                    compute_seconds=job.compute_seconds,
+                    decode_seconds=job.decode_seconds,
+                )
+            )
+            at += job.n
+        return out
 
 
 @dataclass(eq=False)

@@ -41,6 +41,9 @@ class LatencyModel:
         # on the idle device: what a stage takes at the least.
         self._seconds = [[math.nan] * len(self.buckets) for _ in range(num_stages)]
         self._floor = [[math.nan] * len(self.buckets) for _ in range(num_stages)]
+        # Seconds per row of a full batch, by stage (0.0: not measured): the admission
+        # forecast's unit of queued work, read for every request.
+        self.per_row_full = [0.0] * num_stages
 
     def _bucket(self, rows: int) -> int:
         for i, b in enumerate(self.buckets):
@@ -69,11 +72,14 @@ class LatencyModel:
             return
         row, i = self._seconds[stage], self._bucket(rows)
         row[i] = seconds if math.isnan(row[i]) else row[i] + self.alpha * (seconds - row[i])
+        if i == len(self.buckets) - 1:
+            self.per_row_full[stage] = row[i] / self.buckets[-1]
 
     def set(self, stage: int, rows: int, seconds: float) -> None:
         """A warm-up measurement: replaces what the bucket held, and is its floor from now on."""
         i = self._bucket(rows)
         self._seconds[stage][i] = self._floor[stage][i] = seconds
+        self.per_row_full[stage] = self.estimate(stage, self.buckets[-1]) / self.buckets[-1]
 
     def floor(self, stage: int, rows: int) -> float:
         """What warm-up measured for ``rows`` rows at ``stage`` (0.0: not measured)."""

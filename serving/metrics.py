@@ -23,7 +23,7 @@ Series for every exit and stage exist from the start (at 0), so dashboards see t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -207,13 +207,13 @@ class Metrics:
         request pays nothing for them)."""
         self.registry.register(_ControlCollector(control))
 
-    def set_queue_depth(self, rows: list[int]) -> None:
-        """Rows waiting in front of each stage."""
-        self.queue_depth.set(sum(rows))
-        if len(rows) > len(self._stage_depth):
-            self._bind(len(rows))
-        for gauge, n in zip(self._stage_depth, rows, strict=True):
-            gauge.set(n)
+    def watch_queues(self, rows: Callable[[], list[int]]) -> None:
+        """The queue depths, read from ``rows`` (rows waiting in front of each stage) when
+        Prometheus scrapes: the engine pays nothing per queue operation."""
+        self.queue_depth.set_function(lambda: sum(rows()))
+        self._bind(len(rows()))
+        for k, gauge in enumerate(self._stage_depth):
+            gauge.set_function(lambda k=k: rows()[k])  # type: ignore[misc]
 
 
 def _observe_many(histogram: Histogram, value: float, count: int) -> None:

@@ -74,10 +74,11 @@ class ClassifyResult:
     queue_seconds: float
     compute_seconds: float
     deadline_s: float | None = None  # deadline_ms, when the request had one
+    traffic: Traffic | None = None  # what the engine recorded of the images (budget control)
 
     @property
     def mean_mflops(self) -> float:
-        return float(np.mean([p.mflops for p in self.predictions]))
+        return sum(p.mflops for p in self.predictions) / len(self.predictions)
 
     def deadline_met(self) -> bool | None:
         """Whether the answer is ready within ``deadline_ms`` of arrival (None: no deadline)."""
@@ -215,7 +216,7 @@ class ModelService:
                 decode_seconds = time.monotonic() - start
                 outcome = await self.engine.infer(ticket, images, arrival, request.gone)
         result = self._result(request, ticket, outcome, decode_seconds + outcome.decode_seconds)
-        self._observe(ticket.plan, result, outcome)
+        self._observe(ticket.plan, result)
         return result
 
     def _admit(self, request: ClassifyRequest) -> Ticket:
@@ -227,7 +228,7 @@ class ModelService:
         degrade = params.degrade if params.degrade is not None else s.degrade
         forecast = None
         if params.deadline_s is not None or (degrade and self.degrader.max_level):
-            forecast = self.engine.forecast()
+            forecast = self.engine.forecast(own=params.deadline_s is not None)
         if degrade and forecast is not None and self.degrader.max_level:
             level = self.degrader.level(forecast.wait)
             self.metrics.degradation_level.set(level)
@@ -243,17 +244,16 @@ class ModelService:
         expires = self._expires(request.arrived, params.timeout_s)
         return Ticket(plan, top_k, request.arrived, expires, deadline, limit, late)
 
-    def _observe(self, plan: ExitPlan, result: ClassifyResult, outcome: Outcome) -> None:
+    def _observe(self, plan: ExitPlan, result: ClassifyResult) -> None:
         """What the answer tells budget control, the degradation counter and the live page."""
-        mflops = self._costs[outcome.exit]
-        traffic = Traffic(outcome.trace, outcome.exit, outcome.reason == DEADLINE)
-        self.control.observe(plan, mflops, traffic)
+        mflops = [p.mflops for p in result.predictions]
+        self.control.observe(plan, mflops, result.traffic)
         if plan.degraded_from is not None and plan.operating_point is not None:
             self.metrics.degraded.labels(operating_point=plan.operating_point).inc(len(mflops))
         if self.live is not None:
-            exits = (outcome.exit + 1).tolist()
+            exits = [p.exit for p in result.predictions]
             spent = time.monotonic() - result.arrived
-            self.live.record(plan.name, spent, exits, mflops.tolist())
+            self.live.record(plan.name, spent, exits, mflops)
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -311,6 +311,7 @@ class ModelService:
             queue_seconds=outcome.queue_seconds,
             compute_seconds=outcome.compute_seconds,
             deadline_s=request.params.deadline_s,
+            traffic=Traffic(outcome.trace, outcome.exit, outcome.reason == DEADLINE),
         )
 
     # --- what /v1/model shows ---------------------------------------------------------------------

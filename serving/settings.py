@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         description="torch on CUDA only: autocast dtype (fp32 = calibrated numerics).",
     )
     channels_last: bool = Field(default=True, description="torch on CUDA only.")
+    torch_script: bool = Field(
+        default=True,
+        description="torch, fp32: run each stage as a TorchScript graph of the same operations "
+        "(less Python per batch), kept only where its outputs are bit for bit the eager ones.",
+    )
     torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads.")
 
     # --- HTTP server ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ calibration (fp32) promised: it is off by default.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Literal
 
 import torch
@@ -45,6 +46,7 @@ class TorchStageRunner:
             self.model = self.model.to(memory_format=torch.channels_last)
         suffix = "" if precision == "fp32" else f"-{precision}"
         self.provider = f"torch-{device.type}{suffix}"
+        self._graphs: list[torch.jit.ScriptModule] | None = None
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.precision == "fp32":
@@ -59,8 +61,52 @@ class TorchStageRunner:
 
     def run_stage(self, index: int, state: State) -> tuple[State, Tensor]:
         with torch.inference_mode(), self._autocast():
+            if self._graphs is not None:
+                new, logits = self._graphs[index](*state)
+                return list(new), logits
             new_state, logits = self.model.run_stage(index, state)
         return new_state, logits.float()
+
+    def trace(self, input_shape: tuple[int, ...]) -> bool:
+        """Replace each stage's Python module calls by a TorchScript graph of the same
+        operations (``torch.jit.trace``): a stage at a small batch is mostly Python dispatch on
+        a CPU, and the graph dispatches its operations without it. Kept only when, on random
+        inputs at three batch sizes, every stage's outputs are bit for bit the eager ones
+        (calibration ran the eager model); fp32 only. Returns whether it was kept."""
+        if self.precision != "fp32":
+            return False
+        graphs = []
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on Python values it fixes
+            state = self.initial_state(torch.randn(2, *input_shape))
+            for index in range(self.num_exits):
+                stage = _Stage(self.model, index)
+                graphs.append(torch.jit.trace(stage, tuple(state), check_trace=False))
+                state, _ = self.model.run_stage(index, state)
+            for batch in (1, 3, 8):
+                state = self.initial_state(torch.randn(batch, *input_shape))
+                for index, graph in enumerate(graphs):
+                    new, logits = graph(*state)
+                    state, want = self.model.run_stage(index, state)
+                    if len(new) != len(state) or not torch.equal(logits, want):
+                        return False
+                    if not all(torch.equal(a, b) for a, b in zip(new, state, strict=True)):
+                        return False
+        self._graphs = graphs
+        self.provider += "-script"
+        return True
+
+
+class _Stage(torch.nn.Module):
+    """One stage with tensors in and out, as ``torch.jit.trace`` takes them."""
+
+    def __init__(self, model: EarlyExitNet, index: int) -> None:
+        super().__init__()
+        self.model, self.index = model, index
+
+    def forward(self, *state: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+        new, logits = self.model.run_stage(self.index, list(state))
+        return tuple(new), logits
 
 
 def load_torch_runner(

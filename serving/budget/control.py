@@ -90,14 +90,20 @@ class _Log:
         self.epoch = np.zeros(capacity, dtype=np.int64)
         self.count = 0  # images ever added
 
-    def add(self, traffic: Traffic, epoch: int) -> None:
-        n = min(len(traffic), self.capacity)
-        at = (self.count + len(traffic) - n + np.arange(n)) % self.capacity
-        self.confidence[at] = traffic.confidence[-n:]
-        self.reached[at] = traffic.reached[-n:]
-        self.censored[at] = traffic.censored[-n:]
-        self.epoch[at] = epoch
-        self.count += len(traffic)
+    def add(self, parts: list[tuple[Traffic, int]]) -> None:
+        """Requests' images and the epoch each was served in, in one write."""
+        conf = np.concatenate([t.confidence for t, _ in parts])
+        reached = np.concatenate([t.reached for t, _ in parts])
+        censored = np.concatenate([t.censored for t, _ in parts])
+        epochs = np.concatenate([np.full(len(t), e) for t, e in parts])
+        total = len(reached)
+        n = min(total, self.capacity)
+        at = (self.count + total - n + np.arange(n)) % self.capacity
+        self.confidence[at] = conf[-n:]
+        self.reached[at] = reached[-n:]
+        self.censored[at] = censored[-n:]
+        self.epoch[at] = epochs[-n:]
+        self.count += total
 
     def since(self, start: int) -> tuple[Traffic, np.ndarray]:
         """The images from sequence number ``start`` on (the last ``capacity`` at most)."""
@@ -172,6 +178,8 @@ class BudgetController:
         self._log = _Log(s.window, len(self.costs))
         self._cusum = _Cusum(s.allowance, s.threshold)
         self._fed = 0  # images the CUSUM has seen (by sequence number)
+        self._pending: list[tuple[Traffic, int]] = []  # images not logged yet
+        self._waiting = 0
         self._after = cost_after(self._home_hazards, self.costs)
         self._segment: int | None = None  # sequence number where the current change began
         self._check = 0  # images into the segment of the next re-check
@@ -190,10 +198,15 @@ class BudgetController:
         return self.calibrated if self.row == CALIBRATED else self.table.thresholds[self.row]
 
     def observe(self, traffic: Traffic, epoch: int) -> Move | None:
-        """Images just served with the thresholds of ``epoch``; a :class:`Move` when it moved."""
-        self._log.add(traffic, epoch)
-        if self._log.count - self._fed >= 32:  # the CUSUM runs on groups: cheap per request
-            self._watch()
+        """Images just served with the thresholds of ``epoch``; a :class:`Move` when it moved.
+        They are taken in groups of 32 or more: a request pays next to nothing."""
+        self._pending.append((traffic, epoch))
+        self._waiting += len(traffic)
+        if self._waiting < 32:
+            return None
+        self._log.add(self._pending)
+        self._pending, self._waiting = [], 0
+        self._watch()
         if self._segment is None and self.row != CALIBRATED:
             return self._home() if self._log.count >= self._home_check else None
         if self._segment is None or self._log.count - self._segment < self._check:
@@ -388,6 +401,7 @@ class BudgetControl:
             rows = calibration.control
             table = ControlTable([r.mflops for r in rows], [r.threshold_array() for r in rows])
         self._points: dict[str, _PointState] = {}
+        self._plans: dict[tuple[int, bool, int], tuple[ExitPlan, ExitPlan]] = {}  # served plans
         for p in points:
             ctl = None
             if table is not None and calibration is not None:
@@ -396,32 +410,43 @@ class BudgetControl:
 
     def plan(self, plan: ExitPlan, allowed: bool | None = None) -> ExitPlan:
         """``plan`` with its point's current thresholds; ``allowed=False``: the request opts out."""
-        if allowed is False:
-            return dataclasses.replace(plan, control=False)
         state = self._points.get(plan.operating_point or "")
         ctl = state.controller if state is not None else None
-        if not self.enabled or ctl is None:
+        if allowed is not False and (not self.enabled or ctl is None):
             return plan
-        if not ctl.moved:
-            return dataclasses.replace(plan, control_epoch=ctl.epoch)
-        return dataclasses.replace(
-            plan,
-            thresholds=ctl.thresholds(),
-            controlled=True,
-            control_mflops=ctl.budget,
-            control_epoch=ctl.epoch,
-        )
+        key = (id(plan), allowed is False, ctl.epoch if ctl is not None else -1)
+        known = self._plans.get(key)
+        if known is not None and known[0] is plan:  # the same plan object, not a reused id
+            return known[1]
+        if allowed is False:
+            served = dataclasses.replace(plan, control=False)
+        elif ctl is not None and ctl.moved:
+            served = dataclasses.replace(
+                plan,
+                thresholds=ctl.thresholds(),
+                controlled=True,
+                control_mflops=ctl.budget,
+                control_epoch=ctl.epoch,
+            )
+        else:
+            served = dataclasses.replace(plan, control_epoch=ctl.epoch if ctl else -1)
+        if len(self._plans) > 1024:
+            self._plans.clear()
+        self._plans[key] = (plan, served)
+        return served
 
-    def observe(self, plan: ExitPlan, mflops: np.ndarray, traffic: Traffic) -> None:
+    def observe(self, plan: ExitPlan, mflops: Sequence[float], traffic: Traffic | None) -> None:
         """A request's images, served with ``plan``: their costs (MFLOPs) and what the engine
         recorded of them. Only a point's plans without an exit cap count (a cap makes images
         look cheaper than the thresholds make them); opted-out ones count only as spent."""
         state = self._points.get(plan.operating_point or "")
         if state is None or plan.max_exit is not None:
             return
-        state.spend(float(mflops.sum()), len(mflops))
+        state.spend(sum(mflops), len(mflops))
         ctl = state.controller
         if not self.enabled or ctl is None or not plan.control or plan.control_epoch < 0:
+            return
+        if traffic is None:
             return
         move = ctl.observe(traffic, plan.control_epoch)
         if move is None:

@@ -106,6 +106,8 @@ class BudgetResolver:
                 raise ServerConfigError(f"default_budget_mflops: {err}") from err
         self.default_budget = default_budget_mflops
         self.default_max_exit = default_max_exit
+        # Plans are immutable and requests ask for few distinct budgets: each is worked out once.
+        self._plans: dict[tuple[object, ...], ExitPlan] = {}
 
     @property
     def budget_range(self) -> tuple[float, float] | None:
@@ -134,6 +136,19 @@ class BudgetResolver:
 
     def resolve(self, budget_mflops: float | None = None, max_exit: int | None = None) -> ExitPlan:
         """The plan for a request; raises :class:`InvalidParameterError` for a bad budget."""
+        key = ("resolve", budget_mflops, max_exit)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._remember(key, self._resolve(budget_mflops, max_exit))
+        return plan
+
+    def _remember(self, key: tuple[object, ...], plan: ExitPlan) -> ExitPlan:
+        if len(self._plans) > 1024:  # a client cycling through budgets: start again
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def _resolve(self, budget_mflops: float | None, max_exit: int | None) -> ExitPlan:
         source: Source = "request"
         if budget_mflops is None and max_exit is None:
             budget_mflops, max_exit = self.default_budget, self.default_max_exit
@@ -163,6 +178,13 @@ class BudgetResolver:
         """
         if level <= 0 or not self.points:
             return plan
+        key = ("degrade", plan.name, plan.budget_mflops, plan.source, plan.control, level)
+        cheaper = self._plans.get(key)
+        if cheaper is None:
+            cheaper = self._remember(key, self._degrade(plan, level))
+        return cheaper
+
+    def _degrade(self, plan: ExitPlan, level: int) -> ExitPlan:
         if plan.operating_point is not None:
             names = [p.name for p in self.points]
             place = names.index(plan.operating_point)

@@ -131,15 +131,15 @@ def _metadata(service: ModelService, name: str, version: str | None) -> Any:
 
 @router.post("/v2/models/{name}/infer")
 async def infer(request: Request, name: str) -> Response:
-    return await _infer(request, name, None)
+    return await infer_model(request, name, None)
 
 
 @router.post("/v2/models/{name}/versions/{version}/infer")
 async def infer_version(request: Request, name: str, version: str) -> Response:
-    return await _infer(request, name, version)
+    return await infer_model(request, name, version)
 
 
-async def _infer(request: Request, name: str, version: str | None) -> Response:
+async def infer_model(request: Request, name: str, version: str | None) -> Response:
     started = arrival_of(request)
     authorize(request)
     service = service_of(request)

@@ -90,7 +90,11 @@ def test_model_description(
     assert [p["name"] for p in body["operating_points"]] == [p.name for p in points]
     assert body["operating_points"][0]["test"]["accuracy"] == points[0].test.accuracy  # type: ignore[union-attr]
     assert body["budget_mflops_range"] == [points[0].expected_mflops, points[-1].expected_mflops]
-    assert (body["backend"], body["device"], body["provider"]) == ("torch", "cpu", "torch-cpu")
+    assert (body["backend"], body["device"], body["provider"]) == (
+        "torch",
+        "cpu",
+        "torch-cpu-script",
+    )
     assert body["default_plan"]["operating_point"] == "q1"
 
 
@@ -208,7 +212,9 @@ def test_metrics_exposes_every_documented_series(client: TestClient) -> None:
         assert name in text, name
     assert 'exitwise_requests_total{code="400",route="/v1/classify"}' in text
     assert 'le="0.0005"' in text  # buckets start below 1 ms
-    info = 'exitwise_model_info{backend="torch",device="cpu",model="tiny",provider="torch-cpu"}'
+    info = (
+        'exitwise_model_info{backend="torch",device="cpu",model="tiny",provider="torch-cpu-script"}'
+    )
     assert f"{info} 1.0" in text
 
 

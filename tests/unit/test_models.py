@@ -143,3 +143,38 @@ def test_unknown_names_and_bad_arguments_are_clear() -> None:
         create_model("msdnet-cifar10", step_mode="odd")
     with pytest.raises(TypeError):
         create_model("msdnet-cifar10", no_such_argument=1)
+
+
+@pytest.mark.parametrize("name", ["msdnet-fmnist", "ranet-cifar100"])
+def test_traced_stages_give_the_eager_logits_bit_for_bit(name: str) -> None:
+    from exitwise.runtime import TorchStageRunner
+
+    p = get_preset(name)
+    eager = TorchStageRunner(_model(name), torch.device("cpu"))
+    traced = TorchStageRunner(_model(name), torch.device("cpu"))
+    assert traced.trace((p.in_channels, p.input_size, p.input_size))
+    assert traced.provider == "torch-cpu-script"
+    for batch in (1, 5):
+        x = _input(name, batch, seed=3)
+        a, b = eager.initial_state(x), traced.initial_state(x)
+        for index in range(eager.num_exits):
+            a, want = eager.run_stage(index, a)
+            b, got = traced.run_stage(index, b)
+            assert torch.equal(got, want)
+            keep = torch.tensor([0])  # rows leave between stages: the graph takes any batch
+            a, b = select_rows(a, keep), select_rows(b, keep)
+
+
+def test_a_trace_that_differs_from_eager_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exitwise.runtime import TorchStageRunner
+
+    runner = TorchStageRunner(_model("msdnet-fmnist"), torch.device("cpu"))
+    original = torch.jit.trace
+
+    def off_by_a_bit(module: nn.Module, inputs: tuple[torch.Tensor, ...], **kw: object):  # type: ignore[no-untyped-def]
+        graph = original(module, inputs, **kw)
+        return lambda *state: (graph(*state)[0], graph(*state)[1] + 1e-6)
+
+    monkeypatch.setattr(torch.jit, "trace", off_by_a_bit)
+    assert not runner.trace((1, 32, 32))
+    assert runner.provider == "torch-cpu"
