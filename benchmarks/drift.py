@@ -174,6 +174,87 @@ def run_drift(
     return runs
 
 
+def run_sequence(
+    bundle_dir: Path,
+    pixels: np.ndarray,
+    spec: Preprocessing,
+    *,
+    shifts: list[str],
+    shifted: int = 6000,
+    settings_overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+    say: Any = None,
+) -> list[dict[str, Any]]:
+    """One server per operating point, budget control on, lives through a sequence: clean test
+    images (a random number, so the first shift starts anywhere), each shift in turn, then the
+    whole clean test split. Per shift the realised cost after 1,000 and 2,000 of its images;
+    for the clean split, its realised cost against calibration's expectation on it."""
+    from prometheus_client import CollectorRegistry
+
+    from serving.loading import load_model
+    from serving.metrics import Metrics
+    from serving.service import ModelService
+    from serving.settings import Settings
+
+    say = say or (lambda _: None)
+    rng = np.random.default_rng(seed)
+    lead = int(rng.integers(1000, 3000))
+    parts = [pixels[rng.integers(0, len(pixels), lead)]]
+    for name in shifts:
+        parts.append(SHIFTS[name](pixels[rng.integers(0, len(pixels), shifted)], rng))
+    parts.append(pixels[rng.permutation(len(pixels))])
+    x = normalize(torch.from_numpy(np.concatenate(parts)), spec).numpy()
+    bounds = np.cumsum([0, *(len(p) for p in parts)])
+    base = Settings(bundle=bundle_dir, **(settings_overrides or {}))  # type: ignore[arg-type]
+    loaded = load_model(base)
+    rows = []
+    for point in sorted(loaded.resolver.points, key=lambda p: p.expected_mflops):
+        service = ModelService(base, loaded, Metrics(CollectorRegistry()))
+        service.start()
+        try:
+            costs, _, _ = asyncio.run(run_stream(service, x, point.expected_mflops))
+        finally:
+            service.stop()
+        state = next(s for s in service.control.states() if s.point.name == point.name)
+        target = point.expected_mflops
+        expected = point.test.mflops if point.test is not None else target
+        row: dict[str, Any] = {"point": point.name, "target": target, "lead": lead}
+        row["shifts"] = [
+            {
+                "shift": name,
+                "error_after_1000": float(
+                    costs[bounds[i] + 1000 : bounds[i + 1]].mean() / target - 1
+                ),
+                "error_after_2000": float(
+                    costs[bounds[i] + 2000 : bounds[i + 1]].mean() / target - 1
+                ),
+            }
+            for i, name in enumerate(shifts, start=1)
+        ]
+        row["clean_split_error"] = float(costs[bounds[-2] :].mean() / expected - 1)
+        row["moves"] = state.controller.moves if state.controller is not None else 0
+        rows.append(row)
+        error = 100 * row["clean_split_error"]
+        say(f"sequence {point.name}: the clean split after it at {error:+.2f} %")
+    return rows
+
+
+def sequence_markdown(rows: list[dict[str, Any]]) -> str:
+    from .tables import markdown_table
+
+    names = [x["shift"] for x in rows[0]["shifts"]] if rows else []
+    header = ["point", "target", "clean images first"]
+    header += [f"{n}: after {k:,}" for n in names for k in (1000, 2000)]
+    header += ["the clean test split after: vs calibration", "moves"]
+    cells = [
+        [r["point"], f"{r['target']:.3f}", r["lead"]]
+        + [f"{100 * x[f'error_after_{k}']:+.1f}%" for x in r["shifts"] for k in (1000, 2000)]
+        + [f"{100 * r['clean_split_error']:+.2f}%", r["moves"]]
+        for r in rows
+    ]
+    return markdown_table(header, cells, "lrr" + "r" * (2 * len(names)) + "rr")
+
+
 class _Timed:
     """Budget control with a stopwatch on the two calls a request makes into it."""
 

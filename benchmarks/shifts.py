@@ -76,4 +76,10 @@ SHIFTS: dict[str, Shift] = {
     "dim": dim,
     "rotate": rotate,
     "digits": digits,
+    # Milder versions: shifts of +5 to +25 % on the demo model, the hardest to see in time.
+    "noise-mild": lambda p, rng: noise(p, rng, sigma=15.0),
+    "blur-mild": lambda p, rng: blur(p, rng, radius=0.7),
+    "dim-mild": lambda p, rng: dim(p, rng, factor=0.7),
+    "rotate-mild": lambda p, rng: rotate(p, rng, degrees=15.0),
 }
+DEFAULT = ("noise", "blur", "dim", "rotate", "digits")

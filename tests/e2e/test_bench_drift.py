@@ -25,7 +25,8 @@ def test_bench_drift_writes_the_table_and_the_figure(served: Served, tmp_path: P
         sys.executable, "-m", "cli", "bench", "drift", str(served.path),
         "--shifts", "noise", "--clean", "200", "--shifted", "2400", "--after", "400",
         "--settle", "1200", "--data-root", str(served.data_root), "--threads", "1",
-        "--json", str(out), "--figure", str(fig),
+        "--sequence", "noise,blur", "--sim-shifts", "noise,dim", "--seeds", "2",
+        "--clean-images", "3000", "--json", str(out), "--figure", str(fig),
     ]  # fmt: skip
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
@@ -43,9 +44,22 @@ def test_bench_drift_writes_the_table_and_the_figure(served: Served, tmp_path: P
     assert q1["error_off"] > 0.1
     assert abs(q1["error_settled_on"]) < abs(q1["error_off"])
     moved = [r for r in data["runs"] if r["control"] and r["point"] == "q1"]
-    assert moved[0]["moves"] >= 1 and moved[0]["final_budget"] < q1["target"]
+    assert moved[0]["moves"] >= 1  # (and back home once the clean images return, or not yet)
     # Control off serves calibration's exits; on clean images before the shift, control on too.
     clean = [r for r in rows if r["phase"] == "clean"]
     assert all(r["same_exit_on"] == 1.0 for r in clean)
     assert fig.read_bytes().startswith(b"\x89PNG")
     assert "| shift |" in done.stdout
+    # One server through noise then blur, then the whole clean test split.
+    sequence = {r["point"]: r for r in data["sequence"]}
+    assert set(sequence) == points
+    assert [x["shift"] for x in sequence["q1"]["shifts"]] == ["noise", "blur"]
+    assert all(abs(r["clean_split_error"]) < 0.5 for r in sequence.values())
+    # The simulation: every point and shift, the sequence and the clean streams, 2 seeds each.
+    sim = data["simulation"]
+    assert sim["seeds"] == 2
+    assert {(r["point"], r["shift"]) for r in sim["rows"]} == {
+        (p, s) for p in points for s in ("noise", "dim")
+    }
+    assert {c["point"] for c in sim["clean"]} == points
+    assert all(len(c["moves"]) == 2 for c in sim["clean"])
