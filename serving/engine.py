@@ -6,15 +6,15 @@ A request's life here:
   run of slots (thresholds, caps, deadline per image) and its images join stage 1's queue; a
   full engine refuses at once (503 with Retry-After).
 - **Queue per stage**: the worker asks the scheduler (:func:`serving.scheduler.pick`) which
-  stage to run and takes up to ``max_batch_size`` rows from its queue, from any requests and
-  budgets (earliest deadlines first when not all fit: :mod:`serving.deadlines`).
+  stage to run and takes up to ``max_batch_size`` rows from any requests and budgets (the
+  deadline rules of :mod:`serving.deadlines` decide the order when not all fit).
 - **Run and judge**: stage 1 decodes its encoded images first; the stage runs and the exit rule
   (:func:`exitwise.runtime.judge_stage`, the function calibration's simulation uses) decides,
-  with each row's own thresholds and caps, who stops.
+  with each row's thresholds and caps, who stops.
 - **Answer**: stopping rows are answered in their slots; the survivors join the next stage's
-  queue and wait there with the survivors of other batches, or, when they have the engine to
-  themselves, run on at once. A request completes with its last image; the futures of every
-  request a batch completed are resolved with one call into their event loop.
+  queue to wait for the survivors of other batches, or run on at once when they have the engine
+  to themselves. A request completes with its last image; the futures of all the requests a
+  batch completed are resolved with one call into their event loop.
 
 A request whose client went away, that timed out or failed leaves every queue at once; its rows
 still running are dropped when they come back.
@@ -91,16 +91,15 @@ class Engine:
     ) -> None:
         if len(exit_mflops) != runner.num_exits:
             raise ValueError("one MFLOPs figure per exit is required")
-        self.runner = runner
-        self.num_exits = k = runner.num_exits
+        self.runner, self.num_exits = runner, runner.num_exits
         self.exit_mflops = list(exit_mflops)
-        self.max_batch_size = max_batch_size
-        self.max_wait_s = max_wait_s
+        self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_s
         stage_wait = DEFAULT_MAX_STAGE_WAIT_S if max_stage_wait_s is None else max_stage_wait_s
         self.max_stage_wait_s = max(stage_wait, max_wait_s)
         self.max_queue_images = max_queue_images
         self.metrics = metrics
         self.decode, self.normalize = decode, normalize
+        k = self.num_exits
         self.latency = LatencyModel(k, max_batch_size)
         self.slots = Slots(2 * max_queue_images + 4 * max_batch_size, k)
         self._queues: list[deque[Rows]] = [deque() for _ in range(k)]
@@ -112,9 +111,8 @@ class Engine:
         self._survive = [0.5] * k  # share of a stage's rows that go on (moving average)
         self._running: tuple[int, int, float, float] | None = None  # stage, rows, start, forecast
         self._cond = threading.Condition()
-        self._idle = False  # the worker waits for work
+        self._idle = self._stopping = False
         self._incoming = 0
-        self._stopping = False
         self._thread: threading.Thread | None = None
         if metrics is not None:
             metrics.watch_queues(self.queue_rows)
@@ -122,7 +120,7 @@ class Engine:
     # --- life cycle ------------------------------------------------------------------------
 
     def warm_up(self, input_shape: tuple[int, int, int], batch_sizes: tuple[int, ...] = ()) -> None:
-        """Run every stage at batch 1 and at the largest batch (allocators, kernels), then time
+        """Run every stage at batch 1 and the largest batch (allocators, kernels), then time
         every stage at each batch size bucket for the latency model."""
         k = self.num_exits
         for n in batch_sizes or (1, self.max_batch_size):
@@ -158,7 +156,7 @@ class Engine:
 
     def forecast(self, own: bool = True) -> deadlines.Forecast:
         """When a new image's exits would be done: the work queued ahead of it (each queued
-        row's stages to come at full-batch cost, weighted by the share of rows that go on after
+        row's stages to come at full-batch cost, weighted by the share of rows going on after
         each stage) and, with ``own``, the stages of the batches it would join."""
         now, rows, running = time.monotonic(), list(self._rows), self._running
         per_row, survive = self.latency.per_row_full, self._survive
@@ -169,11 +167,9 @@ class Engine:
         if running is not None:
             stage, n, start, seconds = running
             wait += max(0.0, start + seconds - now) + n * survive[stage] * work[stage + 1]
-        if not own:
-            return deadlines.Forecast(now, wait, np.zeros(0))
         full, estimate = self.max_batch_size, self.latency.estimate
-        stage_s = np.array([estimate(i, min(full, rows[i] + 1)) for i in range(self.num_exits)])
-        return deadlines.Forecast(now, wait, stage_s)
+        own_s = [estimate(i, min(full, r + 1)) for i, r in enumerate(rows)] if own else []
+        return deadlines.Forecast(now, wait, np.array(own_s))
 
     @contextlib.contextmanager
     def expecting(self) -> Iterator[Arrival]:
@@ -197,13 +193,13 @@ class Engine:
         self, ticket: Ticket, images: Tensor | Encoded, arrival: Arrival | None = None
     ) -> Job:
         """Queue ``images`` (normalised ``[N, C, H, W]``, or :class:`Encoded`) under ``ticket``."""
-        encoded = images if isinstance(images, Encoded) else None
-        if encoded is not None and (self.decode is None or self.normalize is None):
+        blobs = images.blobs if isinstance(images, Encoded) else None
+        if blobs is not None and (self.decode is None or self.normalize is None):
             raise ValueError("this engine was built without a decoder for encoded images")
-        n = len(encoded.blobs) if encoded is not None else int(images.shape[0])  # type: ignore[union-attr]
+        n = len(blobs) if blobs is not None else int(images.shape[0])  # type: ignore[union-attr]
         loop = asyncio.get_running_loop()
         job = Job(ticket, 0, n, loop, loop.create_future(), remaining=n)
-        job.labels = encoded.labels if encoded is not None else None
+        job.labels = images.labels if isinstance(images, Encoded) else None
         job.enqueued = time.monotonic()
         with self._cond:
             if self._stopping:
@@ -217,8 +213,7 @@ class Engine:
             job_id = next(self._ids)
             job.start = self.slots.allocate(job_id, ticket, n)
             self._jobs[job_id] = job
-            state = [] if encoded is not None else [images]
-            blobs = encoded.blobs if encoded is not None else None
+            state = [] if blobs is not None else [images]
             slots = np.arange(job.start, job.start + n)
             self._push(0, Rows(slots, state, job.enqueued, blobs, job, ticket.deadline))  # type: ignore[arg-type]
             if arrival is not None and not arrival.arrived:
@@ -285,9 +280,8 @@ class Engine:
                 now = time.monotonic()
                 if any(self._timed):
                     self._sweep(now)
-                views = [self._view(k) for k in range(self.num_exits)]
                 decision = pick(
-                    views,
+                    [self._view(k) for k in range(self.num_exits)],
                     now,
                     max_batch=self.max_batch_size,
                     max_wait_s=self.max_wait_s,
@@ -295,8 +289,7 @@ class Engine:
                     incoming=self._incoming > 0 and not self._stopping,
                 )
                 if isinstance(decision, Run):
-                    parts = self._take(decision.stage, now)
-                    if parts:
+                    if parts := self._take(decision.stage, now):
                         return decision.stage, parts
                     continue
                 if isinstance(decision, Idle) and self._stopping:
@@ -304,6 +297,13 @@ class Engine:
                 self._idle = True
                 self._cond.wait(None if isinstance(decision, Idle) else decision.until - now)
                 self._idle = False
+
+    def _soonest(self, stage: int) -> float:
+        """The earliest deadline waiting at ``stage`` (only deadline traffic pays the scan)."""
+        queue = self._queues[stage]
+        return (
+            min((r.deadline for r in queue), default=math.inf) if self._timed[stage] else math.inf
+        )
 
     def _view(self, stage: int) -> QueueView:
         queue = self._queues[stage]
@@ -313,40 +313,32 @@ class Engine:
         seconds = self.latency.estimate(stage, min(rows, self.max_batch_size))
         return QueueView(rows, queue[0].since, self._soonest(stage) - seconds, seconds)
 
-    def _soonest(self, stage: int) -> float:
-        """The earliest deadline waiting at ``stage`` (only deadline traffic pays the scan)."""
-        if not self._timed[stage]:
-            return math.inf
-        return min((r.deadline for r in self._queues[stage]), default=math.inf)
-
     def _take(self, stage: int, now: float) -> list[Rows]:
-        """Up to a batch of live rows, oldest first; with deadlines waiting, fewer when a full
-        batch would end after the earliest one, and earliest deadlines first when not all fit."""
+        """Up to a batch of live rows, oldest first; with deadlines waiting, as many as finish
+        before the earliest one, those with the earliest deadlines first when not all fit."""
         queue, slots = self._queues[stage], self.slots
         soonest, limit = self._soonest(stage), self.max_batch_size
-        if math.isfinite(soonest):
-            estimate = self.latency.estimate
-            limit = deadlines.batch_limit(soonest - now, limit, lambda n: estimate(stage, n))
-        urgent = math.isfinite(soonest) and self._rows[stage] > limit
-        if urgent:  # the whole queue in deadline order; what is left goes back by age
+        if timed := math.isfinite(soonest):
+            fits = lambda n: self.latency.estimate(stage, n)  # noqa: E731
+            limit = deadlines.batch_limit(soonest - now, limit, fits)
+        if urgent := timed and self._rows[stage] > limit:
             queue = deque(sorted(queue, key=lambda r: r.deadline))
         taken: list[Rows] = []
-        room = limit
-        while room > 0 and queue:
+        while limit > 0 and queue:
             rows = queue.popleft()
             self._timed[stage] -= math.isfinite(rows.deadline)
-            live = slots.live[rows.slots]
-            if not live.all():
+            if not (live := slots.live[rows.slots]).all():
                 rows = rows.pick(np.flatnonzero(live))  # its request went away
-            if len(rows) > room:
-                first = deadlines.order(slots.deadline[rows.slots], room)
-                rest = self._part(rows, np.setdiff1d(np.arange(len(rows)), first))
-                queue.appendleft(rest)
+            if len(rows) > limit:
+                first = deadlines.order(slots.deadline[rows.slots], limit)
+                queue.appendleft(
+                    rest := self._part(rows, np.setdiff1d(np.arange(len(rows)), first))
+                )
                 self._timed[stage] += math.isfinite(rest.deadline)
                 rows = self._part(rows, first)
             if len(rows):
                 taken.append(rows)
-                room -= len(rows)
+                limit -= len(rows)
                 slots.queued[rows.slots] = -1
                 self._rows[stage] -= len(rows)
         if urgent:
@@ -367,12 +359,11 @@ class Engine:
                 continue
             kept: deque[Rows] = deque()
             for rows in self._queues[stage]:
-                late = deadlines.late(self.slots.deadline[rows.slots], finish)
-                if late.any():
+                if (late := deadlines.late(self.slots.deadline[rows.slots], finish)).any():
                     gone = rows.slots[late & self.slots.live[rows.slots]]
                     self.slots.queued[gone] = -1
                     self._rows[stage] -= len(gone)
-                    self._answer(gone, np.full(len(gone), DEADLINE))
+                    self._count(gone, np.full(len(gone), DEADLINE))
                     if late.all():
                         continue
                     rows = self._part(rows, np.flatnonzero(~late))
@@ -383,7 +374,7 @@ class Engine:
     def _run(self, stage: int, parts: list[Rows]) -> None:
         """Run ``parts`` through ``stage``, and straight on through the next stages while the
         survivors have the engine to themselves (nothing waits: the scheduler would pick them
-        anyway). Rows with a deadline always go back to the queues, where its rules apply."""
+        anyway). Rows with a deadline go back to the queues, where its rules apply."""
         if stage == 0 and not (parts := self._decode(parts)):
             return
         rows = join(parts)
@@ -417,8 +408,7 @@ class Engine:
                 nxt = min(self._rows[stage + 1] + int((~leave).sum()), self.max_batch_size)
                 finish = done + self.latency.estimate(stage + 1, nxt)
                 leave = leave | deadlines.late(slots.deadline[s], finish)
-            # Top-k where needed: rows leaving, and rows that a deadline may stop later (their
-            # answer would be this exit's).
+            # Top-k for the rows leaving, and for those a deadline may stop later (from here).
             top_k = slots.top_k[s]
             wanted = (top_k > 0) & ((leave | np.isfinite(slots.deadline[s])) if timed else leave)
             top = top_k_of(logits, wanted, int(top_k[wanted].max())) if wanted.any() else None
@@ -440,8 +430,7 @@ class Engine:
             reason = np.where(verdict.confidence >= thresholds, CONFIDENT, capped)[leave]
         self.latency.observe(stage, n, done - start)
         self._survive[stage] += 0.05 * (len(going) / n - self._survive[stage])
-        seconds = time.monotonic() - start
-        waits = []
+        seconds, waits = time.monotonic() - start, []
         for job_id, _ in _tally(slots.job[s]):
             job = self._jobs[job_id]
             job.compute_seconds += seconds
@@ -451,24 +440,20 @@ class Engine:
         if self.metrics is not None:
             self.metrics.record_stage(stage, n, done - start, waits)
         with self._cond:
-            self._answer(s[leave], reason)
+            self._count(s[leave], reason)
             self._deliver()
         return (s[going], state, done) if len(going) else None
 
     def _decode(self, parts: list[Rows]) -> list[Rows]:
-        """Decode stage 1's still-encoded images and normalise all their pixels in one call; a
+        """Decode stage 1's encoded images and normalise all their pixels in one call; a
         request whose image cannot be decoded fails alone (its 4xx)."""
-        if all(p.encoded is None for p in parts):
-            return parts
-        assert self.decode is not None and self.normalize is not None
         ready, pixels = [], []
         for part in parts:
             if part.encoded is not None:
-                job = part.job
-                assert job is not None  # a stage-1 part holds one request's images
+                assert part.job is not None and self.decode is not None  # one request's images
                 start = time.monotonic()
                 try:
-                    pixels.append(self.decode(part.encoded, job.labels))
+                    pixels.append(self.decode(part.encoded, part.job.labels))
                 except Exception as err:
                     if not isinstance(err, ExitwiseError):  # not the client's image: a bug
                         log.exception("decoding %d images failed", len(part))
@@ -476,22 +461,20 @@ class Engine:
                     with self._cond:
                         self._fail(part.slots, err)
                     continue
-                job.decode_seconds += time.monotonic() - start
+                part.job.decode_seconds += time.monotonic() - start
             ready.append(part)
         if pixels:
-            x = self.normalize(torch.from_numpy(np.concatenate(pixels)))
-            offset = 0
-            for part in ready:
-                if part.encoded is not None:
-                    part.state, part.encoded = [x[offset : offset + len(part)]], None
-                    offset += len(part)
+            assert self.normalize is not None
+            x, at = self.normalize(torch.from_numpy(np.concatenate(pixels))), 0
+            for part in (p for p in ready if p.encoded is not None):
+                part.state, part.encoded = [x[at : at + len(part)]], None
+                at += len(part)
         return ready
 
     # --- bookkeeping (under the lock) ----------------------------------------------------------
 
     def _push(self, stage: int, rows: Rows) -> None:
-        live = self.slots.live[rows.slots]
-        if not live.all():  # its request went away while the rows ran
+        if not (live := self.slots.live[rows.slots]).all():  # its request went away meanwhile
             self._count(rows.slots[~live])
             if not live.any():
                 return
@@ -501,20 +484,18 @@ class Engine:
         self._rows[stage] += len(rows)
         self._timed[stage] += math.isfinite(rows.deadline)
 
-    def _answer(self, slots: np.ndarray, reasons: np.ndarray) -> None:
-        """Rows answered: their results are in their slots already."""
-        if len(slots):
+    def _count(self, slots: np.ndarray, reasons: np.ndarray | None = None) -> None:
+        """``slots`` are done with: answered (for ``reasons``: their results are in their slots
+        already) or dropped; requests with none left complete."""
+        if not len(slots):
+            return
+        if reasons is not None:
             self.slots.reason[slots] = reasons
             if self.metrics is not None:
                 self.metrics.answered(self.slots.exit[slots], reasons, self.exit_mflops)
-            self._count(slots)
-
-    def _count(self, slots: np.ndarray) -> None:
-        """``slots`` are done with (answered or dropped); requests with none left complete."""
         complete = []
         for job_id, count in _tally(self.slots.job[slots]):
-            job = self._jobs.get(job_id)
-            if job is None:  # a bug elsewhere: never let it take the worker down
+            if (job := self._jobs.get(job_id)) is None:  # a bug elsewhere: never fatal here
                 log.error("rows of an unknown request %d", job_id)
                 continue
             job.remaining -= count
@@ -522,15 +503,16 @@ class Engine:
                 del self._jobs[job_id]
                 complete.append(job)
         answered = [job for job in complete if not job.cancelled]
-        now = time.monotonic()
-        for job, outcome in zip(answered, self.slots.outcomes(answered, now), strict=True):
+        for job, outcome in zip(
+            answered, self.slots.outcomes(answered, time.monotonic()), strict=True
+        ):
             job.result = outcome
             self._done.append(job)
         for job in complete:
             self.slots.free(job.start, job.n)
 
     def _drop(self, job: Job) -> None:
-        """The request is over: its waiting rows leave the queues now; its rows running are
+        """The request is over: its waiting rows leave the queues now, its rows running are
         dropped when they come back."""
         if job.cancelled:
             return
@@ -538,18 +520,15 @@ class Engine:
         span = slice(job.start, job.start + job.n)
         self.slots.live[span] = False
         where = self.slots.queued[span]
-        waiting = where[where >= 0]
-        for stage, count in enumerate(np.bincount(waiting, minlength=self.num_exits).tolist()):
-            self._rows[stage] -= count
+        for stage, count in enumerate(np.bincount(where[where >= 0], minlength=self.num_exits)):
+            self._rows[stage] -= int(count)
         self.slots.queued[span] = -1
-        if len(waiting):
-            self._count(job.start + np.flatnonzero(where >= 0))
+        self._count(job.start + np.flatnonzero(where >= 0))
 
     def _fail(self, slots: np.ndarray, err: BaseException) -> None:
         """The requests of ``slots`` (which the worker holds) fail with ``err``."""
         for job_id, _ in _tally(self.slots.job[slots]):
-            job = self._jobs.get(job_id)
-            if job is not None and not job.cancelled:
+            if (job := self._jobs.get(job_id)) is not None and not job.cancelled:
                 job.result = err
                 self._done.append(job)
                 self._drop(job)
@@ -557,8 +536,6 @@ class Engine:
 
     def _deliver(self) -> None:
         """Resolve the futures of the requests that completed: one call per event loop."""
-        if not self._done:
-            return
         by_loop: dict[asyncio.AbstractEventLoop, list[Job]] = {}
         for job in self._done:
             by_loop.setdefault(job.loop, []).append(job)
@@ -570,11 +547,12 @@ class Engine:
 
 def _resolve(jobs: list[Job]) -> None:
     for job in jobs:
-        if not job.future.done():
-            if isinstance(job.result, BaseException):
-                job.future.set_exception(job.result)
-            elif job.result is not None:
-                job.future.set_result(job.result)
+        if job.future.done():
+            continue
+        if isinstance(job.result, BaseException):
+            job.future.set_exception(job.result)
+        elif job.result is not None:
+            job.future.set_result(job.result)
 
 
 def _tally(ids: np.ndarray) -> Iterable[tuple[int, int]]:
