@@ -15,7 +15,7 @@ help:
 	@echo "make test   lint, type-check and run the test suite"
 	@echo "make test-docker   build both Docker images without a registry and test them (root)"
 	@echo "make demo-stop     stop the demo server"
-	@echo "make results       L2W vs uniform on Fashion-MNIST (about 2.5 hours on a 2-core CPU)"
+	@echo "make results       L2W vs uniform on Fashion-MNIST (training about 2.2 hours on a 2-core CPU: docs/results/results.json)"
 	@echo "make gpu-carry     prepare .gpu-carry/ for scripts/gpu-check.sh on a lent GPU (docs/gpu-check.md)"
 
 $(STAMP): pyproject.toml scripts/install.sh
