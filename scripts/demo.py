@@ -183,6 +183,26 @@ def send_samples(url: str, budgets: list[float], samples: list[tuple[Path, str]]
             print()
 
 
+def trade_off(url: str) -> str:
+    """One line: what each operating point costs and buys on the test split (calibration's
+    figures, from /v1/model), against the full network and exit 1 alone."""
+    model = httpx.get(f"{url}/v1/model", timeout=10).json()
+    exits = model["exits"]
+    full, first = exits[-1], exits[0]
+    if full.get("test_accuracy") is None:
+        return "the trade-off: not measured on a test split"
+    parts = [f"full network {full['mflops']:.1f} MFLOPs {full['test_accuracy']:.1f} %"]
+    for p in sorted(model["operating_points"], key=lambda p: -p["expected_mflops"]):
+        if p["test"] is not None:
+            cost = p["test"]["mflops"]
+            parts.append(
+                f"{p['name']} {cost:.1f} MFLOPs ({full['mflops'] / cost:.1f}x cheaper) "
+                f"{p['test']['accuracy']:.1f} %"
+            )
+    parts.append(f"exit 1 alone {first['mflops']:.1f} MFLOPs {first['test_accuracy']:.1f} %")
+    return "the trade-off on the test images (calibration's figures): " + " | ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", nargs="?", default="run", choices=["run", "stop"])
@@ -231,6 +251,7 @@ def main() -> None:
     samples = write_samples(bundle_dir)
     budgets = [float(b) for b in args.budgets.split(",")]
     send_samples(url, budgets, samples)
+    say(trade_off(url))
 
     sample = samples[0][0].relative_to(REPO)
     second = samples[1][0].relative_to(REPO)
