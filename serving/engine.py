@@ -327,8 +327,9 @@ class Engine:
         while limit > 0 and queue:
             rows = queue.popleft()
             self._timed[stage] -= math.isfinite(rows.deadline)
-            if not (live := slots.live[rows.slots]).all():
-                rows = rows.pick(np.flatnonzero(live))  # its request went away
+            if not (live := slots.live[rows.slots]).all():  # its request went away
+                self._count(rows.slots[~live])
+                rows = rows.pick(np.flatnonzero(live))
             if len(rows) > limit:
                 first = deadlines.order(slots.deadline[rows.slots], limit)
                 queue.appendleft(
@@ -360,10 +361,12 @@ class Engine:
             kept: deque[Rows] = deque()
             for rows in self._queues[stage]:
                 if (late := deadlines.late(self.slots.deadline[rows.slots], finish)).any():
-                    gone = rows.slots[late & self.slots.live[rows.slots]]
+                    live = self.slots.live[rows.slots]
+                    gone = rows.slots[late & live]
                     self.slots.queued[gone] = -1
                     self._rows[stage] -= len(gone)
                     self._count(gone, np.full(len(gone), DEADLINE))
+                    self._count(rows.slots[late & ~live])  # of requests that went away
                     if late.all():
                         continue
                     rows = self._part(rows, np.flatnonzero(~late))
@@ -512,8 +515,9 @@ class Engine:
             self.slots.free(job.start, job.n)
 
     def _drop(self, job: Job) -> None:
-        """The request is over: its waiting rows leave the queues now, its rows running are
-        dropped when they come back."""
+        """The request is over: its rows stop counting as waiting now, and are dropped (and
+        counted done) when the worker meets them, in a queue or back from a stage. Its slots
+        are freed only then: a queue holds no slot that another request may have been given."""
         if job.cancelled:
             return
         job.cancelled = True
@@ -523,7 +527,6 @@ class Engine:
         for stage, count in enumerate(np.bincount(where[where >= 0], minlength=self.num_exits)):
             self._rows[stage] -= int(count)
         self.slots.queued[span] = -1
-        self._count(job.start + np.flatnonzero(where >= 0))
 
     def _fail(self, slots: np.ndarray, err: BaseException) -> None:
         """The requests of ``slots`` (which the worker holds) fail with ``err``."""

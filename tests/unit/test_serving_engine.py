@@ -334,3 +334,38 @@ def test_cancelled_rows_leave_every_stage_queue() -> None:
             engine.stop()
 
     _run(main())
+
+
+def test_requests_that_go_away_never_lend_their_slots_to_others() -> None:
+    # Clients give up while their rows wait (a slow stage ahead of them), and new requests
+    # keep coming into a small engine. A slot of a request that went away is given to another
+    # request only once the worker has dropped every row of it: every answer is its own
+    # images', and the engine ends with every slot free.
+    runner = FakeRunner(delay=0.002)
+    plan = _plan([0.9, 0.85, 0.8])
+
+    async def main() -> None:
+        engine = Engine(runner, exit_mflops=[1, 2, 3, 4], max_batch_size=2, max_queue_images=4)
+        engine.start()
+        try:
+            rng = np.random.default_rng(7)
+            for round_ in range(150):
+                gone = engine.submit(ticket(plan), _images(2, seed=1000 + round_))
+                if rng.uniform() < 0.7:
+                    await asyncio.sleep(rng.uniform(0, 0.004))
+                engine.cancel(gone)
+                images = _images(2, seed=round_)
+                out = await engine.infer(ticket(plan, 1), images)
+                conf, pred = _all_confidences(images)
+                exits = decide_exits(conf, plan.thresholds)
+                assert out.exit.tolist() == exits.tolist()
+                assert out.class_id.tolist() == pred[np.arange(2), exits].tolist()
+            for _ in range(100):  # the last request's dropped rows, met by the worker
+                if not engine.slots._used.any():
+                    break
+                await asyncio.sleep(0.01)
+            assert not engine.slots._used.any() and engine.queued_images == 0
+        finally:
+            engine.stop()
+
+    _run(main())
