@@ -1,151 +1,142 @@
 """``exitwise bench http --deadlines 5,10,20,50``: how well each deadline is kept, and what it buys.
 
-For each ``deadline_ms`` D, ``concurrency`` closed-loop clients send single test images (PNG)
-with that deadline. The Python client is used here because it can read what wrk cannot: each
-answer's server time (the ``app`` entry of ``Server-Timing``: the handler from the first byte to
-the response, without the client or the socket), the class against the image's label, and why
-each image stopped. Reported: the share answered within D and within D + 2 ms of server time,
-p50/p99 server time, accuracy, the exits and the stop reasons.
+First the last exit's closed-loop capacity C (requests/s, ``wrk``, 16 connections) is measured.
+Then, at each load of ``--deadline-loads`` (default 0.5 and 0.9 x C), requests for the full
+network (``max_exit=K``, ``degrade=false``) arrive open loop (Poisson, see
+:mod:`benchmarks.wrk`), without a deadline and with ``deadline_ms`` D for each D. The latency is
+the client's (wrk: from writing the request to the last byte of the answer), so it includes what
+the server cannot see (the kernel's queues, a loop busy elsewhere) as well as what it does.
+
+Reported per run: the offered rate asked and achieved, p50/p99/p99.9 latency, the share answered
+within D and within D + 2 ms, why images stopped and the exits they left at (the server's
+``/metrics``), 503s, and an accuracy estimate: each exit's test accuracy (``/v1/model``) weighted
+by the images it served (wrk does not read the answers, and the server does not see labels).
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections import Counter
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .http import server_timings
-
-
-async def _sweep_one(
-    url: str,
-    images: list[bytes],
-    labels: list[int],
-    params: dict[str, Any],
-    concurrency: int,
-    requests: int,
-    headers: dict[str, str] | None,
-) -> dict[str, Any]:
-    import httpx
-
-    server_s: list[float] = []
-    engine_s: list[float] = []
-    correct: list[bool] = []
-    reasons: Counter[str] = Counter()
-    exits: Counter[int] = Counter()
-    statuses: Counter[int] = Counter()
-    nxt = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async def client(c: httpx.AsyncClient) -> None:
-        nonlocal nxt
-        while nxt < requests:
-            i = nxt
-            nxt += 1
-            j = i % len(images)
-            r = await c.post(
-                "/v1/classify",
-                content=images[j],
-                params={**params, "top_k": 0, "degrade": "false"},
-                headers={"content-type": "image/png"},
-            )
-            statuses[r.status_code] += 1
-            if r.status_code != 200:
-                continue
-            timing = server_timings(r.headers.get("server-timing"))
-            server_s.append(timing.get("app", float("nan")))
-            engine_s.append(timing.get("queue", float("nan")) + timing.get("compute", float("nan")))
-            result = r.json()["results"][0]
-            correct.append(result["class_id"] == labels[j])
-            reasons[result["stopped"]] += 1
-            exits[result["exit"]] += 1
-
-    start = time.perf_counter()
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as c:
-        await asyncio.gather(*(client(c) for _ in range(concurrency)))
-    wall = time.perf_counter() - start
-    ms = np.array(server_s) * 1000
-    return {
-        "requests": requests,
-        "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "wall_s": wall,
-        "server_ms": ms,
-        "engine_ms": np.array(engine_s) * 1000,
-        "accuracy": 100 * float(np.mean(correct)) if correct else None,
-        "reasons": dict(reasons),
-        "exit_histogram": {str(k): v for k, v in sorted(exits.items())},
-    }
+from .overload import (
+    CLOSED_CONNECTIONS,
+    closed_capacity,
+    open_row,
+    run_open,
+    settle,
+    stops_cell,
+)
+from .wrk import write_bodies
 
 
 def run_deadline_sweep(
     url: str,
+    info: dict[str, Any],
     images: list[bytes],
-    labels: list[int],
     *,
+    loads: list[float],
     deadlines_ms: list[float],
-    concurrency: int,
-    requests: int,
-    params: dict[str, Any] | None = None,
+    duration_s: float,
+    client_cpus: str | None = None,
     headers: dict[str, str] | None = None,
-    say: Any = None,
-) -> list[dict[str, Any]]:
+    say: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     say = say or (lambda _: None)
-    rows = []
-    for d in [None, *deadlines_ms]:
-        query = dict(params or {})
-        if d is not None:
-            query["deadline_ms"] = d
-        out = asyncio.run(_sweep_one(url, images, labels, query, concurrency, requests, headers))
-        ms = out.pop("server_ms")
-        engine = out.pop("engine_ms")
-        row = {
-            "deadline_ms": d,
-            **out,
-            "p50_ms": float(np.percentile(ms, 50)) if ms.size else None,
-            "p99_ms": float(np.percentile(ms, 99)) if ms.size else None,
-            "engine_p50_ms": float(np.percentile(engine, 50)) if engine.size else None,
-            "engine_p99_ms": float(np.percentile(engine, 99)) if engine.size else None,
-            "within_pct": None if d is None else float(np.mean(ms <= d) * 100),
-            "within_2ms_pct": None if d is None else float(np.mean(ms <= d + 2) * 100),
-        }
-        rows.append(row)
-        say(
-            f"deadline {'none' if d is None else f'{d:g} ms'}: p99 {row['p99_ms']:.1f} ms, "
-            f"accuracy {row['accuracy']:.1f} %, stops {row['reasons']}"
-        )
-    return rows
+    headers = headers or {}
+    k = len(info["exits"])
+    base = {"max_exit": k, "top_k": 0, "degrade": "false"}
+    send = {"Content-Type": "image/png", **headers}
+    rows: list[dict[str, Any]] = []
+    stopped = None
+    with tempfile.TemporaryDirectory(prefix="exitwise-deadlines-") as tmp:
+        folder = Path(tmp)
+        listing = write_bodies(folder / "bodies", images)
+        capacity = closed_capacity(
+            url, folder / "last", listing, {"max_exit": k}, send, duration_s=duration_s,
+            cpus=client_cpus,
+        )  # fmt: skip
+        say(f"last exit: {capacity:.0f} requests/s (closed loop, {CLOSED_CONNECTIONS})")
+        runs = [(load, d) for load in loads for d in [None, *deadlines_ms]]
+        for i, (load, d) in enumerate(runs):
+            rate = load * capacity
+            params: dict[str, Any] = dict(base)
+            if d is not None:
+                params["deadline_ms"] = d
+            unsettled = settle(url, images[0], base, headers)
+            if unsettled is not None:
+                when = "none" if d is None else f"{d:g} ms"
+                stopped = f"before {load:g}x, deadline {when}: {unsettled}"
+                say(f"stopped: the server did not settle {stopped}")
+                break
+            run, did, connections, _ = run_open(
+                url, folder / f"run{i}", listing, params, send, rate=rate,
+                duration_s=duration_s, cpus=client_cpus, seed=2000 + i, num_exits=k,
+                headers=headers,
+            )  # fmt: skip
+            row = {
+                "load": load,
+                "deadline_ms": d,
+                **open_row(
+                    run, did, info, offered_per_s=rate, connections=connections, deadline_ms=d
+                ),
+            }
+            rows.append(row)
+            say(
+                f"{load:g}x ({rate:.0f}/s asked, {row['sent_per_s']:.0f}/s sent), deadline "
+                f"{'none' if d is None else f'{d:g} ms'}: p99 {row['p99_ms']:.1f} ms, "
+                f"stops {row['stops']}"
+            )
+    return {
+        "capacity_per_s": capacity,
+        "closed_connections": CLOSED_CONNECTIONS,
+        "loads": loads,
+        "deadlines_ms": deadlines_ms,
+        "duration_s": duration_s,
+        "params": base,
+        "rows": rows,
+        "stopped": stopped,  # why the runs stopped early (a server that did not settle)
+    }
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(result: dict[str, Any]) -> str:
     from .tables import markdown_table
 
     header = [
-        "deadline_ms", "p50 ms", "p99 ms", "engine p50 / p99 ms", "within D", "within D+2 ms",
-        "accuracy %",
-        "stopped: confident / cap / deadline", "exits",
+        "load (asked / sent per s)", "deadline_ms", "p50 ms", "p99 ms", "p99.9 ms", "within D",
+        "within D+2 ms", "stopped: confident / cap / deadline", "exits", "accuracy (est.)",
+        "503s",
     ]  # fmt: skip
 
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}%"
 
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
     cells = []
-    for r in rows:
-        reasons = r["reasons"]
-        stops = " / ".join(str(reasons.get(k, 0)) for k in ("confident", "cap", "deadline"))
+    for r in result["rows"]:
         cells.append(
             [
+                f"{r['load']:g}x ({r['offered_per_s']:.0f} / {r['sent_per_s']:.0f})",
                 "none" if r["deadline_ms"] is None else f"{r['deadline_ms']:g}",
-                f"{r['p50_ms']:.2f}",
-                f"{r['p99_ms']:.2f}",
-                f"{r['engine_p50_ms']:.2f} / {r['engine_p99_ms']:.2f}",
-                pct(r["within_pct"]),
-                pct(r["within_2ms_pct"]),
-                "-" if r["accuracy"] is None else f"{r['accuracy']:.1f}",
-                stops,
+                ms(r["p50_ms"]),
+                ms(r["p99_ms"]),
+                ms(r["p999_ms"]),
+                pct(r.get("within_pct")),
+                pct(r.get("within_2ms_pct")),
+                stops_cell(r["stops"]),
                 " ".join(f"{k}:{v}" for k, v in r["exit_histogram"].items()),
+                "-" if r["accuracy_estimate"] is None else f"{r['accuracy_estimate']:.2f}",
+                r["statuses"].get("503", 0),
             ]
         )
-    return markdown_table(header, cells, "lrrrrrrll")
+    note = (
+        f"Last exit closed loop ({result['closed_connections']} connections): "
+        f"{result['capacity_per_s']:.0f} requests/s; latencies are the client's."
+    )
+    table = markdown_table(header, cells, "llrrrrrllrr")
+    if result.get("stopped"):
+        table += f"\n\nStopped: the server did not settle {result['stopped']}."
+    return note + "\n\n" + table

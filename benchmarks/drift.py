@@ -307,6 +307,11 @@ def summarise(runs: list[Run], settle: int) -> list[dict[str, Any]]:
                 row[f"error_settled_{key}"] = (
                     None if later is None else float(later.mean() / run.target - 1)
                 )
+                for after in (1000, 2000):  # the two points of reading
+                    rest = costs[after:] if i > 0 and len(costs) > after else None
+                    row[f"error_after_{after}_{key}"] = (
+                        None if rest is None else float(rest.mean() / run.target - 1)
+                    )
                 row[f"window_error_max_{key}"] = (
                     None if later is None else _window_error(later, run.target)
                 )

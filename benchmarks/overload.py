@@ -1,22 +1,31 @@
 """``exitwise bench http --overload 1,2,4``: open-loop arrivals beyond what the server can do.
 
-First the last exit's capacity C (requests/s) is measured closed loop. Then requests for the
-full network (``max_exit=K``) with a ``deadline_ms`` arrive open loop (each of many ``wrk``
-connections waits an exponential time before its next request, so arrivals are Poisson at the
-offered rate) at 1x, 2x, 4x C, once with ``degrade=false`` (the server sheds: a full queue is a
-503) and once with ``degrade=true`` (it steps down to cheaper operating points first).
+First two closed-loop capacities are measured (``wrk``, 16 connections): the last exit's, C
+(requests/s), and the cheapest calibrated operating point's. Then requests for the full network
+(``max_exit=K``) with a ``deadline_ms`` D arrive open loop (Poisson, see :mod:`benchmarks.wrk`)
+at each multiple of C, once with ``degrade=false`` (the server sheds: a full queue is a 503) and
+once with ``degrade=true`` (it steps down to cheaper operating points first), and at the highest
+multiple once more with ``deadline_policy=strict`` (degradation on: a request that not even exit
+1 is forecast to answer in time is a 503 at once).
 
-Reported per run: offered and answered rates, goodput (answers within the deadline per second),
-p50/p99, the share answered in time, 503s, and an accuracy estimate: the calibrated test
-accuracy of the operating point (or exit) that served each answer, weighted by how many it
-served (the server does not see labels; answers stopped by the deadline are counted at their
-plan's accuracy, so the estimate is an upper bound for them).
+Reported per run, all from the client (wrk) but the server's own counts (``/metrics``): the
+offered rate asked and achieved, answers per second, goodput (answers within D per second, and
+its ratio to the cheapest point's closed-loop capacity), p50/p99/p99.9 latency of every answer
+and of the answered requests (not 503: wrk's histogram does not tell the statuses apart, so the
+503s are taken to be the fastest; the figures are upper bounds, exact when they were), the share
+answered within D, D + 2 and D + 5 ms, 503s, why images stopped, the exits, and an accuracy
+estimate: the calibrated test accuracy of the operating point (or exit) that served each answer,
+weighted by how many it served (the server does not see labels; answers stopped by the deadline
+are counted at their exit's accuracy). During each run the degradation level (the level given to
+the latest request), the images served degraded and the 503s are sampled from ``/metrics``
+every 0.25 s; the figure draws the level over time.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -24,22 +33,41 @@ from urllib.parse import urlencode
 import httpx
 import numpy as np
 
-from .wrk import run_wrk, scrape, served, write_bodies, write_script
+from .errors import BenchError
+from .wrk import (
+    MetricsSampler,
+    WrkResult,
+    load_point,
+    open_connections,
+    run_wrk,
+    scrape,
+    served,
+    write_bodies,
+    write_script,
+)
+
+CLOSED_CONNECTIONS = 16
 
 
-def _settle(url: str, body: bytes, params: dict[str, Any], headers: dict[str, str]) -> None:
-    """Single requests until the server has stepped all the way back up (at most 10 s)."""
+def settle(url: str, body: bytes, params: dict[str, Any], headers: dict[str, str]) -> str | None:
+    """Until the engine's queues are empty and the server has stepped all the way back up
+    (single requests, at most 10 s); ``None`` once it has, else what it still answered. The
+    requests allow stepping down: only those set the level (the one given last)."""
     end = time.monotonic() + 10
     send = {"content-type": "image/png", **headers}
+    params = {**params, "degrade": "true"}
+    last = ""
     while time.monotonic() < end:
-        httpx.post(f"{url}/v1/classify", content=body, params=params, headers=send, timeout=30)
-        text = httpx.get(f"{url}/metrics", headers=headers, timeout=10).text
-        if "exitwise_degradation_level 0.0" in text:
-            return
+        r = httpx.post(f"{url}/v1/classify", content=body, params=params, headers=send, timeout=30)
+        level, _, _, queued = load_point(scrape(url, headers))
+        if r.status_code == 200 and level == 0 and queued == 0:
+            return None
+        last = f"{r.status_code} {r.text[:200]} (level {level:g}, {queued:g} images queued)"
         time.sleep(0.05)
+    return last
 
 
-def _accuracy(info: dict[str, Any], did: dict[str, Any]) -> float | None:
+def accuracy_estimate(info: dict[str, Any], did: dict[str, Any]) -> float | None:
     """Estimated accuracy (percent) of the answers, from the calibration's test figures.
 
     An answer stepped down to an operating point counts that point's test accuracy. The others
@@ -73,6 +101,131 @@ def _accuracy(info: dict[str, Any], did: dict[str, Any]) -> float | None:
     return weighted / counted if counted else None
 
 
+def _pct(part: float, whole: float) -> float | None:
+    return 100 * part / whole if whole else None
+
+
+def open_row(
+    run: WrkResult,
+    did: dict[str, Any],
+    info: dict[str, Any],
+    *,
+    offered_per_s: float,
+    connections: int,
+    deadline_ms: float | None,
+) -> dict[str, Any]:
+    """One open-loop run's figures: rates, client latency (every answer, and the answered ones
+    without the 503s and other refusals, as upper bounds), shares within D, D + 2 and D + 5 ms
+    of the answered, and what the server did."""
+    if run.latency is None or run.sent is None:
+        raise ValueError("an open-loop run (write_script with a rate) is needed")
+    every = run.latency
+    refused = run.non_2xx
+    answered = every.without_fastest(refused)
+    secs = run.seconds
+    row: dict[str, Any] = {
+        "offered_per_s": offered_per_s,
+        "sent_per_s": run.sent_per_s,
+        "connections": connections,
+        "late_sends_pct": _pct(run.late_sends, run.sent),
+        "lag_max_ms": run.lag_max_ms,
+        "requests": run.requests,
+        "refused": refused,
+        "answered_per_s": (run.requests - refused) / secs if secs else 0.0,
+        "p50_ms": every.quantile_ms(0.5),
+        "p99_ms": every.quantile_ms(0.99),
+        "p999_ms": every.quantile_ms(0.999),
+        "max_ms": every.quantile_ms(1.0),
+        "answered_p50_ms": answered.quantile_ms(0.5),
+        "answered_p99_ms": answered.quantile_ms(0.99),
+        "answered_p999_ms": answered.quantile_ms(0.999),
+        "answered_max_ms": answered.quantile_ms(1.0),
+        "socket_errors": run.socket_errors,
+        "statuses": did["statuses"],
+        "stops": did["stops"],
+        "exit_histogram": did["exit_histogram"],
+        "degraded": did["degraded"],
+        "mean_mflops": did["mean_mflops"] if did["images"] else None,
+        "accuracy_estimate": accuracy_estimate(info, did),
+    }
+    if deadline_ms is not None:
+        good = answered.count_within(deadline_ms)
+        row["goodput_per_s"] = good / secs if secs else 0.0
+        row["in_time_pct"] = _pct(good, run.requests)
+        for extra, key in ((0, "within_pct"), (2, "within_2ms_pct"), (5, "within_5ms_pct")):
+            share = answered.share_within(deadline_ms + extra)
+            row[key] = None if share is None else 100 * share
+    return row
+
+
+def closed_capacity(
+    url: str,
+    folder: Path,
+    listing: Path,
+    params: dict[str, Any],
+    send: dict[str, str],
+    *,
+    duration_s: float,
+    cpus: str | None,
+    warmup_s: float = 2.0,
+) -> float:
+    """Requests/s at ``params`` closed loop (16 connections; no stepping down), after a
+    warm-up; a server that refuses them is an error."""
+    query = urlencode({**params, "top_k": 0, "degrade": "false"})
+    script = write_script(folder, listing, f"/v1/classify?{query}", send)
+    if warmup_s > 0:
+        run_wrk(url, script, connections=CLOSED_CONNECTIONS, duration_s=warmup_s, cpus=cpus)
+    run = run_wrk(url, script, connections=CLOSED_CONNECTIONS, duration_s=duration_s, cpus=cpus)
+    if run.non_2xx > 0.01 * run.requests or not run.requests:
+        raise BenchError(
+            f"measuring the capacity at {params}, the server refused {run.non_2xx} of "
+            f"{run.requests} requests: it must answer a closed loop of {CLOSED_CONNECTIONS}"
+        )
+    return run.requests_per_s
+
+
+def run_open(
+    url: str,
+    folder: Path,
+    listing: Path,
+    params: dict[str, Any],
+    send: dict[str, str],
+    *,
+    rate: float,
+    duration_s: float,
+    cpus: str | None,
+    seed: int,
+    num_exits: int,
+    headers: dict[str, str],
+    sample: bool = False,
+) -> tuple[WrkResult, dict[str, Any], int, dict[str, list[float]] | None]:
+    """One open-loop run at ``rate``: wrk's result, what the server did, the connections, and
+    (``sample``) the load over time from /metrics."""
+    connections = open_connections(rate)
+    script = write_script(
+        folder,
+        listing,
+        f"/v1/classify?{urlencode(params)}",
+        send,
+        rate=rate,
+        connections=connections,
+        seed=seed,
+    )
+    before = scrape(url, headers)
+    sampler = MetricsSampler(url, headers) if sample else None
+    if sampler is not None:
+        with sampler:
+            run = run_wrk(url, script, connections=connections, duration_s=duration_s, cpus=cpus)
+    else:
+        run = run_wrk(url, script, connections=connections, duration_s=duration_s, cpus=cpus)
+    did = served(before, scrape(url, headers), num_exits)
+    return run, did, connections, None if sampler is None else sampler.series()
+
+
+def cheapest_point(info: dict[str, Any]) -> dict[str, Any] | None:
+    return min(info["operating_points"], key=lambda p: p["expected_mflops"], default=None)
+
+
 def run_overload(
     url: str,
     info: dict[str, Any],
@@ -81,121 +234,160 @@ def run_overload(
     multiples: list[float],
     duration_s: float,
     deadline_ms: float,
-    connections: int = 256,
     client_cpus: str | None = None,
     headers: dict[str, str] | None = None,
-    say: Any = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     say = say or (lambda _: None)
     headers = headers or {}
     k = len(info["exits"])
     base = {"max_exit": k, "top_k": 0}
     send = {"Content-Type": "image/png", **headers}
+    cheapest = cheapest_point(info)
     rows: list[dict[str, Any]] = []
+    stopped = None
+    runs = [(m, degrade, "late") for m in multiples for degrade in (False, True)]
+    runs.append((max(multiples), True, "strict"))
     with tempfile.TemporaryDirectory(prefix="exitwise-overload-") as tmp:
         folder = Path(tmp)
         listing = write_bodies(folder / "bodies", images)
-        closed = write_script(
-            folder / "capacity", listing, f"/v1/classify?{urlencode({**base, 'degrade': 'false'})}",
-            send,
+        capacity = closed_capacity(
+            url, folder / "last", listing, {"max_exit": k}, send, duration_s=duration_s,
+            cpus=client_cpus,
         )  # fmt: skip
-        run_wrk(url, closed, connections=16, duration_s=2.0)  # warm-up
-        capacity = run_wrk(url, closed, connections=16, duration_s=duration_s, cpus=client_cpus)
-        say(f"last-exit capacity: {capacity.requests_per_s:.0f} requests/s (closed loop, 16)")
-        for m in multiples:
-            rate = m * capacity.requests_per_s
-            for degrade in (False, True):
-                params = {**base, "deadline_ms": deadline_ms, "degrade": str(degrade).lower()}
-                script = write_script(
-                    folder / f"m{m}-{degrade}",
-                    listing,
-                    f"/v1/classify?{urlencode(params)}",
-                    send,
-                    rate=rate,
+        say(f"last exit: {capacity:.0f} requests/s (closed loop, {CLOSED_CONNECTIONS})")
+        cheap_capacity = None
+        if cheapest is not None:
+            cheap_capacity = closed_capacity(
+                url, folder / "cheapest", listing,
+                {"budget_mflops": cheapest["expected_mflops"]}, send, duration_s=duration_s,
+                cpus=client_cpus, warmup_s=0,
+            )  # fmt: skip
+            say(f"{cheapest['name']}: {cheap_capacity:.0f} requests/s (closed loop)")
+        for i, (m, degrade, policy) in enumerate(runs):
+            rate = m * capacity
+            params = {
+                **base,
+                "deadline_ms": deadline_ms,
+                "degrade": str(degrade).lower(),
+                "deadline_policy": policy,
+            }
+            unsettled = settle(url, images[0], base, headers)
+            if unsettled is not None:
+                stopped = f"before {m:g}x, degrade {degrade}, {policy}: {unsettled}"
+                say(f"stopped: the server did not settle {stopped}")
+                break
+            run, did, connections, series = run_open(
+                url, folder / f"run{i}", listing, params, send, rate=rate,
+                duration_s=duration_s, cpus=client_cpus, seed=1000 + i, num_exits=k,
+                headers=headers, sample=True,
+            )  # fmt: skip
+            row = {
+                "multiple": m,
+                "degrade": degrade,
+                "policy": policy,
+                **open_row(
+                    run,
+                    did,
+                    info,
+                    offered_per_s=rate,
                     connections=connections,
-                    within_ms=deadline_ms,
-                    seed=int(m * 1000),
-                )
-                _settle(url, images[0], base, headers)
-                before = scrape(url, headers)
-                run = run_wrk(
-                    url,
-                    script,
-                    connections=connections,
-                    duration_s=duration_s,
-                    cpus=client_cpus,
-                )
-                did = served(before, scrape(url, headers), k)
-                shed = did["statuses"].get("503", 0)
-                in_time = run.requests * run.within_pct / 100
-                row = {
-                    "multiple": m,
-                    "degrade": degrade,
-                    "offered_per_s": rate,
-                    "answered_per_s": run.requests_per_s,
-                    # 503s come back at once, so they are among the answers "in time": take
-                    # them out to count the useful ones.
-                    "goodput_per_s": max(0.0, in_time - shed) / run.seconds,
-                    "p50_ms": run.p50_ms,
-                    "p99_ms": run.p99_ms,
-                    "in_time_pct": 100 * max(0.0, in_time - shed) / max(1, run.requests),
-                    "status_503": shed,
-                    "statuses": did["statuses"],
-                    "degraded": did["degraded"],
-                    "exit_histogram": did["exit_histogram"],
-                    "mean_mflops": did["mean_mflops"] if did["images"] else None,
-                    "accuracy_estimate": _accuracy(info, did),
-                    "requests": run.requests,
-                    "socket_errors": run.socket_errors,
-                }
-                rows.append(row)
-                say(
-                    f"{m:g}x ({rate:.0f}/s), degrade {'on ' if degrade else 'off'}: "
-                    f"{row['goodput_per_s']:.0f} good/s, p99 {run.p99_ms:.1f} ms, "
-                    f"{shed} x 503"
-                )
-    tests = [(p.get("test") or {}).get("accuracy") for p in info["operating_points"]]
-    cheapest = min(info["operating_points"], key=lambda p: p["expected_mflops"], default=None)
+                    deadline_ms=deadline_ms,
+                ),
+                "timeline": series,
+            }
+            row["status_503"] = did["statuses"].get("503", 0)
+            row["goodput_vs_cheapest"] = (
+                row["goodput_per_s"] / cheap_capacity if cheap_capacity else None
+            )
+            rows.append(row)
+            say(
+                f"{m:g}x ({rate:.0f}/s asked, {row['sent_per_s']:.0f}/s sent), degrade "
+                f"{'on' if degrade else 'off'}, {policy}: {row['goodput_per_s']:.0f} good/s, "
+                f"p99 {_ms(row['answered_p99_ms'])} ms (answered), {row['refused']} refused"
+            )
     return {
         "cheapest_point": None if cheapest is None else cheapest["name"],
         "cheapest_point_accuracy": None
         if cheapest is None
         else (cheapest.get("test") or {}).get("accuracy"),
-        "points_test_accuracy": tests,
-        "capacity_per_s": capacity.requests_per_s,
+        "points_test_accuracy": [
+            (p.get("test") or {}).get("accuracy") for p in info["operating_points"]
+        ],
+        "capacity_per_s": capacity,
+        "cheapest_capacity_per_s": cheap_capacity,
+        "closed_connections": CLOSED_CONNECTIONS,
         "deadline_ms": deadline_ms,
-        "connections": connections,
+        "duration_s": duration_s,
         "rows": rows,
+        # Why the runs stopped early: a server that does not come back after a run (its queues
+        # empty, it still refuses) would make every later figure meaningless.
+        "stopped": stopped,
     }
+
+
+def _nan(v: float | None) -> float:
+    return float("nan") if v is None else v
+
+
+def _ms(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _pct_cell(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}%"
+
+
+def stops_cell(stops: dict[str, int]) -> str:
+    return " / ".join(str(stops.get(k, 0)) for k in ("confident", "cap", "deadline"))
 
 
 def markdown(result: dict[str, Any]) -> str:
     from .tables import markdown_table
 
+    d = result["deadline_ms"]
     header = [
-        "offered", "degrade", "answered/s", "goodput/s", "p50 ms", "p99 ms",
-        f"in time (<= {result['deadline_ms']:g} ms)", "503s", "mean MFLOPs", "accuracy (est.)",
+        "offered (asked / sent per s)", "degrade", "policy", "answered/s", "goodput/s",
+        "x cheapest", "p50 ms", "p99 ms", "p99.9 ms", f"in time (<= {d:g} ms)",
+        f"answered <= {d + 5:g} ms", "503s", "stopped: confident / cap / deadline",
+        "mean MFLOPs", "accuracy (est.)",
     ]  # fmt: skip
     cells = [
         [
-            f"{r['multiple']:g}x ({r['offered_per_s']:.0f}/s)",
+            f"{r['multiple']:g}x ({r['offered_per_s']:.0f} / {r['sent_per_s']:.0f})",
             "on" if r["degrade"] else "off",
+            r["policy"],
             f"{r['answered_per_s']:.0f}",
             f"{r['goodput_per_s']:.0f}",
-            f"{r['p50_ms']:.1f}",
-            f"{r['p99_ms']:.1f}",
-            f"{r['in_time_pct']:.1f}%",
+            "-" if r["goodput_vs_cheapest"] is None else f"{r['goodput_vs_cheapest']:.2f}",
+            _ms(r["answered_p50_ms"]),
+            _ms(r["answered_p99_ms"]),
+            _ms(r["answered_p999_ms"]),
+            _pct_cell(r["in_time_pct"]),
+            _pct_cell(r["within_5ms_pct"]),
             r["status_503"],
-            "-" if r["mean_mflops"] is None else f"{r['mean_mflops']:.2f}",
-            "-" if r["accuracy_estimate"] is None else f"{r['accuracy_estimate']:.1f}",
+            stops_cell(r["stops"]),
+            _ms(r["mean_mflops"], 2),
+            _ms(r["accuracy_estimate"]),
         ]
         for r in result["rows"]
     ]
-    return markdown_table(header, cells, "llrrrrrrrr")
+    cheap = result.get("cheapest_capacity_per_s")
+    note = (
+        f"Closed loop ({result['closed_connections']} connections): last exit "
+        f"{result['capacity_per_s']:.0f} requests/s"
+        + ("" if cheap is None else f", {result['cheapest_point']} {cheap:.0f} requests/s")
+        + ". Latencies are the client's, of the answered requests (503s left out)."
+    )
+    table = markdown_table(header, cells, "lllrrrrrrrrrlrr")
+    if result.get("stopped"):
+        table += f"\n\nStopped: the server did not settle {result['stopped']}."
+    return note + "\n\n" + table
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Goodput and p99 against the offered load, degradation off and on."""
+    """Goodput and p99 against the offered load, degradation off and on; and the degradation
+    level over each run with degradation on."""
     import io
 
     import matplotlib
@@ -205,20 +397,48 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     from exitwise.fileio import atomic_write_bytes
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (left, mid, right) = plt.subplots(1, 3, figsize=(13.5, 3.6))
+    late = [r for r in result["rows"] if r["policy"] == "late"]
     for degrade, colour in ((False, "tab:red"), (True, "tab:green")):
-        rows = [r for r in result["rows"] if r["degrade"] is degrade]
+        rows = [r for r in late if r["degrade"] is degrade]
         xs = [r["multiple"] for r in rows]
         label = "degrade on" if degrade else "degrade off"
-        left.plot(xs, [r["goodput_per_s"] for r in rows], "o-", color=colour, label=label)
-        right.plot(xs, [r["p99_ms"] for r in rows], "o-", color=colour, label=label)
-    left.plot(xs, [r["offered_per_s"] for r in rows], ":", color="grey", label="offered")
-    right.axhline(result["deadline_ms"], color="black", ls="--", lw=0.8, label="deadline_ms")
-    left.set(xlabel="offered load (x last-exit capacity)", ylabel="answers in time per s")
-    right.set(xlabel="offered load (x last-exit capacity)", ylabel="p99 latency (ms)")
-    right.set_yscale("log")
-    for ax in (left, right):
-        ax.legend(fontsize=8)
+        left.plot(xs, [_nan(r["goodput_per_s"]) for r in rows], "o-", color=colour, label=label)
+        mid.plot(xs, [_nan(r["answered_p99_ms"]) for r in rows], "o-", color=colour, label=label)
+    for r in result["rows"]:
+        if r["policy"] == "strict":
+            left.plot([r["multiple"]], [_nan(r["goodput_per_s"])], "s", color="tab:blue",
+                      label="strict")  # fmt: skip
+            mid.plot([r["multiple"]], [_nan(r["answered_p99_ms"])], "s", color="tab:blue",
+                     label="strict")  # fmt: skip
+    xs = sorted({r["multiple"] for r in late})
+    offered = {r["multiple"]: r["offered_per_s"] for r in late}
+    left.plot(xs, [offered[x] for x in xs], ":", color="grey", label="offered")
+    cheap = result.get("cheapest_capacity_per_s")
+    if cheap:
+        left.axhline(cheap, color="grey", ls="--", lw=0.8, label="cheapest point, closed loop")
+    mid.axhline(result["deadline_ms"], color="black", ls="--", lw=0.8, label="deadline_ms")
+    left.set(xlabel="offered load (x last-exit capacity)", ylabel="answers within D per s")
+    mid.set(xlabel="offered load (x last-exit capacity)", ylabel="p99 of answered (ms)")
+    mid.set_yscale("log")
+    on = [r for r in result["rows"] if r["degrade"] and r.get("timeline")]
+    palette = ["tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"]
+    loads = sorted({r["multiple"] for r in on})
+    shade = {m: palette[i % len(palette)] for i, m in enumerate(loads)}
+    for r in on:
+        series = r["timeline"]
+        strict = r["policy"] == "strict"
+        right.step(
+            series["t"], series["level"], where="post", color=shade[r["multiple"]],
+            ls="--" if strict else "-", label=f"{r['multiple']:g}x" + (" strict" if strict else ""),
+        )  # fmt: skip
+    right.set(xlabel="seconds into the run", ylabel="degradation level (points down)")
+    right.yaxis.get_major_locator().set_params(integer=True)
+    for ax in (left, mid, right):
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles, strict=True))
+        if unique:
+            ax.legend(unique.values(), unique.keys(), fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()

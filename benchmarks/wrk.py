@@ -2,24 +2,46 @@
 
 A Python client spends more CPU per request than the server it measures; on a small machine it
 becomes the bottleneck and its cost is charged to the server. ``wrk`` (C, one thread, keep-alive
-connections, closed loop: each connection sends its next request when the last is answered)
-costs a few microseconds per request. Images are written to files once; the Lua script reads
-them in ``init`` and sends them in turn, each connection starting at its own offset.
+connections) costs a few microseconds per request. Images are written to files once; the Lua
+script reads them in ``init`` and sends them in turn, each connection starting at its own offset.
 
-What the server did (exits taken, MFLOPs per image) is not parsed from the responses, which
-would make wrk call into Lua for every response: it comes from the difference of the server's
-own ``/metrics`` before and after the run (:func:`scrape`), which also counts the answers by
-status.
+Closed loop (the default): each connection sends its next request when the last is answered.
+
+Open loop (``rate``): one Poisson schedule of arrivals at ``rate`` requests/s for all the
+connections together. A connection that comes free takes the next arrival nobody has taken yet
+and waits for it (wrk's ``delay()`` is in whole milliseconds: rounded down, so a send goes
+within a millisecond before its arrival, wrk's timers being a millisecond late at most); the
+arrivals are sent when they are due whatever the server does, as long as
+a connection is free, so there must be more connections than requests in flight
+(:func:`open_connections`). Each send is paired with the earliest arrival not yet sent (both
+go in time order) to measure how late the client sent it; the run reports what it sent per
+second (the offered rate achieved) and how many sends were more than 1 ms late. The latency of
+each request is wrk's own: from writing the request to the last byte of the answer, on the
+client, so it includes the kernel's queues and whatever the server did before it read the
+request. wrk adds "coordinated omission" samples to its histogram before the script sees it
+(right for a closed loop, where a slow answer holds back the requests the connection did not
+send); an open schedule sent them anyway, so the script takes them out again, exactly as wrk
+put them in, and hands the whole histogram (microseconds, counts) to :class:`Latency`.
+
+What the server did (exits taken, MFLOPs per image, stop reasons, answers by status) is not
+parsed from the responses, which would make wrk call into Lua for every response: it comes from
+the difference of the server's own ``/metrics`` before and after the run (:func:`scrape`,
+:func:`served`); :class:`MetricsSampler` follows the degradation level during a run.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from exitwise.errors import ExitwiseError
 
@@ -31,10 +53,12 @@ local bodies = {}
 local n = 0
 local nxt = 0
 local counter = 0
+local threads = {}
 
 setup = function(thread)
   thread:set("offset", counter)
   counter = counter + 1
+  table.insert(threads, thread)
 end
 
 init = function(args)
@@ -53,33 +77,172 @@ end
 request = function()
   local body = bodies[nxt]
   nxt = (nxt + 1) %% n
+  sending()
   return wrk.format(nil, nil, nil, body)
 end
-%(delay)s
+
+sending = function() end
+more = function(summary, latency) return "" end
+%(open)s
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     '%(mark)s{"requests": %%d, "duration_us": %%d, "non_2xx": %%d, "connect": %%d, ' ..
     '"read": %%d, "write": %%d, "timeout": %%d, "p50_us": %%d, "p95_us": %%d, ' ..
-    '"p99_us": %%d, "max_us": %%d, "mean_us": %%.1f, "within_pct": %%.1f}\n',
+    '"p99_us": %%d, "max_us": %%d, "mean_us": %%.1f%%s}\n',
     summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
     latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max,
-    latency.mean, within(latency)))
+    latency.mean, more(summary, latency)))
+end
+"""
+
+_OPEN = r"""
+-- Open loop: one Poisson schedule (%(rate).1f requests/s, mean gap %(mean_ms).4f ms) for all
+-- %(connections)d connections together. A connection that comes free takes the next arrival
+-- and waits for it; sending() pairs each send with the earliest arrival not yet sent.
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } exitwise_timespec;
+int clock_gettime(int clock, exitwise_timespec *out);
+typedef struct { uint64_t count; uint64_t limit; uint64_t min; uint64_t max; uint64_t data[1]; }
+  exitwise_stats;
+]]
+local clock = ffi.new("exitwise_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
+  return tonumber(clock.tv_sec) * 1e3 + tonumber(clock.tv_nsec) * 1e-6
 end
 
--- The share of answers (percent, to 0.1) that took at most WITHIN_US (100 without one).
-within = function(latency)
-  if %(within_us)d <= 0 or latency.max <= %(within_us)d then return 100 end
-  for p = 999, 0, -1 do
-    if latency:percentile(p / 10) <= %(within_us)d then return p / 10 end
+math.randomseed(%(seed)d)
+local mean_ms = %(mean_ms).9f
+local last = nil
+local due = {}
+local first, after = 1, 1
+sent, late, lag_sum_ms, lag_max_ms = 0, 0, 0, 0
+
+delay = function()
+  local now = now_ms()
+  last = (last or now) - math.log(1 - math.random()) * mean_ms
+  due[after] = last
+  after = after + 1
+  local wait = last - now
+  if wait <= 0 then return 0 end
+  return math.floor(wait)
+end
+
+sending = function()
+  if first >= after then return end
+  local lag = now_ms() - due[first]
+  due[first] = nil
+  first = first + 1
+  sent = sent + 1
+  if lag > 1 then late = late + 1 end
+  if lag > 0 then lag_sum_ms = lag_sum_ms + lag end
+  if lag > lag_max_ms then lag_max_ms = lag end
+end
+
+-- The latency histogram without wrk's coordinated-omission samples: wrk (stats_correct) added,
+-- for every answer of v >= 2 * step microseconds, one at v - step, v - 2 * step, ... while above
+-- step, where step is the run's time over the answers per connection. Undone from the top down.
+local function histogram(summary, latency)
+  local s = ffi.cast("exitwise_stats **", latency)[0]
+  local lo, hi = tonumber(s.min), tonumber(s.max)
+  local per = math.floor(summary.requests / %(connections)d)
+  local step = 0
+  if per > 0 then step = math.floor(summary.duration / per) end
+  if step > 0 and hi < 2 * step then step = 0 end
+  local carry, out, total, removed = {}, {}, 0, 0
+  if hi < lo then return "", 0, 0 end
+  for v = hi, lo, -1 do
+    local c = tonumber(s.data[v])
+    if c > 0 then
+      if step > 0 and v > step then
+        local r = v %% step
+        local added = carry[r] or 0
+        c = c - added
+        removed = removed + added
+        if v >= 2 * step then carry[r] = (carry[r] or 0) + c end
+      end
+      if c ~= 0 then
+        out[#out + 1] = v
+        out[#out + 1] = c
+        total = total + c
+      end
+    end
   end
-  return 0
+  return table.concat(out, ","), total, removed
+end
+
+more = function(summary, latency)
+  local t = {sent = 0, late = 0, lag_sum_ms = 0, lag_max_ms = 0}
+  for _, thread in ipairs(threads) do
+    t.sent = t.sent + thread:get("sent")
+    t.late = t.late + thread:get("late")
+    t.lag_sum_ms = t.lag_sum_ms + thread:get("lag_sum_ms")
+    t.lag_max_ms = math.max(t.lag_max_ms, thread:get("lag_max_ms"))
+  end
+  local hist, total, removed = histogram(summary, latency)
+  return string.format(
+    ', "sent": %%d, "late": %%d, "lag_sum_ms": %%.3f, "lag_max_ms": %%.3f, ' ..
+    '"recorded": %%d, "removed": %%d, "histogram": [%%s]',
+    t.sent, t.late, t.lag_sum_ms, t.lag_max_ms, total, removed, hist)
 end
 """
 
 
 def _lua_string(text: str) -> str:
     return json.dumps(text)  # a JSON string literal is a valid Lua string literal for ASCII
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Client-measured latencies: each distinct value (microseconds, ascending) and how many
+    answers took it."""
+
+    values_us: np.ndarray  # int64, ascending
+    counts: np.ndarray  # int64, > 0
+
+    @classmethod
+    def from_flat(cls, flat: list[int]) -> Latency:
+        """From wrk's ``[value, count, value, count, ...]`` in any order."""
+        pairs = np.asarray(flat, dtype=np.int64).reshape(-1, 2)
+        pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]
+        return cls(pairs[:, 0].copy(), pairs[:, 1].copy())
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def quantile_ms(self, q: float) -> float | None:
+        """The smallest latency (ms) that at least ``q`` (0..1) of the answers took at most."""
+        n = self.total
+        if n == 0:
+            return None
+        rank = max(1, math.ceil(q * n - 1e-9))
+        i = int(np.searchsorted(np.cumsum(self.counts), rank))
+        return float(self.values_us[min(i, len(self.values_us) - 1)]) / 1000
+
+    def count_within(self, ms: float) -> int:
+        """Answers that took at most ``ms``."""
+        return int(self.counts[self.values_us <= ms * 1000].sum())
+
+    def share_within(self, ms: float) -> float | None:
+        """The share (0..1) of answers that took at most ``ms``."""
+        n = self.total
+        return self.count_within(ms) / n if n else None
+
+    def without_fastest(self, n: int) -> Latency:
+        """These latencies less the ``n`` fastest. With ``n`` answers of another kind among them
+        (refusals), what is left is at least as slow as the others are, answer by answer: its
+        quantiles are upper bounds of theirs, exact when the refusals were the fastest."""
+        if n <= 0:
+            return self
+        cum = np.cumsum(self.counts)
+        keep = cum > n
+        counts = self.counts[keep].copy()
+        if len(counts):
+            counts[0] = cum[keep][0] - n
+        return Latency(self.values_us[keep].copy(), counts)
 
 
 @dataclass(frozen=True)
@@ -93,11 +256,25 @@ class WrkResult:
     p99_ms: float
     max_ms: float
     mean_ms: float
-    within_pct: float = 100.0  # answered within the script's within_ms (percent)
+    # Open loop only: requests sent (arrivals), sends more than 1 ms after their arrival, the
+    # mean and largest lag (ms), and the whole latency histogram.
+    sent: int | None = None
+    late_sends: int = 0
+    lag_mean_ms: float = 0.0
+    lag_max_ms: float = 0.0
+    omission_samples: int = 0  # samples wrk added for coordinated omission, taken out again
+    latency: Latency | None = field(default=None, compare=False)
 
     @property
     def requests_per_s(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def sent_per_s(self) -> float | None:
+        """The offered rate achieved (open loop)."""
+        if self.sent is None:
+            return None
+        return self.sent / self.seconds if self.seconds else 0.0
 
 
 def find_wrk() -> str:
@@ -123,14 +300,12 @@ def write_bodies(folder: Path, bodies: list[bytes]) -> Path:
     return listing
 
 
-_DELAY = """
--- Open loop: each connection waits an exponential time (mean %(mean_ms).3f ms) before its
--- next request, so the connections together send about %(rate).1f requests/s, Poisson.
-math.randomseed(%(seed)d)
-delay = function()
-  return -math.log(1 - math.random()) * %(mean_ms).6f
-end
-"""
+def open_connections(rate: float, horizon_s: float = 1.25, most: int = 2000) -> int:
+    """Connections for an open loop at ``rate`` requests/s: enough for ``horizon_s`` of arrivals
+    in flight at once (a free connection must be there when an arrival is due), and few enough
+    that one waits about ``horizon_s`` for its next arrival, well inside the server's keep-alive
+    timeout (uvicorn: 5 s). At most ``most`` (the server's listen backlog is 2048)."""
+    return max(4, min(most, math.ceil(rate * horizon_s)))
 
 
 def write_script(
@@ -141,26 +316,30 @@ def write_script(
     *,
     rate: float | None = None,
     connections: int = 1,
-    within_ms: float | None = None,
     seed: int = 0,
 ) -> Path:
     """A Lua script that POSTs the listed bodies to ``path`` in turn; ``rate`` (requests/s over
-    ``connections``) makes it open loop; ``within_ms``: report the share answered in time."""
+    ``connections``, which the run must use) makes it open loop."""
     lines = "\n".join(
         f"  wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items()
     )
     folder.mkdir(parents=True, exist_ok=True)
-    delay = ""
+    opened = ""
     if rate is not None:
-        mean_ms = 1000.0 * connections / rate
-        delay = _DELAY % {"mean_ms": mean_ms, "rate": rate, "seed": seed}
+        if not rate > 0:
+            raise ValueError(f"rate must be positive, not {rate}")
+        opened = _OPEN % {
+            "rate": rate,
+            "mean_ms": 1000.0 / rate,
+            "connections": connections,
+            "seed": seed,
+        }
     text = _LUA % {
         "list": _lua_string(str(listing)),
         "path": _lua_string(path),
         "headers": lines,
         "mark": MARK,
-        "delay": delay,
-        "within_us": round(1000 * within_ms) if within_ms else 0,
+        "open": opened,
     }
     script = folder / "rotate.lua"
     script.write_text(text)
@@ -176,7 +355,7 @@ def run_wrk(
     cpus: str | None = None,
     timeout_s: float = 10.0,
 ) -> WrkResult:
-    """One closed-loop run of ``wrk`` (one thread); ``cpus`` pins it with ``taskset``."""
+    """One run of ``wrk`` (one thread); ``cpus`` pins it with ``taskset``."""
     cmd = [
         find_wrk(),
         "-t1",
@@ -187,6 +366,7 @@ def run_wrk(
         str(script),
         url,
     ]
+    _room_for(connections)
     if cpus is not None:
         taskset = shutil.which("taskset")
         if taskset is None:
@@ -199,7 +379,27 @@ def run_wrk(
     if proc.returncode != 0 or line is None:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise ExitwiseError(f"wrk failed (exit {proc.returncode}): {tail[0]}")
-    data = json.loads(line[len(MARK) :])
+    return parse_result(json.loads(line[len(MARK) :]))
+
+
+def _room_for(connections: int) -> None:
+    """Raise this process's open-file limit (wrk inherits it) to fit ``connections`` sockets,
+    as far as the hard limit allows."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = connections + 64
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (need if hard == resource.RLIM_INFINITY else min(need, hard), hard)
+    )
+
+
+def parse_result(data: dict[str, Any]) -> WrkResult:
+    """A :class:`WrkResult` from the script's JSON line."""
+    sent = data.get("sent")
+    histogram = data.get("histogram")
     return WrkResult(
         requests=int(data["requests"]),
         seconds=data["duration_us"] / 1e6,
@@ -210,27 +410,53 @@ def run_wrk(
         p99_ms=data["p99_us"] / 1000,
         max_ms=data["max_us"] / 1000,
         mean_ms=data["mean_us"] / 1000,
-        within_pct=float(data["within_pct"]),
+        sent=None if sent is None else int(sent),
+        late_sends=int(data.get("late", 0)),
+        lag_mean_ms=float(data.get("lag_sum_ms", 0.0)) / sent if sent else 0.0,
+        lag_max_ms=float(data.get("lag_max_ms", 0.0)),
+        omission_samples=int(data.get("removed", 0)),
+        latency=None if histogram is None else Latency.from_flat(histogram),
     )
 
 
-def scrape(url: str, headers: dict[str, str] | None = None) -> dict[str, float]:
-    """The server's exitwise_* samples (``name{labels}`` -> value) from ``/metrics``."""
+def scrape(
+    url: str, headers: dict[str, str] | None = None, client: Any = None, timeout_s: float = 10.0
+) -> dict[str, float]:
+    """The server's exitwise_* samples (``name{labels}`` -> value) from ``/metrics``
+    (through ``client``, an ``httpx.Client``, if given)."""
     import httpx
 
-    r = httpx.get(f"{url.rstrip('/')}/metrics", headers=headers, timeout=10.0)
+    get = httpx.get if client is None else client.get
+    r = get(f"{url.rstrip('/')}/metrics", headers=headers, timeout=timeout_s)
     if r.status_code != 200:
         raise ExitwiseError(f"{url}/metrics answered {r.status_code}")
+    return parse_metrics(r.text)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
-    for line in r.text.splitlines():
+    for line in text.splitlines():
         if line.startswith("exitwise_"):
             key, _, value = line.rpartition(" ")
             out[key] = float(value)
     return out
 
 
+def _label(key: str, name: str) -> str:
+    return key.split(f'{name}="', 1)[1].split('"', 1)[0]
+
+
+def _classify_codes(samples: dict[str, float]) -> dict[str, float]:
+    return {
+        _label(key, "code"): value
+        for key, value in samples.items()
+        if key.startswith("exitwise_requests_total{") and 'route="/v1/classify"' in key
+    }
+
+
 def served(before: dict[str, float], after: dict[str, float], num_exits: int) -> dict[str, Any]:
-    """What the server did between two scrapes: images per exit, MFLOPs, answers by status."""
+    """What the server did between two scrapes: images per exit, MFLOPs, why the images
+    stopped, answers by status, images served at a cheaper point than asked."""
     exits = {
         str(k): int(
             after.get(f'exitwise_exits_total{{exit="{k}"}}', 0)
@@ -242,15 +468,17 @@ def served(before: dict[str, float], after: dict[str, float], num_exits: int) ->
     mflops = after.get("exitwise_mflops_per_image_sum", 0) - before.get(
         "exitwise_mflops_per_image_sum", 0
     )
-    codes: dict[str, int] = {}
-    for key, value in after.items():
-        if key.startswith("exitwise_requests_total{") and 'route="/v1/classify"' in key:
-            code = key.split('code="', 1)[1].split('"', 1)[0]
-            codes[code] = int(value - before.get(key, 0.0))
+    was, now = _classify_codes(before), _classify_codes(after)
+    codes = {code: int(value - was.get(code, 0.0)) for code, value in now.items()}
     degraded = {
-        key.split('operating_point="', 1)[1].split('"', 1)[0]: int(value - before.get(key, 0.0))
+        _label(key, "operating_point"): int(value - before.get(key, 0.0))
         for key, value in after.items()
         if key.startswith("exitwise_degraded_total{")
+    }
+    stops = {
+        _label(key, "reason"): int(value - before.get(key, 0.0))
+        for key, value in after.items()
+        if key.startswith("exitwise_stops_total{")
     }
     return {
         "exit_histogram": {k: v for k, v in exits.items() if v},
@@ -258,4 +486,68 @@ def served(before: dict[str, float], after: dict[str, float], num_exits: int) ->
         "mean_mflops": mflops / images if images else float("nan"),
         "statuses": {k: v for k, v in sorted(codes.items()) if v},
         "degraded": {k: v for k, v in degraded.items() if v},
+        "stops": {k: v for k, v in sorted(stops.items()) if v},
     }
+
+
+def load_point(samples: dict[str, float]) -> tuple[float, float, float, float]:
+    """From one scrape: the degradation level (given to the latest request), images served
+    degraded so far, 503s of /v1/classify so far, and images queued in front of the stages."""
+    level = samples.get("exitwise_degradation_level", 0.0)
+    degraded = sum(v for k, v in samples.items() if k.startswith("exitwise_degraded_total{"))
+    refused = _classify_codes(samples).get("503", 0.0)
+    queued = sum(v for k, v in samples.items() if k.startswith("exitwise_stage_queue_depth{"))
+    return level, degraded, refused, queued
+
+
+class MetricsSampler:
+    """Scrapes ``/metrics`` every ``every_s`` on a thread while the ``with`` block runs: the
+    degradation level over time, with the images served degraded and the 503s since the start
+    and the queued images. A scrape that fails or takes more than two periods is skipped."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None, every_s: float = 0.25):
+        self.url, self.headers, self.every_s = url, headers, every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._points: list[tuple[float, float, float, float, float]] = []
+
+    def __enter__(self) -> MetricsSampler:
+        self._start = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="metrics-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+
+    def _run(self) -> None:
+        import httpx
+
+        tick = self._start
+        # One kept-alive connection: an overloaded server's accept queue is not in the way.
+        with httpx.Client() as client:
+            while not self._stop.is_set():
+                try:
+                    samples = scrape(self.url, self.headers, client, timeout_s=2 * self.every_s)
+                except Exception:  # a busy server may be slow to answer: the next one counts
+                    samples = None
+                if samples is not None:
+                    self._points.append((time.monotonic() - self._start, *load_point(samples)))
+                tick = max(tick + self.every_s, time.monotonic() - self.every_s)
+                self._stop.wait(max(0.0, tick - time.monotonic()))
+
+    def series(self) -> dict[str, list[float]]:
+        """``t`` (s since the start), ``level``, and since the first sample ``degraded``
+        (images) and ``refused`` (503s); ``queued`` (images)."""
+        if not self._points:
+            return {"t": [], "level": [], "degraded": [], "refused": [], "queued": []}
+        t, level, degraded, refused, queued = (list(x) for x in zip(*self._points, strict=True))
+        return {
+            "t": [round(x, 3) for x in t],
+            "level": level,
+            "degraded": [x - degraded[0] for x in degraded],
+            "refused": [x - refused[0] for x in refused],
+            "queued": queued,
+        }

@@ -239,20 +239,32 @@ SECTIONS: list[tuple[str, str, str, str]] = [
         "overload",
         "Overload: degrade before shedding",
         "overload.md",
-        "`exitwise bench http --overload 1,2,4`: the server pinned to one core with a queue of "
-        "128 images; requests for the full network (`max_exit=4`) with `deadline_ms=100` arrive "
-        "open loop (Poisson, 256 `wrk` connections) at 1x, 2x and 4x the last exit's closed-loop "
-        "capacity, with `degrade=false` and `degrade=true`. *Goodput* counts answers within the "
-        "deadline; accuracy is estimated from the calibrated test accuracy of what served each "
-        "answer. ![overload](benchmarks/overload.png)",
+        "`exitwise bench http --overload 1,2,4`: the server pinned to one core (see the command "
+        "for its queue bound), `wrk` on the other. First the last exit's and the cheapest "
+        "operating point's closed-loop capacities (16 connections), in the same invocation. Then "
+        "requests for the full network (`max_exit=4`) with `deadline_ms=100` arrive open loop: "
+        "one Poisson schedule at 1x, 2x and 4x the last exit's capacity, shared by enough `wrk` "
+        "connections that a free one is there when an arrival is due (*asked / sent* is the "
+        "rate asked and achieved), with `degrade=false` and `degrade=true`, and "
+        "`deadline_policy=strict` at 4x. Latencies are the client's (from writing the request "
+        "to the last byte of the answer), of the answered requests: wrk's histogram does not "
+        "tell the statuses apart, so the 503s are taken to be the fastest (upper bounds, exact "
+        "when they were). *Goodput* counts answers within the deadline; *x cheapest* is goodput "
+        "over the cheapest point's closed-loop capacity; accuracy is estimated from the "
+        "calibrated test accuracy of what served each answer. The figure's right panel is the "
+        "degradation level (`exitwise_degradation_level`, sampled every 0.25 s) over each run "
+        "with degradation on. ![overload](benchmarks/overload.png)",
     ),
     (
         "deadlines",
         "Deadline sweep",
         "deadlines.md",
-        "`exitwise bench http --deadlines 5,10,20,50`: 16 closed-loop clients (Python, on core "
-        "0; the server on core 1) sending single test images with `deadline_ms=D`; server time "
-        "is the `Server-Timing` `app` entry (the handler, without the client and the socket).",
+        "`exitwise bench http --deadlines 5,10,20,50 --deadline-loads 0.5,0.9`: the same server; "
+        "requests for the full network (`max_exit=4`, `degrade=false`) arrive open loop "
+        "(Poisson, `wrk` on core 0) at 0.5x and 0.9x the last exit's closed-loop capacity "
+        "(measured first, in the same invocation), without a deadline and with `deadline_ms=D`. "
+        "Latencies are the client's; stop reasons and exits come from the server's /metrics; "
+        "accuracy is each exit's test accuracy weighted by the images it served.",
     ),
     (
         "heavy-engine",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .http_options import BudgetComparison, Load, Overload, Report, Scenarios, Target
+from .http_options import BudgetComparison, Deadlines, Load, Overload, Report, Scenarios, Target
 from .options import parse_ints
 
 
@@ -42,16 +42,21 @@ def bench_http(
     ),
     overload: str | None = typer.Option(
         None,
-        help="Overload scenario: open-loop arrivals at these multiples of the last exit's "
-        "capacity (e.g. 1,2,4), degradation off and on (wrk).",
+        help="Overload scenario: open-loop (Poisson) arrivals at these multiples of the last "
+        "exit's closed-loop capacity (e.g. 1,2,4), degradation off and on, and "
+        "deadline_policy=strict at the highest (wrk; --duration seconds each).",
     ),
     overload_deadline_ms: float = typer.Option(
         100.0, help="Overload scenario: the requests' deadline_ms."
     ),
     deadlines: str | None = typer.Option(
         None,
-        help="Deadline sweep: deadline_ms values (e.g. 5,10,20,50), at the first "
-        "--concurrency (Python client: server time, accuracy, stop reasons).",
+        help="Deadline sweep: deadline_ms values (e.g. 5,10,20,50), each (and none) at every "
+        "--deadline-loads, open loop (wrk; --duration seconds each).",
+    ),
+    deadline_loads: str = typer.Option(
+        "0.5,0.9",
+        help="Deadline sweep: offered loads, as multiples of the last exit's closed-loop capacity.",
     ),
     figure: Path | None = typer.Option(
         None, "--figure", help="Overload scenario: write its PNG figure here."
@@ -64,6 +69,10 @@ def bench_http(
     ``--client wrk`` drives the C load generator (closed loop, one PNG per request, rotating
     over the images; ``--duration`` seconds per workload and round) and reads what the server
     did from its /metrics; the Python client also sends several images per request.
+
+    ``--overload`` and ``--deadlines`` run the open-loop scenarios instead: wrk sends Poisson
+    arrivals at multiples of the last exit's closed-loop capacity (measured first, in the same
+    invocation), and the latencies are the client's.
     """
     target = Target(url, api_key, dataset, data_root, num_images)
     load = Load(
@@ -71,7 +80,7 @@ def bench_http(
     )
     scenarios = Scenarios(
         Overload(overload, overload_deadline_ms, figure) if overload is not None else None,
-        deadlines,
+        Deadlines(deadlines, deadline_loads) if deadlines is not None else None,
     )
     if scenarios.chosen:
         from .http_scenarios import run_scenarios

@@ -27,9 +27,9 @@ class Target:
 class Load:
     """How hard and how long each workload runs."""
 
-    levels: list[int]  # concurrent clients; the budget comparison runs each, a scenario the first
+    levels: list[int]  # concurrent clients; the budget comparison runs each
     requests: int  # per workload and round (upper bound)
-    duration_s: float  # per workload and round (upper bound)
+    duration_s: float  # per workload and round (upper bound); a scenario's runs each last this
     rounds: int
     budgets: str | None  # comma list of MFLOPs budgets or exitM
     client_cpus: str | None  # CPUs the client is pinned to
@@ -47,7 +47,8 @@ class BudgetComparison:
 
 @dataclass(frozen=True)
 class Overload:
-    """Open-loop arrivals at multiples of the last exit's capacity, degradation off and on."""
+    """Open-loop arrivals at multiples of the last exit's capacity, degradation off and on, and
+    deadline_policy=strict at the highest."""
 
     multiples: str  # comma list, e.g. 1,2,4
     deadline_ms: float  # the requests' deadline_ms
@@ -55,11 +56,19 @@ class Overload:
 
 
 @dataclass(frozen=True)
+class Deadlines:
+    """The deadline sweep: open-loop arrivals with each deadline_ms at each load."""
+
+    deadlines_ms: str  # comma list, e.g. 5,10,20,50
+    loads: str  # comma list of multiples of the last exit's capacity, e.g. 0.5,0.9
+
+
+@dataclass(frozen=True)
 class Scenarios:
     """The deadline scenarios, instead of the budget comparison when either is given."""
 
     overload: Overload | None
-    deadlines: str | None  # the deadline sweep's deadline_ms values
+    deadlines: Deadlines | None
 
     @property
     def chosen(self) -> bool:

@@ -1,6 +1,8 @@
 """The load clients for real: ``bench http --client wrk`` against ``exitwise serve``, and
-``bench peer`` (exitwise, then LitServe, on the same bundle). Skipped without ``wrk`` (Debian
-package ``wrk``) or, for the peer, without LitServe (``pip install 'exitwise[peer]'``)."""
+``bench peer`` (exitwise, then LitServe, on the same bundle), the open-loop scenarios
+(``--overload``, ``--deadlines``) and the open-loop schedule against a plain server. Skipped
+without ``wrk`` (Debian package ``wrk``) or, for the peer, without LitServe (``pip install
+'exitwise[peer]'``)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,15 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from benchmarks.wrk import open_connections, run_wrk, write_bodies, write_script
 from tests.serving_helpers import (
     REPO,
     Served,
@@ -116,45 +122,120 @@ def _pids(pattern: str) -> set[str]:
     return set(found.stdout.split())
 
 
-def test_overload_scenario_runs_degradation_off_and_on(
+def test_overload_scenario_runs_degradation_off_and_on_then_strict(
     server: ServerProcess, served: Served, tmp_path: Path
 ) -> None:
-    out = tmp_path / "overload.json"
+    out, figure = tmp_path / "overload.json", tmp_path / "overload.png"
     done = _exitwise(
         "bench", "http", "--url", server.url, "--overload", "1,2", "--duration", "1",
         "--overload-deadline-ms", "200", "--num-images", "20", "--api-key", "k",
-        "--data-root", str(served.data_root), "--json", str(out),
+        "--data-root", str(served.data_root), "--json", str(out), "--figure", str(figure),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())["overload"]
-    assert result["capacity_per_s"] > 0
+    assert result["capacity_per_s"] > 0 and result["cheapest_capacity_per_s"] > 0
     rows = result["rows"]
-    assert [(r["multiple"], r["degrade"]) for r in rows] == [
-        (1.0, False), (1.0, True), (2.0, False), (2.0, True)
+    assert [(r["multiple"], r["degrade"], r["policy"]) for r in rows] == [
+        (1.0, False, "late"), (1.0, True, "late"), (2.0, False, "late"), (2.0, True, "late"),
+        (2.0, True, "strict"),
     ]  # fmt: skip
     for r in rows:
+        # Open loop at the rate asked: the connections cover what is in flight.
+        assert r["offered_per_s"] == pytest.approx(r["multiple"] * result["capacity_per_s"])
+        assert r["sent_per_s"] > 0 and r["connections"] >= 4
         assert r["requests"] > 0 and 0 <= r["in_time_pct"] <= 100
         assert r["goodput_per_s"] <= r["answered_per_s"] + 1e-9
         assert r["accuracy_estimate"] is None or 0 <= r["accuracy_estimate"] <= 100
-    assert "| offered | degrade |" in done.stdout
+        if r["answered_p99_ms"] is not None:
+            assert r["answered_p50_ms"] <= r["answered_p99_ms"] <= r["answered_max_ms"]
+        # The server's counts agree with wrk's, up to the requests in flight when wrk stopped.
+        assert r["refused"] <= sum(v for k, v in r["statuses"].items() if k != "200")
+        # The degradation level was sampled through each run.
+        series = r["timeline"]
+        assert len(series["t"]) >= 2 and len(series["level"]) == len(series["t"])
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| offered (asked / sent per s) | degrade | policy |" in done.stdout
 
 
-def test_deadline_sweep_reports_server_time_accuracy_and_reasons(
+def test_deadline_sweep_open_loop_with_client_latency(
     server: ServerProcess, served: Served, tmp_path: Path
 ) -> None:
     out = tmp_path / "deadlines.json"
     done = _exitwise(
-        "bench", "http", "--url", server.url, "--deadlines", "1000", "--concurrency", "4",
-        "--requests", "40", "--num-images", "20", "--api-key", "k",
+        "bench", "http", "--url", server.url, "--deadlines", "1000", "--deadline-loads", "0.5",
+        "--duration", "1", "--num-images", "20", "--api-key", "k",
         "--data-root", str(served.data_root), "--json", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    rows = json.loads(out.read_text())["deadlines"]["rows"]
-    assert [r["deadline_ms"] for r in rows] == [None, 1000.0]
+    result = json.loads(out.read_text())["deadlines"]
+    assert result["loads"] == [0.5] and result["capacity_per_s"] > 0
+    rows = result["rows"]
+    assert [(r["load"], r["deadline_ms"]) for r in rows] == [(0.5, None), (0.5, 1000.0)]
+    k = str(len(served.bundle.manifest.exit_mflops))
     for r in rows:
-        assert r["statuses"] == {"200": 40}
-        assert sum(r["reasons"].values()) == 40 and 0 <= r["accuracy"] <= 100
-        # The engine's part (queue + compute) is inside the server's time.
-        assert 0 < r["engine_p50_ms"] <= r["p50_ms"]
-    # A deadline of a second changes nothing for a tiny model: no image stops for it.
-    assert rows[1]["reasons"].get("deadline", 0) == 0 and rows[1]["within_pct"] == 100.0
+        assert r["offered_per_s"] == pytest.approx(0.5 * result["capacity_per_s"])
+        assert r["requests"] > 0 and r["refused"] == 0 and r["statuses"].get("503", 0) == 0
+        assert r["p50_ms"] <= r["p99_ms"] <= r["p999_ms"] <= r["max_ms"]
+        # The full network: every image ran to the last exit (its cap), none was stopped early.
+        assert set(r["exit_histogram"]) == {k} and set(r["stops"]) == {"cap"}
+        assert 0 <= r["accuracy_estimate"] <= 100
+    # A deadline of a second changes nothing for a tiny model at half its capacity.
+    assert rows[1]["within_pct"] == 100.0 and rows[1]["within_2ms_pct"] == 100.0
+    assert "| load (asked / sent per s) | deadline_ms |" in done.stdout
+
+
+class _Quick(BaseHTTPRequestHandler):
+    """Answers every POST at once, but every tenth after 150 ms."""
+
+    protocol_version = "HTTP/1.1"
+    count = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        _Quick.count += 1
+        if _Quick.count % 10 == 0:
+            time.sleep(0.15)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # wrk closes its connections at the end, answers in flight or not
+
+
+def test_open_loop_sends_the_rate_asked_and_keeps_wrk_histogram_honest(tmp_path: Path) -> None:
+    # A plain server: the schedule (rate sent), and the histogram without wrk's coordinated-
+    # omission samples (8 connections at 200/s, about 40 ms between one connection's requests:
+    # wrk adds some for the 150 ms answers).
+    httpd = _Server(("127.0.0.1", 0), _Quick)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        listing = write_bodies(tmp_path / "bodies", [b"a" * 100, b"b" * 200])
+        runs = {}
+        for connections in (open_connections(200.0), 8):
+            script = write_script(
+                tmp_path / f"c{connections}", listing, "/", {}, rate=200.0,
+                connections=connections, seed=connections,
+            )  # fmt: skip
+            runs[connections] = run_wrk(url, script, connections=connections, duration_s=2)
+    finally:
+        httpd.shutdown()
+    wide, narrow = runs[open_connections(200.0)], runs[8]
+    for run in (wide, narrow):
+        assert run.latency is not None and run.latency.total == run.requests
+        assert run.non_2xx == 0 and run.sent is not None and run.sent >= run.requests
+    # Enough connections: what was asked (a Poisson count of about 400, so +-20 %), on time.
+    assert wide.sent_per_s == pytest.approx(200.0, rel=0.2)
+    assert wide.omission_samples == 0
+    # Eight connections: wrk corrected, and the script took its samples out again.
+    assert narrow.omission_samples > 0

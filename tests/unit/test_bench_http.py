@@ -35,6 +35,25 @@ def test_refusals_come_before_any_request(
     assert err.startswith(message) and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--overload", "1,x"], "error: --overload: expected comma-separated positive numbers"),
+        (["--deadlines", "20,-5"], "error: --deadlines: expected comma-separated positive"),
+        (
+            ["--deadlines", "20", "--deadline-loads", "0"],
+            "error: --deadline-loads: expected comma-separated positive numbers",
+        ),
+    ],
+)
+def test_scenario_options_are_read_before_any_request(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "http", "--url", URL, *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and len(err.splitlines()) == 1
+
+
 def test_an_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "http", "--url", URL, "--requests", "1"]) == 1
     assert capsys.readouterr().err.startswith(f"error: cannot reach {URL}")
