@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks_reading import reading
+
 from exitwise.fileio import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -300,8 +302,8 @@ def render(bench: Path) -> str:
         "idle machine; the heavier model is trained by its recipe first). The bundle is the demo "
         "model (`configs/demo.yaml`: `msdnet-fmnist`, 4 exits, L2W, calibrated at 3, 5 and 8 "
         "MFLOPs per image) unless a section says otherwise. Ratios inside a table come from "
-        "workloads interleaved in one invocation; absolute figures on a shared VM move by 10-30 % "
-        "between runs, ratios much less.",
+        "workloads interleaved in one invocation; absolute figures on a shared VM move between "
+        "runs, ratios much less.",
         "",
         f"**Machine.** {machine(bench)}.",
         "",
@@ -312,9 +314,8 @@ def render(bench: Path) -> str:
         "",
         *summary(bench),
         "",
-        "What limits the serving figures on this CPU is discussed in "
-        "[serving.md](serving.md#benchmarks); the training ratio in "
-        "[training.md](training.md#speed).",
+        "What the figures mean, and what limits them on this CPU: "
+        "[Reading the figures](#reading-the-figures) below.",
         "",
     ]
     for item, title, file, intro in SECTIONS:
@@ -335,6 +336,7 @@ def render(bench: Path) -> str:
     out += ["", "## Training step: L2W-DEN against uniform", ""]
     train = _text(bench / "train.md")
     out += [_commands(bench, "train"), train if train is not None else "Not measured."]
+    out += ["", *reading(bench)]
     return "\n".join(out).rstrip() + "\n"
 
 
