@@ -5,7 +5,7 @@
 # always come from workloads interleaved in one invocation. Run it on an idle machine: a process
 # left running (another server, a training job) skews every figure on 2 cores.
 #
-# Bundles: runs/demo (`make demo`: configs/demo.yaml, calibrated at 3, 5 and 8 MFLOPs, exported)
+# Bundles: runs/demo (`make demo`: configs/demo.yaml, calibrated at 1.8, 2.4 and 4 MFLOPs, exported)
 # and, for the heavier model, runs/fmnist-rgb-bench (configs/fmnist-rgb-bench.yaml, calibrated
 # at 10, 15 and 25 MFLOPs). The HTTP benchmarks pin the server to one core and the C load client
 # (wrk, Debian package `wrk`) to the other, the shape of a 1-vCPU replica.

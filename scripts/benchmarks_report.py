@@ -300,7 +300,7 @@ def render(bench: Path) -> str:
         "`scripts/benchmarks.sh` writes under [benchmarks/](benchmarks/); re-measure with "
         "`make demo && scripts/benchmarks.sh` (about 30 minutes on a 2-core CPU, on an otherwise "
         "idle machine; the heavier model is trained by its recipe first). The bundle is the demo "
-        "model (`configs/demo.yaml`: `msdnet-fmnist`, 4 exits, L2W, calibrated at 3, 5 and 8 "
+        "model (`configs/demo.yaml`: `msdnet-fmnist`, 4 exits, L2W, calibrated at 1.8, 2.4 and 4 "
         "MFLOPs per image) unless a section says otherwise. Ratios inside a table come from "
         "workloads interleaved in one invocation; absolute figures on a shared VM move between "
         "runs, ratios much less.",

@@ -209,7 +209,7 @@ def main() -> None:
     parser.add_argument(
         "--bundle", type=Path, default=Path(os.environ.get("DEMO_BUNDLE", "runs/demo"))
     )
-    parser.add_argument("--budgets", default=os.environ.get("DEMO_BUDGETS", "3,5,8"))
+    parser.add_argument("--budgets", default=os.environ.get("DEMO_BUDGETS", "1.8,2.4,4"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("DEMO_PORT", "8000")))
     parser.add_argument(
