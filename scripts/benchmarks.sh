@@ -10,9 +10,9 @@
 # at 10, 15 and 25 MFLOPs). The HTTP benchmarks pin the server to one core and the C load client
 # (wrk, Debian package `wrk`) to the other, the shape of a 1-vCPU replica.
 #
-#   scripts/benchmarks.sh                   # all of them (about 30 minutes on a 2-core CPU)
-#   scripts/benchmarks.sh engine http       # or a subset: engine http peer drift load heavy
-#                                           #   backends calibration train
+#   scripts/benchmarks.sh                   # all of them (about 40 minutes on a 2-core CPU)
+#   scripts/benchmarks.sh engine http       # or a subset: demo engine http peer drift load
+#                                           #   heavy backends calibration train
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +24,7 @@ port="${BENCH_PORT:-8090}"
 server_cpu="${BENCH_SERVER_CPU:-1}"
 client_cpu="${BENCH_CLIENT_CPU:-0}"
 what=("$@")
-[[ ${#what[@]} -gt 0 ]] || what=(engine http peer drift load heavy backends calibration train)
+[[ ${#what[@]} -gt 0 ]] || what=(demo engine http peer drift load heavy backends calibration train)
 
 # Runs `exitwise ARGS` (under `taskset` when `pin` is set) and records the command line in
 # $out/$item.cmd for the report.
@@ -88,6 +88,12 @@ command -v wrk >/dev/null || scripts/get-wrk.sh
 for item in "${what[@]}"; do
   : >"$out/$item.cmd"
   case "$item" in
+    demo)
+      # `make demo` in a fresh clone of HEAD, timed (its own .venv, training, calibration,
+      # export, serving); the clone is removed afterwards.
+      echo "python scripts/demo_fresh.py --port $port" >>"$out/demo.cmd"
+      "$py" scripts/demo_fresh.py --out "$out" --port "$port"
+      ;;
     engine)
       # One torch thread on the server's core, as `exitwise serve --torch-threads 1` runs there.
       pin=(taskset -c "$server_cpu")
@@ -162,7 +168,7 @@ for item in "${what[@]}"; do
       ;;
     *)
       rm -f "$out/$item.cmd"
-      echo "error: unknown benchmark '$item' (engine http peer drift load heavy backends calibration train)" >&2
+      echo "error: unknown benchmark '$item' (demo engine http peer drift load heavy backends calibration train)" >&2
       exit 2
       ;;
   esac

@@ -259,7 +259,7 @@ def main() -> None:
     say(f"the server keeps running at {url} (log: {args.bundle}/demo-server.log). Try:")
     print(f"""
   curl -s --data-binary @{sample} -H 'content-type: image/png' \\
-       '{url}/v1/classify?budget_mflops=5&top_k=3'
+       '{url}/v1/classify?budget_mflops=2.4&top_k=3'
   curl -s -F image=@{sample} -F image=@{second} -F max_exit=1 {url}/v1/classify
   curl -s {url}/v1/model
   curl -s {url}/metrics | grep -E '^exitwise_(exits_total|stage_batch_size_count)'
