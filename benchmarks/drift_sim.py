@@ -81,11 +81,14 @@ class Simulator:
         self.table = ControlTable([r.mflops for r in rows], [r.threshold_array() for r in rows])
         self.traffic = traffic
         self.settings = settings or ControlSettings()
-        self._cost_of: dict[tuple[str, int, int], float] = {}
+        self._cost_of: dict[tuple[str, bytes], float] = {}
 
-    def cost_of(self, name: str, thresholds: np.ndarray, key: int) -> float:
-        """What ``thresholds`` cost on the whole image set ``name`` (cached by ``key``)."""
-        k = (name, id(self.table), key)
+    def cost_of(self, name: str, thresholds: np.ndarray) -> float:
+        """What ``thresholds`` cost on the whole image set ``name``.
+
+        Cached by the thresholds' own bytes: a controller's row number would not do, since
+        every point's controller starts at the same "calibrated" row with other thresholds."""
+        k = (name, np.ascontiguousarray(thresholds, dtype=np.float64).tobytes())
         if k not in self._cost_of:
             exits = decide_exits(self.traffic[name], thresholds)
             self._cost_of[k] = float(self.costs[exits].mean())
@@ -108,7 +111,7 @@ class Simulator:
                 exits = decide_exits(c, thresholds)
                 m = len(exits)
                 costs[at : at + m] = self.costs[exits]
-                served[at : at + m] = self.cost_of(name, thresholds, ctl.row)
+                served[at : at + m] = self.cost_of(name, thresholds)
                 seen = np.arange(k)[None, :] <= exits[:, None]
                 trace = Traffic(np.where(seen, c, np.nan), exits, np.zeros(m, bool))
                 pending.append((trace, ctl.epoch))
@@ -146,7 +149,7 @@ def simulate(
     for point in points:
         target = point.expected_mflops
         for shift in shifts:
-            open_loop = sim.cost_of(shift, point.threshold_array(), -1) / target - 1
+            open_loop = sim.cost_of(shift, point.threshold_array()) / target - 1
             band = _band(open_loop)
             settle = band[1] if band else 2000
             served, realised, back, moves = [], [], [], []
@@ -205,7 +208,7 @@ def _sequence(
     realised cost against calibration's expectation on it."""
     target = point.expected_mflops
     test = len(sim.traffic["test"])
-    home = sim.cost_of("test", point.threshold_array(), -1)
+    home = sim.cost_of("test", point.threshold_array())
     per: dict[str, list[list[float]]] = {n: [[], []] for n in names}
     split, back = [], []
     for seed in range(seeds):
