@@ -1,0 +1,1 @@
+python scripts/demo_fresh.py --port 8090
