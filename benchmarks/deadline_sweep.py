@@ -22,13 +22,12 @@ from typing import Any
 
 from .overload import (
     CLOSED_CONNECTIONS,
-    closed_capacity,
+    last_exit_capacity,
     open_row,
     run_open,
     settle,
     stops_cell,
 )
-from .wrk import write_bodies
 
 
 def run_deadline_sweep(
@@ -52,12 +51,9 @@ def run_deadline_sweep(
     stopped = None
     with tempfile.TemporaryDirectory(prefix="exitwise-deadlines-") as tmp:
         folder = Path(tmp)
-        listing = write_bodies(folder / "bodies", images)
-        capacity = closed_capacity(
-            url, folder / "last", listing, {"max_exit": k}, send, duration_s=duration_s,
-            cpus=client_cpus,
-        )  # fmt: skip
-        say(f"last exit: {capacity:.0f} requests/s (closed loop, {CLOSED_CONNECTIONS})")
+        listing, capacity = last_exit_capacity(
+            url, folder, images, k, send, duration_s=duration_s, cpus=client_cpus, say=say
+        )
         runs = [(load, d) for load in loads for d in [None, *deadlines_ms]]
         for i, (load, d) in enumerate(runs):
             rate = load * capacity

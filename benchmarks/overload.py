@@ -184,6 +184,28 @@ def closed_capacity(
     return run.requests_per_s
 
 
+def last_exit_capacity(
+    url: str,
+    folder: Path,
+    images: list[bytes],
+    num_exits: int,
+    send: dict[str, str],
+    *,
+    duration_s: float,
+    cpus: str | None,
+    say: Callable[[str], None],
+) -> tuple[Path, float]:
+    """The request bodies written under ``folder`` (their listing), and the last exit's
+    closed-loop capacity in requests/s: what the open-loop loads are multiples of."""
+    listing = write_bodies(folder / "bodies", images)
+    capacity = closed_capacity(
+        url, folder / "last", listing, {"max_exit": num_exits}, send, duration_s=duration_s,
+        cpus=cpus,
+    )  # fmt: skip
+    say(f"last exit: {capacity:.0f} requests/s (closed loop, {CLOSED_CONNECTIONS})")
+    return listing, capacity
+
+
 def run_open(
     url: str,
     folder: Path,
@@ -250,12 +272,9 @@ def run_overload(
     runs.append((max(multiples), True, "strict"))
     with tempfile.TemporaryDirectory(prefix="exitwise-overload-") as tmp:
         folder = Path(tmp)
-        listing = write_bodies(folder / "bodies", images)
-        capacity = closed_capacity(
-            url, folder / "last", listing, {"max_exit": k}, send, duration_s=duration_s,
-            cpus=client_cpus,
-        )  # fmt: skip
-        say(f"last exit: {capacity:.0f} requests/s (closed loop, {CLOSED_CONNECTIONS})")
+        listing, capacity = last_exit_capacity(
+            url, folder, images, k, send, duration_s=duration_s, cpus=client_cpus, say=say
+        )
         cheap_capacity = None
         if cheapest is not None:
             cheap_capacity = closed_capacity(

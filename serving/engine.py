@@ -327,9 +327,7 @@ class Engine:
         while limit > 0 and queue:
             rows = queue.popleft()
             self._timed[stage] -= math.isfinite(rows.deadline)
-            if not (live := slots.live[rows.slots]).all():  # its request went away
-                self._count(rows.slots[~live])
-                rows = rows.pick(np.flatnonzero(live))
+            rows = self._live(rows)
             if len(rows) > limit:
                 first = deadlines.order(slots.deadline[rows.slots], limit)
                 queue.appendleft(
@@ -348,8 +346,15 @@ class Engine:
 
     def _part(self, rows: Rows, index: np.ndarray) -> Rows:
         part = rows.pick(index)
-        part.deadline = float(self.slots.deadline[part.slots].min())
+        part.deadline = float(self.slots.deadline[part.slots].min(initial=math.inf))
         return part
+
+    def _live(self, rows: Rows) -> Rows:
+        """``rows`` less those of requests that went away (counted done here; maybe none left)."""
+        if (live := self.slots.live[rows.slots]).all():
+            return rows
+        self._count(rows.slots[~live])
+        return self._part(rows, np.flatnonzero(live))
 
     def _sweep(self, now: float) -> None:
         """Answer the rows waiting for a later stage that could not finish it in time even if
@@ -477,11 +482,8 @@ class Engine:
     # --- bookkeeping (under the lock) ----------------------------------------------------------
 
     def _push(self, stage: int, rows: Rows) -> None:
-        if not (live := self.slots.live[rows.slots]).all():  # its request went away meanwhile
-            self._count(rows.slots[~live])
-            if not live.any():
-                return
-            rows = self._part(rows, np.flatnonzero(live))
+        if not len(rows := self._live(rows)):
+            return
         self.slots.queued[rows.slots] = stage
         self._queues[stage].append(rows)
         self._rows[stage] += len(rows)
