@@ -29,9 +29,10 @@ import numpy as np
 
 from .errors import DeadlineUnmeetableError, InvalidParameterError
 
-# An answer is due this long before its deadline: building and sending the response takes a
-# fraction of it.
+# The least time an answer is due before its deadline: building and sending the response.
 ANSWER_MARGIN_S = 0.001
+# The time an answer ready in the service still needs to reach the socket (encoding, sending).
+SEND_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,55 @@ def check(deadline_s: float, timeout_s: float, first_exit_s: float) -> None:
         )
 
 
-def due(arrived: float, deadline_s: float) -> float:
+class Margin:
+    """How long before its deadline a request's answer is due, learned from the answers.
+
+    What the engine and the admission forecast cannot see makes answers later than they plan:
+    on one core, the event loop's HTTP work for other requests slows a stage batch down, a batch
+    already running is never preempted, and an answer waits for the loop to resume its request.
+    The margin is the due moment's distance from the deadline, tracked so that a share
+    ``1 - quantile`` of answers is ready after ``deadline - SEND_S`` (a stochastic-approximation
+    quantile: up ``step_s * quantile`` for each late answer, down ``step_s * (1 - quantile)``
+    for each one in time). A deadline shorter than the margin over ``room`` gets a smaller one;
+    such a request, and one admitted late (not even exit 1 was forecast in time), does not say
+    whether the whole margin would have been enough: it counts only when it was in time.
+    """
+
+    def __init__(
+        self,
+        quantile: float = 0.995,
+        step_s: float = 0.002,
+        floor_s: float = ANSWER_MARGIN_S,
+        cap_s: float = 0.05,
+        room: float = 0.6,
+    ) -> None:
+        if not (0 < quantile < 1 and step_s > 0 and 0 < floor_s <= cap_s and 0 < room <= 1):
+            raise ValueError(
+                "need 0 < quantile < 1, step_s > 0, 0 < floor_s <= cap_s, 0 < room <= 1"
+            )
+        self.quantile, self.step_s, self.room = quantile, step_s, room
+        self.floor_s, self.cap_s = floor_s, cap_s
+        self.seconds = floor_s
+
+    def of(self, deadline_s: float) -> float:
+        """The margin a request with ``deadline_ms`` = ``deadline_s`` gets."""
+        return max(self.floor_s, min(self.seconds, self.room * deadline_s))
+
+    def observe(self, deadline_s: float, elapsed_s: float, late: bool) -> None:
+        """A request with ``deadline_ms`` = ``deadline_s`` was answered ``elapsed_s`` after its
+        arrival (admitted late: ``late``)."""
+        if elapsed_s > deadline_s - SEND_S:
+            if late or self.room * deadline_s < self.seconds:
+                return
+            self.seconds += self.step_s * self.quantile
+        else:
+            self.seconds -= self.step_s * (1 - self.quantile)
+        self.seconds = min(self.cap_s, max(self.floor_s, self.seconds))
+
+
+def due(arrived: float, deadline_s: float, margin_s: float = ANSWER_MARGIN_S) -> float:
     """The moment an answer is due for a request that arrived at ``arrived``."""
-    return arrived + deadline_s - ANSWER_MARGIN_S
+    return arrived + deadline_s - margin_s
 
 
 def admit(forecast: Forecast, deadline: float, strict: bool) -> tuple[int, bool]:

@@ -276,10 +276,10 @@ class Engine:
         """The stage to run and its rows; ``None`` once stopping and nothing is left."""
         with self._cond:
             while True:
-                self._deliver()
                 now = time.monotonic()
                 if any(self._timed):
                     self._sweep(now)
+                self._deliver()  # after the sweep: what it answered must not wait for a wake-up
                 decision = pick(
                     [self._view(k) for k in range(self.num_exits)],
                     now,

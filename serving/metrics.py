@@ -16,6 +16,7 @@ Names (prefix ``exitwise_``; histograms in seconds; labels kept low-cardinality)
   by why they stopped (``confident``, ``cap``, ``deadline``).
 - ``degraded_total{operating_point}``: images served at a cheaper point than asked, under load;
   ``degradation_level``: how many points the server steps down now.
+- ``deadline_margin_seconds``: how long before its ``deadline_ms`` an answer is due now.
 - ``model_info{model,backend,device,provider}``: 1, labels describe what is served.
 
 Series for every exit and stage exist from the start (at 0), so dashboards see them at once.
@@ -149,6 +150,11 @@ class Metrics:
         self.degradation_level = Gauge(
             "exitwise_degradation_level",
             "Operating points the server steps down under load now (0: none).",
+            registry=registry,
+        )
+        self.deadline_margin = Gauge(
+            "exitwise_deadline_margin_seconds",
+            "How long before its deadline_ms an answer is due now (learned from the answers).",
             registry=registry,
         )
         self.model_info = Gauge(

@@ -128,6 +128,7 @@ class ModelService:
             enabled=s.budget_control == "on",
         )
         self.degrader = Degrader(len(loaded.resolver.points), s.degrade_queue_ms / 1000)
+        self.margin = deadlines.Margin()
         self.engine = Engine(
             loaded.runner,
             exit_mflops=self.exit_mflops,
@@ -216,6 +217,9 @@ class ModelService:
                 decode_seconds = time.monotonic() - start
                 outcome = await self.engine.infer(ticket, images, arrival, request.gone)
         result = self._result(request, ticket, outcome, decode_seconds + outcome.decode_seconds)
+        if (deadline_s := request.params.deadline_s) is not None:
+            self.margin.observe(deadline_s, time.monotonic() - request.arrived, ticket.late)
+            self.metrics.deadline_margin.set(self.margin.seconds)
         self._observe(ticket.plan, result)
         return result
 
@@ -238,7 +242,8 @@ class ModelService:
         if params.deadline_s is not None:
             assert forecast is not None
             deadlines.check(params.deadline_s, s.request_timeout_s, self.engine.latency.floor(0, 1))
-            deadline = deadlines.due(request.arrived, params.deadline_s)
+            margin = self.margin.of(params.deadline_s)
+            deadline = deadlines.due(request.arrived, params.deadline_s, margin)
             limit, late = deadlines.admit(forecast, deadline, params.deadline_policy == "strict")
         top_k = self._top_k(params.top_k)
         expires = self._expires(request.arrived, params.timeout_s)
@@ -363,6 +368,7 @@ class ModelService:
             "budget_mflops_range": list(budget_range) if budget_range else None,
             "default_plan": self.resolver.resolve().describe(),
             "latency_model": self.engine.latency.describe(),
+            "deadline_margin_ms": round(self.margin.seconds * 1000, 3),
             "degradation": {
                 "enabled_by_default": s.degrade,
                 "level": self.degrader.last,

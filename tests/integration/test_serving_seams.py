@@ -131,3 +131,42 @@ def test_a_client_that_goes_away_leaves_the_engine(served: Served) -> None:
     assert status == 499
     assert elapsed < 0.15  # answered when it left, not after the four stages (0.2 s)
     assert rows == [0, 0, 0, 0]  # nothing of it waits for a stage
+
+
+def test_answers_late_for_reasons_no_plan_sees_move_deadlines_earlier(served: Served) -> None:
+    # Stages of 10 ms, deadline_ms=50 and, after the engine answers, 12 ms of event-loop work no
+    # plan sees. Planned by the deadline alone (a 1 ms margin), a request gets the exits that
+    # finish by 49 ms and is ready 12 ms (and the test client's hops) later: late. The learned
+    # margin moves the due moment earlier, admission and the engine stop requests sooner, and
+    # the answers come in time.
+    settings = Settings(bundle=served.path)  # type: ignore[call-arg]
+    loaded = load_model(settings)
+    loaded.runner = SlowStages(loaded.runner, 0.01)
+    app = create_app(settings, registry=CollectorRegistry(), loaded=loaded)
+    with TestClient(app) as client:
+        service = app.state.service
+        answer = service._result
+
+        def busy_loop_after_the_engine(*args: Any) -> Any:
+            time.sleep(0.012)
+            return answer(*args)
+
+        service._result = busy_loop_after_the_engine
+        image = png(served.test.pixels[0])
+        runs = []
+        for _ in range(30):
+            start = time.monotonic()
+            params = {"max_exit": "4", "deadline_ms": "50", "top_k": "0"}
+            r = client.post("/v1/classify", content=image, params=params,
+                            headers={"content-type": "image/png"})  # fmt: skip
+            assert r.status_code == 200, r.text
+            runs.append((r.json()["results"][0]["exit"], time.monotonic() - start))
+        model = client.get("/v1/model").json()
+        metrics = client.get("/metrics").text
+    first_exit, first_seconds = runs[0]
+    assert first_seconds > 0.050  # planned without a margin: late
+    assert model["deadline_margin_ms"] > 5
+    assert f"exitwise_deadline_margin_seconds {model['deadline_margin_ms'] / 1000}" in metrics
+    last = runs[-5:]
+    assert all(e < first_exit for e, _ in last)
+    assert sum(s <= 0.050 for _, s in last) >= 4

@@ -145,6 +145,27 @@ def test_rows_waiting_past_their_deadline_are_answered_from_their_last_exit() ->
     assert min(int(o.exit.min()) for o in outcomes) == 0  # some never got past exit 1
 
 
+def test_rows_a_waiting_queue_answers_by_their_deadline_are_delivered_at_once() -> None:
+    # A lone request of 2 images: after stage 1 a batch of 2 is forecast to finish stage 2 in
+    # time, so its rows queue there; the sweep of waiting rows then forecasts a batch of 1
+    # (dearer here) and answers them from exit 1. Nothing else is queued: the worker must deliver
+    # those answers before it sleeps (it slept first, and the request waited for its timeout).
+    engine = Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=4, max_stage_wait_s=10)
+    _timed(engine)
+    engine.latency.set(1, 1, 5.0)
+
+    async def main() -> Outcome:
+        engine.start()
+        try:
+            job = engine.submit(ticket(NEVER, deadline=1.0), _images(2))
+            return await asyncio.wait_for(job.future, 3.0)
+        finally:
+            engine.stop()
+
+    out = asyncio.run(main())
+    assert out.reasons() == ["deadline", "deadline"] and out.exit.tolist() == [0, 0]
+
+
 def _two_requests(engine: Engine, runner: GatedRunner, deadline: float, top_k: int):  # type: ignore[no-untyped-def]
     """Request A (2 images, ``deadline``) runs stage 1 alone; B (3 images, no deadline) arrives
     while it runs, and its stage 1 then takes ``runner.slow`` seconds while A waits for
@@ -289,3 +310,47 @@ def test_the_degradation_ladder() -> None:
     assert (full.operating_point, full.max_exit, full.degraded_from) == ("dear", 4, "max-exit-4")
     np.testing.assert_array_equal(full.thresholds, cal.point("dear").threshold_array())
     assert r.degrade(r.resolve(max_exit=2), 1).operating_point == "cheap"
+
+
+def test_the_margin_settles_where_the_asked_share_of_answers_is_late() -> None:
+    # Answers take 20 ms plus an exponential delay of mean 5 ms that no plan sees; a request
+    # planned to be due `margin` before its 50 ms deadline is ready `50 - margin + delay` after
+    # arrival. The margin should settle near the delay's 99.5th percentile (5 ms x ln 200).
+    rng = np.random.default_rng(0)
+    margin = deadlines.Margin()
+    seen = []
+    for delay in rng.exponential(0.005, 60_000):
+        elapsed = 0.050 - margin.of(0.050) + delay
+        margin.observe(0.050, elapsed, late=False)
+        seen.append(margin.seconds)
+    settled = np.array(seen[20_000:])
+    assert 0.020 < float(np.median(settled)) < 0.034  # 0.005 * ln(200) = 26.5 ms
+    assert margin.floor_s <= settled.min() and settled.max() <= margin.cap_s
+
+
+def test_the_margin_stays_at_its_floor_while_answers_are_in_time() -> None:
+    margin = deadlines.Margin()
+    for _ in range(1000):
+        margin.observe(0.050, 0.010, late=False)
+    assert margin.seconds == margin.floor_s == deadlines.ANSWER_MARGIN_S
+
+
+def test_requests_that_did_not_get_the_whole_margin_count_only_when_in_time() -> None:
+    margin = deadlines.Margin()
+    margin.seconds = 0.010
+    # Admitted late (not even exit 1 was forecast in time): late answers say nothing.
+    margin.observe(0.050, 0.060, late=True)
+    assert margin.seconds == 0.010
+    # A 10 ms deadline gets at most 6 ms of margin: lateness with less than the whole margin
+    # says nothing either; in time, with less, it says the whole would have been more than
+    # enough (so a margin above every deadline's share cannot freeze).
+    assert margin.of(0.010) == pytest.approx(0.006)
+    margin.observe(0.010, 0.012, late=False)
+    assert margin.seconds == 0.010
+    margin.observe(0.010, 0.004, late=False)
+    margin.observe(0.050, 0.030, late=True)
+    assert margin.seconds == pytest.approx(0.010 - 2 * 0.002 * 0.005)
+    # A late answer with the whole margin raises it.
+    margin.observe(0.050, 0.0496, late=False)
+    assert margin.seconds > 0.010 - 2 * 0.002 * 0.005
+    assert deadlines.due(100.0, 0.050, margin.of(0.050)) == pytest.approx(100.05 - margin.seconds)
