@@ -162,7 +162,7 @@ def run_drift(
                 run.costs, run.exits, run.correct, run.seconds = costs, exits, correct, seconds
                 if control and state.controller is not None:
                     run.moves = state.controller.moves
-                    run.final_budget = state.controller.budget
+                    run.final_budget = state.controller.mixed_budget
                 run.control_seconds = timer.seconds
                 run.compute_seconds = _sum_of(metrics, "exitwise_compute_seconds")
                 runs.append(run)

@@ -107,7 +107,7 @@ class Simulator:
             order = rng.permutation(len(conf)) if n == len(conf) else rng.integers(0, len(conf), n)
             for i in range(0, n, REQUEST):
                 c = conf[order[i : i + REQUEST]]
-                thresholds = ctl.thresholds()
+                thresholds = ctl.thresholds_of(ctl.next_row())
                 exits = decide_exits(c, thresholds)
                 m = len(exits)
                 costs[at : at + m] = self.costs[exits]

@@ -271,7 +271,7 @@ class _ControlCollector(Collector):
                 realised.add_metric([name], value)
             spent.add_metric([name], state.spent)
             ctl = state.controller
-            served = ctl.budget if ctl is not None else state.point.expected_mflops
+            served = ctl.mixed_budget if ctl is not None else state.point.expected_mflops
             budget.add_metric([name], served)
             moves.add_metric([name, "dearer"], state.up)
             moves.add_metric([name, "cheaper"], state.down)

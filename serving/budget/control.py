@@ -12,10 +12,14 @@ traffic lowers it. A :class:`BudgetController` per point does three things:
   alarm in 100,000 images in ``exitwise bench drift --simulate``'s clean runs.
 - **Corrects** from the images since the change: what each row of calibration's control table
   would cost on them (:func:`serving.budget.table.estimate`, exact for rows that stop images no
-  later than they stopped), and a move to the row whose estimate is closest to E, in one step.
-  Where the estimate is not exact (a dearer row: images may go further than anyone saw), the
-  move is bounded to ``max_step`` in held-out cost. It checks again as the evidence grows (250,
-  500, 1,000, ... images after the change, up to ``window``), with every image since the change.
+  later than they stopped), and a move to the dearest row whose estimate is within E, in one
+  step. Where the estimate is not exact (a dearer row: images may go further than anyone saw),
+  the move is bounded to ``max_step`` in held-out cost. The table's rows are about 1 % apart in
+  held-out cost, but shifted traffic can put two neighbours far apart (on noisy images the two
+  cheapest can cost 5 % under and 20 % over E); so a share of the requests is served the next
+  dearer row, the share whose estimated mix costs E (dithering, spread evenly over the
+  requests). It checks again as the evidence grows (250, 500, 1,000, ... images after the
+  change, up to ``window``), with every image since the change.
 - **Comes home**: when the images since a change cost, under the thresholds served, what those
   thresholds cost on the held-out split, the traffic is clean again and the calibrated
   thresholds are served, exactly what calibration simulated.
@@ -173,6 +177,8 @@ class BudgetController:
         spread = math.sqrt(max(0.0, float(fractions @ self.costs**2) - self.target**2))
         self.spread = max(spread, 1e-3 * self.target)
         self.row = CALIBRATED
+        self.share = 0.0  # of requests served the next dearer row (row + 1)
+        self._credit = 0.0  # the dither's running remainder
         self.epoch = 0
         self.moves = 0
         self._log = _Log(s.window, len(self.costs))
@@ -187,15 +193,40 @@ class BudgetController:
 
     @property
     def budget(self) -> float:
-        """The held-out cost of the thresholds served (E when calibrated)."""
-        return self.target if self.row == CALIBRATED else float(self.table.mflops[self.row])
+        """The held-out cost of the base row's thresholds (E when calibrated)."""
+        return self.budget_of(self.row)
+
+    @property
+    def mixed_budget(self) -> float:
+        """The held-out cost of what is served: the base row and its share of the next."""
+        if not self.share:
+            return self.budget
+        return (1 - self.share) * self.budget + self.share * self.budget_of(self.row + 1)
+
+    def budget_of(self, row: int) -> float:
+        return self.target if row == CALIBRATED else float(self.table.mflops[row])
+
+    def thresholds_of(self, row: int) -> np.ndarray:
+        return self.calibrated if row == CALIBRATED else self.table.thresholds[row]
+
+    def next_row(self) -> int:
+        """The row the next request is served: the base row, or for ``share`` of the requests
+        (every 1/share-th, evenly) the next dearer one."""
+        if not self.share:
+            return self.row
+        self._credit += self.share
+        if self._credit < 1.0:
+            return self.row
+        self._credit -= 1.0
+        return self.row + 1
 
     @property
     def moved(self) -> bool:
         return self.row != CALIBRATED
 
     def thresholds(self) -> np.ndarray:
-        return self.calibrated if self.row == CALIBRATED else self.table.thresholds[self.row]
+        """The base row's thresholds."""
+        return self.thresholds_of(self.row)
 
     def observe(self, traffic: Traffic, epoch: int) -> Move | None:
         """Images just served with the thresholds of ``epoch``; a :class:`Move` when it moved.
@@ -274,23 +305,35 @@ class BudgetController:
             return self._move(CALIBRATED, now.mflops, n, traffic)
         # The alarm was the significance test; from here the estimate only gets better with
         # more images, so any difference beyond the deadband is worth a move.
-        gap = now.mflops - self.target
-        if abs(gap) <= s.tolerance * self.target:
+        gap = now.mflops - self.target  # of the base row alone
+        if abs(gap) <= s.tolerance * self.target and not self.share:
             return None
         here = self.table.row_at(self.target) if self.row == CALIBRATED else self.row
-        if gap > 0:
-            lo, hi = 0, max(0, here - (self.row != CALIBRATED))
-        elif here + 1 < len(self.table):
-            lo = here + 1
-            hi = max(lo, self.table.row_at(self.budget * s.max_step))
-        else:
-            return None  # the dearest row already
-        row = self._dearest_within(traffic, lo, hi)
-        if row is None:  # too dear: the cheapest candidate; too cheap: stay
-            return None if gap < 0 else self._move(lo, now.mflops, n, traffic)
-        if row == self.row:
+        row = self.row
+        if gap > 0:  # the dearest cheaper row within the target, or the cheapest of all
+            found = self._dearest_within(traffic, 0, max(0, here - (self.row != CALIBRATED)))
+            row = 0 if found is None else found
+        elif here + 1 < len(self.table):  # the dearest dearer row within it, or stay
+            hi = max(here + 1, self.table.row_at(self.budget * s.max_step))
+            found = self._dearest_within(traffic, here + 1, hi)
+            row = self.row if found is None else found
+        if row == CALIBRATED:
+            return None  # cheaper traffic at home: nothing dearer fits
+        share = self._share(traffic, row)
+        if row == self.row and abs(share - self.share) < 0.05:
             return None
-        return self._move(row, now.mflops, n, traffic)
+        return self._move(row, now.mflops, n, traffic, share)
+
+    def _share(self, traffic: Traffic, row: int) -> float:
+        """The share of requests to serve row ``row + 1`` so that the mix's estimated cost on
+        ``traffic`` is the target (0 when ``row`` alone is not under it)."""
+        if row + 1 >= len(self.table):
+            return 0.0
+        low = self._estimate(traffic, self.table.thresholds[row]).mflops
+        high = self._estimate(traffic, self.table.thresholds[row + 1]).mflops
+        if low >= self.target or high <= low:
+            return 0.0
+        return min(1.0, (self.target - low) / (high - low))
 
     def _dearest_within(self, traffic: Traffic, lo: int, hi: int) -> int | None:
         """The dearest row in ``lo..hi`` whose estimated cost on ``traffic`` is within the
@@ -333,9 +376,11 @@ class BudgetController:
     def _estimate(self, traffic: Traffic, thresholds: np.ndarray) -> Estimate:
         return estimate(traffic, thresholds, self.costs, self._home_hazards)
 
-    def _move(self, row: int, realised: float, images: int, traffic: Traffic) -> Move:
-        previous = self.budget
-        self.row = row
+    def _move(
+        self, row: int, realised: float, images: int, traffic: Traffic, share: float = 0.0
+    ) -> Move:
+        previous = self.mixed_budget
+        self.row, self.share, self._credit = row, share, 0.0
         self.epoch += 1
         self.moves += 1
         hazards = (
@@ -345,7 +390,7 @@ class BudgetController:
         )
         self._after = cost_after(hazards, self.costs)
         self._cusum.reset(self._log.count)
-        return Move(self.budget, previous, realised, images, home=row == CALIBRATED)
+        return Move(self.mixed_budget, previous, realised, images, home=row == CALIBRATED)
 
 
 class _PointState:
@@ -401,7 +446,7 @@ class BudgetControl:
             rows = calibration.control
             table = ControlTable([r.mflops for r in rows], [r.threshold_array() for r in rows])
         self._points: dict[str, _PointState] = {}
-        self._plans: dict[tuple[int, bool, int], tuple[ExitPlan, ExitPlan]] = {}  # served plans
+        self._plans: dict[tuple[int, bool, int, int], tuple[ExitPlan, ExitPlan]] = {}  # served
         for p in points:
             ctl = None
             if table is not None and calibration is not None:
@@ -414,18 +459,20 @@ class BudgetControl:
         ctl = state.controller if state is not None else None
         if allowed is not False and (not self.enabled or ctl is None):
             return plan
-        key = (id(plan), allowed is False, ctl.epoch if ctl is not None else -1)
+        controlled = allowed is not False and ctl is not None and ctl.moved
+        row = ctl.next_row() if controlled and ctl is not None else CALIBRATED
+        key = (id(plan), allowed is False, ctl.epoch if ctl is not None else -1, row)
         known = self._plans.get(key)
         if known is not None and known[0] is plan:  # the same plan object, not a reused id
             return known[1]
         if allowed is False:
             served = dataclasses.replace(plan, control=False)
-        elif ctl is not None and ctl.moved:
+        elif controlled and ctl is not None:
             served = dataclasses.replace(
                 plan,
-                thresholds=ctl.thresholds(),
+                thresholds=ctl.thresholds_of(row),
                 controlled=True,
-                control_mflops=ctl.budget,
+                control_mflops=ctl.budget_of(row),
                 control_epoch=ctl.epoch,
             )
         else:
@@ -471,10 +518,18 @@ class BudgetControl:
         ctl = state.controller if state is not None else None
         if state is None or ctl is None:
             return {"controlled": False, "current_thresholds": None, "control_mflops": None}
+        dearer = None
+        if ctl.share:
+            dearer = {
+                "share": ctl.share,
+                "thresholds": _json(ctl.thresholds_of(ctl.row + 1)),
+                "control_mflops": ctl.budget_of(ctl.row + 1),
+            }
         return {
             "controlled": self.enabled and ctl.moved,
             "current_thresholds": _json(ctl.thresholds()),
-            "control_mflops": ctl.budget,
+            "control_mflops": ctl.mixed_budget,
+            "dithered": dearer,
             "realised_mflops": state.realised(),
             "adjustments": ctl.moves,
         }
