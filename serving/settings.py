@@ -99,7 +99,7 @@ class Settings(BaseSettings):
         gt=0,
         le=60_000,
         description="Forecast wait at which requests get the cheapest point (stepping down "
-        "begins at half of it).",
+        "begins at half of it; a queue filling towards max_queue_images steps down alike).",
     )
 
     # --- limits ----------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""Where serving features meet: budget control under deadlines, and a client that goes away."""
+"""Where serving features meet: budget control under deadlines, a client that goes away, the
+answer margin with deadlines, and degradation with the queue bound."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -170,3 +173,60 @@ def test_answers_late_for_reasons_no_plan_sees_move_deadlines_earlier(served: Se
     last = runs[-5:]
     assert all(e < first_exit for e, _ in last)
     assert sum(s <= 0.050 for _, s in last) >= 4
+
+
+class GatedStages(SlowStages):
+    """The bundle's runner with its first stage batch once ``armed`` held until ``gate`` is set
+    (warm-up runs the stages before)."""
+
+    def __init__(self, runner: Any) -> None:
+        super().__init__(runner, 0.0)
+        self.armed, self.inside, self.gate = False, threading.Event(), threading.Event()
+
+    def run_stage(self, index: int, state: State) -> tuple[State, torch.Tensor]:
+        if self.armed and not self.inside.is_set():
+            self.inside.set()
+            self.gate.wait(10)
+        return super().run_stage(index, state)
+
+
+def test_a_filling_queue_degrades_before_it_refuses(served: Served) -> None:
+    # An engine bound to 8 queued images, its worker held on a first request. Two requests
+    # that do not allow degradation queue 6 images: the wait forecast is short (the stages are
+    # fast), but three quarters of the bound are taken. The next degradable request is served
+    # a cheaper point, before the queue is full and a request gets a 503.
+    settings = Settings(bundle=served.path, max_queue_images=8, max_images_per_request=4)  # type: ignore[call-arg]
+    loaded = load_model(settings)
+    runner = GatedStages(loaded.runner)
+    loaded.runner = runner
+    dearest = max(served.bundle.calibration().operating_points, key=lambda p: p.expected_mflops)
+    app = create_app(settings, registry=CollectorRegistry(), loaded=loaded)
+    with TestClient(app) as client:
+        engine = app.state.service.engine
+        runner.armed = True
+
+        def post(n: int, degrade: bool) -> Any:
+            files = [
+                ("image", (f"{i}.png", png(served.test.pixels[i]), "image/png")) for i in range(n)
+            ]
+            data = {"budget_mflops": str(dearest.expected_mflops), "degrade": str(degrade).lower()}
+            return client.post("/v1/classify", files=files, data=data)
+
+        with ThreadPoolExecutor(4) as pool:
+            first = pool.submit(post, 1, False)
+            assert runner.inside.wait(10)
+            held = [pool.submit(post, 3, False) for _ in range(2)]
+            deadline = time.monotonic() + 10
+            while engine.queued_images < 6 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert engine.queued_images == 6
+            degradable = pool.submit(post, 1, True)
+            while engine.queued_images < 7 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            runner.gate.set()
+            answers = [f.result(timeout=30) for f in (first, *held, degradable)]
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    plans = [a.json()["operating_point"] for a in answers]
+    assert all(p["degraded_from"] is None for p in plans[:3])
+    assert plans[3]["degraded_from"] == dearest.name
+    assert plans[3]["expected_mflops"] < dearest.expected_mflops

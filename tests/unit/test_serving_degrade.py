@@ -16,6 +16,10 @@ def test_the_level_rises_with_the_forecast_wait() -> None:
     assert [d.level(w) for w in waits] == [0, 0, 1, 1, 3, 4, 4]
     assert d.last == 4
     assert Degrader(max_level=0, queue_s=0.1).level(5.0) == 0
+    # A queue filling up steps down too, whatever the wait: the cheapest point is in force
+    # before the queue is full and refuses anyone.
+    assert [d.level(0.001, f) for f in (0.0, 0.5, 0.6, 0.9, 1.0)] == [0, 0, 1, 4, 4]
+    assert d.level(0.08, 0.6) == d.level(0.08) == 3  # the higher pressure counts
     with pytest.raises(ValueError):
         Degrader(max_level=1, queue_s=0.0)
 
