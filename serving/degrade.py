@@ -1,17 +1,19 @@
 """Degrade before shedding: under load, requests that allow it are served at cheaper calibrated
-operating points, chosen from the pressure on the server when they are admitted.
+operating points, chosen from the pressure on the engine's queue when they are admitted.
 
-The level (how many points cheaper than asked) is a function of that pressure: the request's
-wait (how long since it arrived, which counts the event loop's backlog, plus the engine's
-forecast of the work queued ahead of it) over ``degrade_queue_ms``, or the share of
+The level (how many points cheaper than asked) is a function of that pressure: the engine's
+forecast of the work queued ahead of the request over ``degrade_queue_ms``, or the share of
 ``max_queue_images`` taken, whichever is higher. 0 up to a pressure of one half, then rising
 one point per step to the cheapest at 1: so the cheapest point is in force before a full queue
 refuses anyone (degrade before shedding), however short the wait a full queue means. It acts
-the moment work is admitted, and it has no memory: when the load sits between two points'
-capacities, the wait settles where the level changes between them and requests get a mix of
-the two, in the share the capacity allows. No hold time, so no cycle: a step up lowers the
-wait at once, a step down raises it at once, and the wait stays within a band as wide as one
-level's step.
+the moment work is admitted, before any request has waited, and it has no memory: when the
+load sits between two points' capacities, the wait settles where the level changes between
+them and requests get a mix of the two, in the share the capacity allows. No hold time, so no
+cycle: a step up lowers the wait at once, a step down raises it at once, and the wait stays
+within a band as wide as one level's step.
+
+The time a request spent before admission is not counted: from the server's side it cannot be
+told apart from a client's slow upload.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ class Degrader:
         self.last = 0  # the level given last (for /v1/model and the metric)
 
     def level(self, wait_s: float, fill: float = 0.0) -> int:
-        """Points to step down for a request that waits ``wait_s`` seconds in all (so far and
-        forecast), with ``fill`` of the engine's queue bound taken."""
+        """Points to step down for a request that would wait ``wait_s`` seconds, with ``fill``
+        of the engine's queue bound taken."""
         pressure = max(wait_s / self.queue_s, fill)
         if pressure <= 0.5 or self.max_level == 0:
             level = 0

@@ -234,9 +234,8 @@ class ModelService:
         if params.deadline_s is not None or (degrade and self.degrader.max_level):
             forecast = self.engine.forecast(own=params.deadline_s is not None)
         if degrade and forecast is not None and self.degrader.max_level:
-            waited = forecast.now - request.arrived  # the event loop's backlog, mostly
             fill = self.engine.queued_images / s.max_queue_images
-            level = self.degrader.level(waited + forecast.wait, fill)
+            level = self.degrader.level(forecast.wait, fill)
             self.metrics.degradation_level.set(level)
             plan = self.resolver.degrade(plan, level)
         plan = self.control.plan(plan, params.budget_control)

@@ -230,27 +230,3 @@ def test_a_filling_queue_degrades_before_it_refuses(served: Served) -> None:
     assert all(p["degraded_from"] is None for p in plans[:3])
     assert plans[3]["degraded_from"] == dearest.name
     assert plans[3]["expected_mflops"] < dearest.expected_mflops
-
-
-def test_a_request_that_waited_before_admission_degrades_by_its_whole_wait(
-    served: Served,
-) -> None:
-    # The engine is idle (no wait ahead), but the request arrived 100 ms before admission (the
-    # event loop's backlog under overload, which the deadline clock counts too): over
-    # degrade_queue_ms (50), so the cheapest point serves it, as it serves one that would wait
-    # that long in the engine. Just arrived, it keeps its point.
-    from serving.params import RequestParams
-    from serving.service import ClassifyRequest
-
-    settings = Settings(bundle=served.path)  # type: ignore[call-arg]
-    points = sorted(served.bundle.calibration().operating_points, key=lambda p: p.expected_mflops)
-    app = create_app(settings, registry=CollectorRegistry(), loaded=load_model(settings))
-    with TestClient(app):
-        service = app.state.service
-        params = RequestParams(budget_mflops=points[-1].expected_mflops, degrade=True)
-        now = time.monotonic()
-        late = service._admit(ClassifyRequest(arrived=now - 0.1, params=params))
-        fresh = service._admit(ClassifyRequest(arrived=now, params=params))
-    assert late.plan.operating_point == points[0].name
-    assert late.plan.degraded_from == points[-1].name
-    assert fresh.plan.operating_point == points[-1].name and fresh.plan.degraded_from is None
