@@ -107,8 +107,9 @@ class Margin:
         self.seconds = min(self.cap_s, max(self.floor_s, self.seconds))
 
 
-def due(arrived: float, deadline_s: float, margin_s: float = ANSWER_MARGIN_S) -> float:
-    """The moment an answer is due for a request that arrived at ``arrived``."""
+def due(arrived: float, deadline_s: float, margin_s: float) -> float:
+    """The moment an answer is due for a request that arrived at ``arrived``, ``margin_s``
+    before its deadline (:meth:`Margin.of`)."""
     return arrived + deadline_s - margin_s
 
 

@@ -58,7 +58,6 @@ class Outcome:
     queue_seconds: float  # the request's time in the engine not decoding or computing
     compute_seconds: float  # summed over the stage batches its images ran in
     decode_seconds: float = 0.0
-    answered: float = 0.0  # time.monotonic() the engine completed it
 
     def reasons(self) -> list[StopReason]:
         return [REASONS[r] for r in self.reason.tolist()]
@@ -180,7 +179,6 @@ class Slots:
                     queue_seconds=max(0.0, now - job.enqueued - busy),
                     compute_seconds=job.compute_seconds,
                     decode_seconds=job.decode_seconds,
-                    answered=now,
                 )
             )
             at += job.n
