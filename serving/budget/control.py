@@ -18,11 +18,14 @@ traffic lowers it. A :class:`BudgetController` per point does three things:
   held-out cost, but shifted traffic can put two neighbours far apart (on noisy images the two
   cheapest can cost 5 % under and 20 % over E); so a share of the requests is served the next
   dearer row, the share whose estimated mix costs E (dithering, spread evenly over the
-  requests). It checks again as the evidence grows (250, 500, 1,000, ... images after the
-  change, up to ``window``), with every image since the change.
-- **Comes home**: when the images since a change cost, under the thresholds served, what those
-  thresholds cost on the held-out split, the traffic is clean again and the calibrated
-  thresholds are served, exactly what calibration simulated.
+  requests). It checks again every ``first_check`` images (up to ``window`` after the change),
+  with every image since the change: each check has more evidence than the last, and a check
+  is a few estimates (a gallop from the row served, then a bisection).
+- **Comes home**: when the images since a change, or the last ``window / 4`` (once those all
+  came after the change), cost under the thresholds served what those thresholds cost on the
+  held-out split, the traffic is clean again and the calibrated thresholds are served, exactly
+  what calibration simulated. The second look finds the end of a shift that was seen late in
+  it, while the change being measured still began inside the shift.
 
 Images served with thresholds from before a move (admitted earlier, answered later) still tell
 what the traffic is like, but do not count for the detection of the next change. Images stopped
@@ -59,7 +62,7 @@ class ControlSettings:
     threshold: float = 110.0  # CUSUM: the evidence that makes an alarm, same unit
     z: float = 2.5  # standard errors a difference must exceed to move
     max_step: float = 1.5  # the most a move where the estimate is not exact changes b
-    first_check: int = 250  # images after a change before the first re-check
+    first_check: int = 250  # images between two checks after a change
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -238,21 +241,30 @@ class BudgetController:
         self._log.add(self._pending)
         self._pending, self._waiting = [], 0
         self._watch()
-        if self._segment is None and self.row != CALIBRATED:
-            return self._home() if self._log.count >= self._home_check else None
+        if self._may_go_home() and (move := self._home()) is not None:
+            return move
         if self._segment is None or self._log.count - self._segment < self._check:
             return None
         return self._decide()
 
+    def _may_go_home(self) -> bool:
+        """Away from home, due for a look, and the last ``window / 4`` images all came after
+        the latest change (fewer would mix the traffic before it in)."""
+        if self.row == CALIBRATED or self._log.count < self._home_check:
+            return False
+        recent = self._log.count - self.settings.window // 4
+        return self._segment is None or self._segment <= recent
+
     def _home(self) -> Move | None:
-        """Away from home and settled: every ``first_check`` images, are the last ``window / 4``
-        clean? (A small shift ending moves the cost too little for the CUSUM to see soon.)"""
+        """Every ``first_check`` images away from home: are the last ``window / 4`` clean? (A
+        small shift ending moves the cost too little for the CUSUM to see soon.)"""
         s = self.settings
         self._home_check = self._log.count + s.first_check
         traffic, _ = self._log.since(self._log.count - s.window // 4)
         now = self._estimate(traffic, self.thresholds())
         if not self._clean(now, traffic):
             return None
+        self._segment = None  # the next change is the CUSUM's to find
         return self._move(CALIBRATED, now.mflops, len(traffic), traffic)
 
     def _watch(self) -> None:
@@ -294,7 +306,7 @@ class BudgetController:
         s = self.settings
         traffic, _ = self._log.since(self._segment)
         n = len(traffic)
-        self._check = max(s.first_check, 2 * n)
+        self._check = n + s.first_check
         if n >= s.window:
             self._segment = None  # settled: the next change is the CUSUM's to find
         now = self._estimate(traffic, self.thresholds())
@@ -309,50 +321,54 @@ class BudgetController:
         if abs(gap) <= s.tolerance * self.target and not self.share:
             return None
         here = self.table.row_at(self.target) if self.row == CALIBRATED else self.row
-        row = self.row
-        if gap > 0:  # the dearest cheaper row within the target, or the cheapest of all
-            found = self._dearest_within(traffic, 0, max(0, here - (self.row != CALIBRATED)))
-            row = 0 if found is None else found
-        elif here + 1 < len(self.table):  # the dearest dearer row within it, or stay
-            hi = max(here + 1, self.table.row_at(self.budget * s.max_step))
-            found = self._dearest_within(traffic, here + 1, hi)
-            row = self.row if found is None else found
-        if row == CALIBRATED:
-            return None  # cheaper traffic at home: nothing dearer fits
-        share = self._share(traffic, row)
+        top = max(here + 1, self.table.row_at(self.budget * s.max_step))
+        known = {} if self.row == CALIBRATED else {here: now.mflops}
+        row, share = self._search(traffic, here, min(top, len(self.table) - 1), known)
         if row == self.row and abs(share - self.share) < 0.05:
             return None
         return self._move(row, now.mflops, n, traffic, share)
 
-    def _share(self, traffic: Traffic, row: int) -> float:
-        """The share of requests to serve row ``row + 1`` so that the mix's estimated cost on
-        ``traffic`` is the target (0 when ``row`` alone is not under it)."""
-        if row + 1 >= len(self.table):
-            return 0.0
-        low = self._estimate(traffic, self.table.thresholds[row]).mflops
-        high = self._estimate(traffic, self.table.thresholds[row + 1]).mflops
-        if low >= self.target or high <= low:
-            return 0.0
-        return min(1.0, (self.target - low) / (high - low))
+    def _search(
+        self, traffic: Traffic, here: int, top: int, cost: dict[int, float]
+    ) -> tuple[int, float]:
+        """The dearest row up to ``top`` whose estimated cost on ``traffic`` is within the
+        target (the cheapest row when none is), and the share of requests to serve the next
+        dearer row so that the mix's estimate is the target. The estimate rises with the row's
+        held-out cost, so a gallop from ``here`` (the row served: a decision mostly moves a
+        row or two) and a bisection find it in a few estimates. ``cost``: the estimates
+        known already, by row."""
 
-    def _dearest_within(self, traffic: Traffic, lo: int, hi: int) -> int | None:
-        """The dearest row in ``lo..hi`` whose estimated cost on ``traffic`` is within the
-        target (plus the tolerance), or None (a bisection: the estimate rises with the row's
-        held-out cost). The promise is an average not above the budget: between two rows,
-        one too cheap and one too dear, the cheaper one."""
-        ceiling = self.target * (1 + self.settings.tolerance)
+        def of(i: int) -> float:
+            if i not in cost:
+                cost[i] = self._estimate(traffic, self.table.thresholds[i]).mflops
+            return cost[i]
 
         def fits(i: int) -> bool:
-            return self._estimate(traffic, self.table.thresholds[i]).mflops <= ceiling
+            return of(i) <= self.target
 
-        if not fits(lo):
-            return None
-        if fits(hi):
-            return hi
+        # Bracket it (``lo`` fits or is -1, ``hi`` does not or is past ``top``), then bisect.
+        step = 1
+        if fits(here):
+            lo, hi = here, top + 1
+            while lo + step <= top:
+                if not fits(lo + step):
+                    hi = lo + step
+                    break
+                lo, step = lo + step, 2 * step
+        else:
+            lo, hi = -1, here
+            while hi - step >= 0:
+                if fits(hi - step):
+                    lo = hi - step
+                    break
+                hi, step = hi - step, 2 * step
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        return lo
+        if lo < 0 or lo + 1 >= len(self.table):
+            return max(lo, 0), 0.0
+        low, high = of(lo), of(lo + 1)
+        return lo, (min(1.0, (self.target - low) / (high - low)) if high > low else 0.0)
 
     def _clean(self, now: Estimate, traffic: Traffic) -> bool:
         """Whether ``traffic`` looks like the held-out split: the thresholds served cost on it

@@ -137,6 +137,49 @@ def test_back_to_clean_traffic_it_serves_the_calibrated_thresholds_again(
     assert home * 8 < 1000  # within 1,000 clean images
 
 
+def test_a_shift_seen_late_still_comes_home_soon_after_it_ends(table: ControlTable) -> None:
+    # A small shift is seen only after some 3,000 images; the controller moves, the shift
+    # goes on a little, then the traffic is clean. The change it is still measuring began in
+    # the shift, so the images since then never look clean; the last 1,000 do, soon.
+    ctl = BudgetController(point(8.0), COSTS, table)
+    run(ctl, traffic(1000, seed=2))
+    shifted = traffic(20_000, seed=3, strength=0.06)
+    seen = 0
+    while not ctl.moved:
+        run(ctl, shifted[seen : seen + 8])
+        seen += 8
+    assert seen > 2000
+    run(ctl, shifted[seen : seen + 500])
+    _, rows = run(ctl, traffic(4000, seed=8))
+    assert CALIBRATED in rows and rows.index(CALIBRATED) * 8 < 2000
+
+
+def test_a_shift_just_begun_is_not_taken_for_clean_traffic(table: ControlTable) -> None:
+    # Right after a large shift is seen, most of the last 1,000 images are still from before
+    # it: they must not send the controller home. (At a cheap point most images leave at
+    # exit 1 whatever the traffic, so 1,000 images mostly clean look clean.)
+    ctl = BudgetController(point(2.0), COSTS, table)
+    run(ctl, traffic(1500, seed=2))
+    _, rows = run(ctl, traffic(4000, seed=3, strength=0.7))
+    first = next(i for i, r in enumerate(rows) if r != CALIBRATED)
+    assert first * 8 < 500 and CALIBRATED not in rows[first:]
+
+
+def test_what_it_settles_on_does_not_cost_more_than_the_budget(table: ControlTable) -> None:
+    # The promise is an average cost not above the budget: the base row is the dearest whose
+    # estimate is within the target (not within the target plus the deadband), and the share of
+    # the next row fills the rest.
+    errors = []
+    for target in (3.0, 4.0, 5.0, 6.0, 8.0):
+        for strength in (0.2, 0.35, 0.5):
+            ctl = BudgetController(point(target), COSTS, table)
+            run(ctl, traffic(1500, seed=2))
+            shifted = traffic(12_000, seed=3, strength=strength)
+            run(ctl, shifted)
+            errors.append(mixed(shifted, ctl) / target - 1)
+    assert max(errors) < 0.005 and min(errors) > -0.03
+
+
 def test_a_ramp_is_tracked(table: ControlTable) -> None:
     ctl = BudgetController(point(5.0), COSTS, table)
     n = 40_000
