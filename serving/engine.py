@@ -274,29 +274,31 @@ class Engine:
 
     def _next(self) -> tuple[int, list[Rows]] | None:
         """The stage to run and its rows; ``None`` once stopping and nothing is left."""
-        with self._cond:
-            while True:
+        while True:
+            with self._cond:
                 now = time.monotonic()
                 if any(self._timed):
                     self._sweep(now)
-                self._deliver()  # after the sweep: what it answered must not wait for a wake-up
-                decision = pick(
-                    [self._view(k) for k in range(self.num_exits)],
-                    now,
-                    max_batch=self.max_batch_size,
-                    max_wait_s=self.max_wait_s,
-                    max_stage_wait_s=self.max_stage_wait_s,
-                    incoming=self._incoming > 0 and not self._stopping,
-                )
-                if isinstance(decision, Run):
-                    if parts := self._take(decision.stage, now):
-                        return decision.stage, parts
+                if not self._done:  # else delivered first (outside the lock), then back here
+                    decision = pick(
+                        [self._view(k) for k in range(self.num_exits)],
+                        now,
+                        max_batch=self.max_batch_size,
+                        max_wait_s=self.max_wait_s,
+                        max_stage_wait_s=self.max_stage_wait_s,
+                        incoming=self._incoming > 0 and not self._stopping,
+                    )
+                    if isinstance(decision, Run):
+                        if parts := self._take(decision.stage, now):
+                            return decision.stage, parts
+                        continue
+                    if isinstance(decision, Idle) and self._stopping:
+                        return None
+                    self._idle = True
+                    self._cond.wait(None if isinstance(decision, Idle) else decision.until - now)
+                    self._idle = False
                     continue
-                if isinstance(decision, Idle) and self._stopping:
-                    return None
-                self._idle = True
-                self._cond.wait(None if isinstance(decision, Idle) else decision.until - now)
-                self._idle = False
+            self._deliver()
 
     def _soonest(self, stage: int) -> float:
         """The earliest deadline waiting at ``stage`` (only deadline traffic pays the scan)."""
@@ -449,7 +451,7 @@ class Engine:
             self.metrics.record_stage(stage, n, done - start, waits)
         with self._cond:
             self._count(s[leave], reason)
-            self._deliver()
+        self._deliver()
         return (s[going], state, done) if len(going) else None
 
     def _decode(self, parts: list[Rows]) -> list[Rows]:
@@ -478,6 +480,20 @@ class Engine:
                 part.state, part.encoded = [x[at : at + len(part)]], None
                 at += len(part)
         return ready
+
+    def _deliver(self) -> None:
+        """Resolve the futures of the requests that completed: one call per event loop. Called
+        without the lock: a loop woken while the worker holds it would block on it at once (in
+        its next request's submit), and the two threads would hand the interpreter back and
+        forth."""
+        with self._cond:
+            done, self._done = self._done, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[Job]] = {}
+        for job in done:
+            by_loop.setdefault(job.loop, []).append(job)
+        for loop, jobs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_resolve, jobs)
 
     # --- bookkeeping (under the lock) ----------------------------------------------------------
 
@@ -538,16 +554,6 @@ class Engine:
                 self._done.append(job)
                 self._drop(job)
         self._count(slots)
-
-    def _deliver(self) -> None:
-        """Resolve the futures of the requests that completed: one call per event loop."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[Job]] = {}
-        for job in self._done:
-            by_loop.setdefault(job.loop, []).append(job)
-        self._done = []
-        for loop, jobs in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-                loop.call_soon_threadsafe(_resolve, jobs)
 
 
 def _resolve(jobs: list[Job]) -> None:
