@@ -349,6 +349,33 @@ def render(bench: Path) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def drift_figures(bench: Path) -> list[str]:
+    """Budget control's measured figures for docs/serving.md, from drift.json."""
+    from benchmarks_targets import drift_rows
+
+    drift = _load(bench / "drift.json")
+    if drift is None:
+        return ["Not measured (no docs/benchmarks/drift.json)."]
+    return [
+        "Measured by `exitwise bench drift` on the demo bundle (written by "
+        "`scripts/benchmarks_report.py` from `docs/benchmarks/drift.json`; the tables are in "
+        "[BENCHMARKS.md](BENCHMARKS.md#budget-control-under-drift)):",
+        "",
+        "| what | target | measured | |",
+        "|---|---|---|---|",
+        *drift_rows(drift),
+    ]
+
+
+def with_block(text: str, name: str, lines: list[str]) -> str:
+    """``text`` with what lies between ``<!-- name -->`` and ``<!-- /name -->`` replaced."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"error: no {start} ... {end} block to fill")
+    head, rest = text.split(start, 1)
+    return head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bench", type=Path, default=REPO / "docs" / "benchmarks")
@@ -356,6 +383,11 @@ def main() -> None:
     args = parser.parse_args()
     atomic_write_text(args.out, render(args.bench))
     print(f"wrote {args.out}")
+    if args.out == REPO / "docs" / "BENCHMARKS.md":  # the docs' own figures, not a trial copy
+        doc = REPO / "docs" / "serving.md"
+        text = doc.read_text()
+        atomic_write_text(doc, with_block(text, "drift-figures", drift_figures(args.bench)))
+        print(f"wrote {doc} (budget control's figures)")
 
 
 if __name__ == "__main__":

@@ -149,6 +149,10 @@ def drift_rows(drift: dict[str, Any]) -> list[str]:
         ))  # fmt: skip
     served = [r for r in drift["rows"] if r["phase"] == "shifted" and "error_after_2000_on" in r]
     if sim and served:
+        # A served run is one stream: it agrees with the simulation when its realised error is
+        # within what the simulated streams realise (their p90) plus 1 point. (Against the
+        # median, 1 point would fail the simulation's own streams: its p90 lies 1-2 points
+        # beyond its median.)
         bands = {(r["point"], r["shift"]): r for r in sim["rows"]}
         gaps = []
         for r in served:
@@ -158,11 +162,15 @@ def drift_rows(drift: dict[str, Any]) -> list[str]:
                     "error_after_1000_on" if b["band"].startswith("+25") else "error_after_2000_on"
                 )
                 if r.get(key) is not None:
-                    gaps.append(abs(abs(r[key]) - b["served_median"]))
+                    gap = abs(r[key]) - b["realised_p90"]
+                    gaps.append((gap, abs(r[key]), b["realised_p90"], r["shift"], r["point"]))
         if gaps:
+            gap, err, p90, shift, point = max(gaps)
             out.append(_row(
-                "served runs (the server's data plane) against the simulation's median",
-                "within 1 point", f"worst {100 * max(gaps):.1f} points", max(gaps) <= 0.01,
+                "served runs (the server's data plane): realised error against the simulation's "
+                "realised p90 for the same shift and point", "within it + 1 point",
+                f"worst {100 * err:.1f} % against {100 * p90:.1f} % ({shift}, {point})",
+                gap <= 0.01,
             ))  # fmt: skip
     for r in drift.get("sequence", []):
         out.append(_row(

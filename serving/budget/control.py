@@ -142,8 +142,9 @@ class _Cusum:
             sums = walk - floor
             zeros = np.flatnonzero(sums <= 0.0)
             zero = int(seq[zeros[-1]]) + 1 if len(zeros) else None
-            over = np.flatnonzero(sums > self.threshold * scale)
-            if len(over):
+            limit = self.threshold * scale
+            if sums.max() > limit:  # an alarm (rare: the test first, the search only then)
+                over = np.flatnonzero(sums > limit)
                 before = zeros[zeros < over[0]]
                 start = int(seq[before[-1]]) + 1 if len(before) else None
                 if start is None:
@@ -233,10 +234,10 @@ class BudgetController:
 
     def observe(self, traffic: Traffic, epoch: int) -> Move | None:
         """Images just served with the thresholds of ``epoch``; a :class:`Move` when it moved.
-        They are taken in groups of 32 or more: a request pays next to nothing."""
+        They are taken in groups of 64 or more: a request pays next to nothing."""
         self._pending.append((traffic, epoch))
         self._waiting += len(traffic)
-        if self._waiting < 32:
+        if self._waiting < 64:
             return None
         self._log.add(self._pending)
         self._pending, self._waiting = [], 0
