@@ -137,21 +137,22 @@ def test_a_client_that_goes_away_leaves_the_engine(served: Served) -> None:
 
 
 def test_answers_late_for_reasons_no_plan_sees_move_deadlines_earlier(served: Served) -> None:
-    # Stages of 10 ms, deadline_ms=50 and, after the engine answers, 12 ms of event-loop work no
-    # plan sees. Planned by the deadline alone (a 1 ms margin), a request gets the exits that
-    # finish by 49 ms and is ready 12 ms (and the test client's hops) later: late. The learned
+    # Stages of 20 ms, deadline_ms=100 and, after the engine answers, 25 ms of event-loop work
+    # no plan sees. Planned by the deadline alone (a 1 ms margin), a request gets the exits that
+    # finish by 99 ms and is ready 25 ms (and the test client's hops) later: late. (Sleeps this
+    # long keep the premise on a loaded machine, where warm-up measures slower stages.) The learned
     # margin moves the due moment earlier, admission and the engine stop requests sooner, and
     # the answers come in time.
     settings = Settings(bundle=served.path)  # type: ignore[call-arg]
     loaded = load_model(settings)
-    loaded.runner = SlowStages(loaded.runner, 0.01)
+    loaded.runner = SlowStages(loaded.runner, 0.02)
     app = create_app(settings, registry=CollectorRegistry(), loaded=loaded)
     with TestClient(app) as client:
         service = app.state.service
         answer = service._result
 
         def busy_loop_after_the_engine(*args: Any) -> Any:
-            time.sleep(0.012)
+            time.sleep(0.025)
             return answer(*args)
 
         service._result = busy_loop_after_the_engine
@@ -159,7 +160,7 @@ def test_answers_late_for_reasons_no_plan_sees_move_deadlines_earlier(served: Se
         runs = []
         for _ in range(30):
             start = time.monotonic()
-            params = {"max_exit": "4", "deadline_ms": "50", "top_k": "0"}
+            params = {"max_exit": "4", "deadline_ms": "100", "top_k": "0"}
             r = client.post("/v1/classify", content=image, params=params,
                             headers={"content-type": "image/png"})  # fmt: skip
             assert r.status_code == 200, r.text
@@ -167,12 +168,15 @@ def test_answers_late_for_reasons_no_plan_sees_move_deadlines_earlier(served: Se
         model = client.get("/v1/model").json()
         metrics = client.get("/metrics").text
     first_exit, first_seconds = runs[0]
-    assert first_seconds > 0.050  # planned without a margin: late
+    assert first_seconds > 0.100  # planned without a margin: late
     assert model["deadline_margin_ms"] > 5
     assert f"exitwise_deadline_margin_seconds {model['deadline_margin_ms'] / 1000}" in metrics
     last = runs[-5:]
-    assert all(e < first_exit for e, _ in last)
-    assert sum(s <= 0.050 for _, s in last) >= 4
+    # Shallower exits than the first plan's (on a loaded machine warm-up measures slower
+    # stages, and the first plan may already stop early: then no deeper ones), and in time.
+    assert all(e <= first_exit for e, _ in last), runs
+    assert first_exit == 1 or any(e < first_exit for e, _ in last), runs
+    assert sum(s <= 0.100 for _, s in last) >= 4, runs
 
 
 class GatedStages(SlowStages):
