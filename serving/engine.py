@@ -366,18 +366,15 @@ class Engine:
             if self._soonest(stage) >= finish:
                 continue
             kept: deque[Rows] = deque()
-            for rows in self._queues[stage]:
+            for rows in map(self._live, self._queues[stage]):
                 if (late := deadlines.late(self.slots.deadline[rows.slots], finish)).any():
-                    live = self.slots.live[rows.slots]
-                    gone = rows.slots[late & live]
+                    gone = rows.slots[late]
                     self.slots.queued[gone] = -1
                     self._rows[stage] -= len(gone)
                     self._count(gone, np.full(len(gone), DEADLINE))
-                    self._count(rows.slots[late & ~live])  # of requests that went away
-                    if late.all():
-                        continue
                     rows = self._part(rows, np.flatnonzero(~late))
-                kept.append(rows)
+                if len(rows):
+                    kept.append(rows)
             self._queues[stage] = kept
             self._timed[stage] = sum(math.isfinite(r.deadline) for r in kept)
 

@@ -199,19 +199,13 @@ class Rows:
     def __len__(self) -> int:
         return len(self.slots)
 
-    def pick(self, index: np.ndarray | slice) -> Rows:
-        """The rows ``index`` picks: a slice (views) or int64 positions."""
+    def pick(self, index: np.ndarray) -> Rows:
+        """The rows at the int64 positions ``index``."""
         state = self.state
-        if isinstance(index, slice):
-            state = [t[index] for t in state]
-        elif state:
+        if state:
             state = select_rows(state, torch.from_numpy(index).to(state[0].device))
-        encoded = None if self.encoded is None else _items(self.encoded, index)
+        encoded = None if self.encoded is None else [self.encoded[i] for i in index.tolist()]
         return Rows(self.slots[index], state, self.since, encoded, self.job, self.deadline)
-
-
-def _items(items: Sequence[bytes], index: np.ndarray | slice) -> list[bytes]:
-    return list(items[index]) if isinstance(index, slice) else [items[i] for i in index.tolist()]
 
 
 def join(parts: Sequence[Rows]) -> Rows:

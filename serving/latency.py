@@ -10,6 +10,7 @@ event loop: plain floats in lists, no lock.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from typing import Any
@@ -46,10 +47,7 @@ class LatencyModel:
         self.per_row_full = [0.0] * num_stages
 
     def _bucket(self, rows: int) -> int:
-        for i, b in enumerate(self.buckets):
-            if rows <= b:
-                return i
-        return len(self.buckets) - 1
+        return min(bisect.bisect_left(self.buckets, rows), len(self.buckets) - 1)
 
     @torch.inference_mode()
     def measure(self, runner: StageRunner, input_shape: tuple[int, ...], repeats: int = 2) -> None:

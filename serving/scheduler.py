@@ -78,36 +78,17 @@ def pick(
     busy = [k for k, q in enumerate(queues) if q.rows > 0]
     if not busy:
         return Idle()
-    choice = _rules(queues, busy, now, max_batch, max_wait_s, max_stage_wait_s, incoming)
-    if isinstance(choice, Run):
-        # Look ahead: a batch that would end after another queue's due moment makes its rows
-        # late; the most urgent such queue runs first.
-        ends = now + queues[choice.stage].seconds
-        urgent = [k for k in busy if k != choice.stage and queues[k].due < ends]
-        if urgent:
-            return Run(min(urgent, key=lambda k: queues[k].due))
-    return choice
-
-
-def _rules(
-    queues: Sequence[QueueView],
-    busy: list[int],
-    now: float,
-    max_batch: int,
-    max_wait_s: float,
-    max_stage_wait_s: float,
-    incoming: bool,
-) -> Decision:
     overdue = [
         k for k in busy if now - queues[k].oldest >= max_stage_wait_s or now >= queues[k].due
     ]
-    if overdue:
-        return Run(overdue[-1])
     full = [k for k in busy if queues[k].rows >= max_batch]
-    if full:
-        return Run(full[-1])
-    if busy == [0] and incoming:
+    if not overdue and not full and busy == [0] and incoming:
         until = queues[0].oldest + max_wait_s
         if until > now:
             return Wait(min(until, queues[0].oldest + max_stage_wait_s))
-    return Run(max(busy, key=lambda k: (queues[k].rows, k)))
+    stage = (overdue or full or [max(busy, key=lambda k: (queues[k].rows, k))])[-1]
+    # Look ahead: a batch that would end after another queue's due moment makes its rows late;
+    # the most urgent such queue runs first.
+    ends = now + queues[stage].seconds
+    urgent = [k for k in busy if k != stage and queues[k].due < ends]
+    return Run(min(urgent, key=lambda k: queues[k].due) if urgent else stage)
