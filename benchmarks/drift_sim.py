@@ -30,7 +30,7 @@ import torch
 from exitwise.bundle import Calibration, OperatingPoint
 from exitwise.policy import confidence_and_prediction, decide_exits
 from exitwise.runtime import StageRunner
-from serving.budget.control import BudgetController, ControlSettings
+from serving.budget.controller import BudgetController, ControlSettings
 from serving.budget.table import ControlTable, Traffic
 
 REQUEST = 8  # images per request

@@ -80,7 +80,7 @@ class SweepPoint(_Strict):
 
 class ControlPoint(_Strict):
     """Thresholds solved on the held-out split for one budget: a row of the table the server's
-    budget control moves along (see ``serving.budget.control``)."""
+    budget control moves along (see ``serving.budget.controller``)."""
 
     mflops: float  # expected cost on the held-out split
     thresholds: list[float | None]

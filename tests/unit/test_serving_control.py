@@ -15,7 +15,7 @@ from calibration.solver import BudgetSolver
 from calibration.synthetic import synthetic_scores
 from exitwise.bundle import OperatingPoint, SplitResult
 from exitwise.policy import decide_exits
-from serving.budget.control import CALIBRATED, BudgetController, ControlSettings
+from serving.budget.controller import CALIBRATED, BudgetController, ControlSettings
 from serving.budget.table import ControlTable, Traffic, estimate, hazards_of
 
 COSTS = np.array([1.63, 3.80, 7.80, 12.10])
