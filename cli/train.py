@@ -49,7 +49,8 @@ def train(
     """Train an early-exit network (L2W-DEN or uniform weighting) and write a bundle."""
     from pydantic import ValidationError
 
-    from training.config import RecipeError, load_recipe
+    from training.config import RecipeError
+    from training.recipe_io import load_recipe
     from training.trainer import train as run_training
 
     if config is None:

@@ -31,12 +31,13 @@ from exitwise.models import EarlyExitNet, apply_init, create_model, get_preset, 
 from exitwise.preprocess import Preprocessing
 
 from .checkpoint import CHECKPOINT_DIR, Checkpoint, Progress, checkpoint_path, load_checkpoint
-from .config import Recipe, RecipeError, check_resume_compatible
+from .config import Recipe, RecipeError
 from .data import Split, TrainStream, build_stream, make_split
 from .distributed import DistContext
 from .folder_data import FolderData, folder_preprocessing, heldout_note, open_folder
 from .logs import LOG_FILE, TENSORBOARD_DIR
 from .meta_learner import MetaLearner
+from .recipe_io import check_resume_compatible
 from .schedule import Schedule
 from .step import TrainStep
 

@@ -38,7 +38,7 @@ def bench_train(
 ) -> None:
     """Time uniform and L2W iterations (meta interval 1 and 100) on one preset and device."""
     from benchmarks.train_step import markdown, run_bench, section_key, write_markdown
-    from training.config import load_recipe
+    from training.recipe_io import load_recipe
 
     sets = list(overrides)
     if batch_size is not None:

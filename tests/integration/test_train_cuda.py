@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from exitwise.bundle import load_bundle
-from training.config import build_recipe
 from training.meta import MetaBatch, SGDHyper, exit_confidences, meta_gradient, per_exit_losses
+from training.recipe_io import build_recipe
 from training.trainer import train
 from training.wpn import WeightPredictionNet, target_exit_distribution
 

@@ -16,7 +16,8 @@ from cli import main
 from exitwise.bundle import load_bundle
 from exitwise.datasets import EvalImages, default_preprocessing, open_dataset
 from exitwise.preprocess import normalize
-from training.config import RecipeError, build_recipe
+from training.config import RecipeError
+from training.recipe_io import build_recipe
 from training.trainer import train
 
 from ..helpers import TINY_KWARGS

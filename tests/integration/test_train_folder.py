@@ -13,7 +13,8 @@ import yaml
 from PIL import Image
 
 from cli import main
-from training.config import DataSpec, build_recipe
+from training.config import DataSpec
+from training.recipe_io import build_recipe
 
 from ..folder_helpers import truncate, write_folder
 from ..helpers import TINY_KWARGS

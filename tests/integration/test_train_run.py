@@ -21,10 +21,11 @@ from training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from training.config import MetaSpec, build_recipe
+from training.config import MetaSpec
 from training.data import Normalizer, build_stream, make_split
 from training.meta import per_exit_losses
 from training.meta_learner import MetaLearner
+from training.recipe_io import build_recipe
 from training.step import TrainStep
 from training.trainer import train
 from training.wpn import WeightPredictionNet

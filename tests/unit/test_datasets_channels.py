@@ -15,9 +15,10 @@ from PIL import Image
 from exitwise.datasets import EvalImages, default_preprocessing, open_dataset
 from exitwise.errors import ExitwiseError
 from exitwise.preprocess import FASHION_MNIST, decode_image, normalize, preprocess
-from training.config import RecipeError, build_recipe
+from training.config import RecipeError
 from training.data import Normalizer, stack_images
 from training.folder_data import input_preprocessing
+from training.recipe_io import build_recipe
 
 from ..training_helpers import fake_fmnist
 

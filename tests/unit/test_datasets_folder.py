@@ -167,8 +167,9 @@ def test_the_automatic_size_is_the_median_shorter_side() -> None:
 
 
 def test_the_recipe_measures_the_folder_unless_given_a_size(folder: Path) -> None:
-    from training.config import DataSpec, build_recipe
+    from training.config import DataSpec
     from training.folder_data import image_size, input_preprocessing, size_note
+    from training.recipe_io import build_recipe
 
     scan = scan_folder(folder)  # shorter sides 36, 36, 44 (tests.folder_helpers.SIZES)
     auto = DataSpec(dataset="folder", root=str(folder), image_size="auto")

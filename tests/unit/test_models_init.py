@@ -13,7 +13,8 @@ from torch import nn
 from exitwise.models import EarlyExitNet, apply_init, create_model
 from exitwise.preprocess import FASHION_MNIST
 from training.build import build_model
-from training.config import RecipeError, build_recipe
+from training.config import RecipeError
+from training.recipe_io import build_recipe
 
 CLASSES = [str(i) for i in range(10)]
 SMALL_MSD = {"num_classes": 10, "channels": 4, "growth_rate": 2, "head_channels": 8}

@@ -7,14 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.config import (
-    Recipe,
-    RecipeError,
-    build_recipe,
-    check_resume_compatible,
-    load_recipe,
-    parse_override,
-)
+from training.config import Recipe, RecipeError
+from training.recipe_io import build_recipe, check_resume_compatible, load_recipe, parse_override
 
 from ..training_helpers import one_thread  # noqa: F401  (autouse: one thread)
 
