@@ -81,8 +81,8 @@ async def run_stream(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Serve ``x`` (normalised FP32 ``[N, C, H, W]``) at ``budget`` in order, as requests of
     ``per_request`` images with ``in_flight`` at a time; per image its MFLOPs, class, exit."""
+    from serving.messages import ClassifyRequest
     from serving.params import RequestParams
-    from serving.service import ClassifyRequest
 
     n = len(x)
     costs = np.zeros(n)

@@ -1,7 +1,8 @@
 """The protocol-agnostic data plane: one entry per request kind, and what the routes show.
 
 REST v1 and Open Inference Protocol v2 only decode their wire format into a
-:class:`ClassifyRequest` and encode the :class:`ClassifyResult`; everything between happens in
+:class:`~serving.messages.ClassifyRequest` and encode the
+:class:`~serving.messages.ClassifyResult`; everything between happens in
 :meth:`ModelService.classify`: admission (the budget's plan, a cheaper one under load, budget
 control's thresholds, the deadline's cap, the timeout: one :class:`~serving.jobs.Ticket`), the
 engine, and what each prediction says. ``/v1/model`` asks :meth:`ModelService.describe`.
@@ -12,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,81 +23,24 @@ from exitwise import __version__
 from exitwise.preprocess import normalize
 
 from . import deadlines
-from .budget.control import BudgetControl, ControlSettings
+from .budget.control import BudgetControl
+from .budget.controller import ControlSettings
 from .budget.resolve import ExitPlan
 from .budget.table import Traffic
 from .degrade import Degrader
 from .engine import Encoded, Engine
 from .errors import BadRequestError, InvalidParameterError, PayloadTooLargeError
 from .images import decode_images, decode_pixels, tensor_images
-from .jobs import DEADLINE, Outcome, StopReason, Ticket
+from .jobs import DEADLINE, Outcome, Ticket
 from .live import LiveStats
 from .loading import LoadedModel
+from .messages import ClassifyRequest, ClassifyResult, Prediction
 from .metrics import Metrics
-from .params import RequestParams
 from .settings import Settings
 from .threads import decode_threads
 from .timeouts import before
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ClassifyRequest:
-    """One request, decoded from its wire format: either encoded images or a ready tensor."""
-
-    arrived: float  # time.monotonic() when the server first saw the request
-    params: RequestParams
-    encoded: Sequence[bytes] = ()  # PNG, JPEG, ... (decoded and preprocessed here)
-    tensor: np.ndarray | None = None  # or an already normalised FP32 [N, C, H, W] batch
-    labels: Sequence[str] | None = None  # per image, for error messages (e.g. file names)
-    gone: Callable[[], Coroutine[Any, Any, Any]] | None = None  # ends when the client leaves
-
-
-@dataclass(frozen=True)
-class Prediction:
-    class_id: int
-    class_name: str
-    confidence: float
-    exit: int  # 1-based
-    mflops: float  # cumulative cost of that exit
-    top: list[tuple[int, str, float]]  # (class id, class name, probability), best first
-    stopped: StopReason = "confident"  # why it left there: confident, cap or deadline
-
-
-@dataclass(frozen=True)
-class ClassifyResult:
-    predictions: list[Prediction]
-    plan: ExitPlan
-    arrived: float
-    decode_seconds: float
-    queue_seconds: float
-    compute_seconds: float
-    deadline_s: float | None = None  # deadline_ms, when the request had one
-    traffic: Traffic | None = None  # what the engine recorded of the images (budget control)
-
-    @property
-    def mean_mflops(self) -> float:
-        return sum(p.mflops for p in self.predictions) / len(self.predictions)
-
-    def deadline_met(self) -> bool | None:
-        """Whether the answer is ready within ``deadline_ms`` of arrival (None: no deadline)."""
-        if self.deadline_s is None:
-            return None
-        return time.monotonic() - self.arrived <= self.deadline_s
-
-    def server_timing(self) -> str:
-        """A ``Server-Timing`` header value (milliseconds): where the request's time went.
-
-        ``app`` is the whole time since the server first saw the request, ``compute`` the batch
-        (or batches) its images ran in, ``queue`` the rest of its time in the engine."""
-        parts = (
-            ("app", time.monotonic() - self.arrived),
-            ("decode", self.decode_seconds),
-            ("queue", self.queue_seconds),
-            ("compute", self.compute_seconds),
-        )
-        return ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in parts)
 
 
 class ModelService:

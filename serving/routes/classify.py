@@ -16,8 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..deps import arrival_of, authorize, disconnected, service_of
 from ..errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from ..messages import ClassifyRequest, ClassifyResult
 from ..params import merge_fields, parse_params
-from ..service import ClassifyRequest, ClassifyResult
 
 router = APIRouter(tags=["v1"])
 

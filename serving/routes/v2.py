@@ -35,8 +35,9 @@ from ..deps import (
 )
 from ..errors import BadRequestError, ModelNotFoundError, error_response
 from ..lifecycle import Lifecycle
+from ..messages import ClassifyRequest, ClassifyResult
 from ..params import check_v2, parse_params
-from ..service import ClassifyRequest, ClassifyResult, ModelService
+from ..service import ModelService
 from ..v2_codec import HEADER_LENGTH, encode_response, parse_request
 
 router = APIRouter(tags=["v2"])
