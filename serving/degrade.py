@@ -1,16 +1,21 @@
 """Degrade before shedding: under load, requests that allow it are served at cheaper calibrated
 operating points, chosen from the pressure on the engine's queue when they are admitted.
 
-The level (how many points cheaper than asked) is a function of that pressure: the engine's
-forecast of the work queued ahead of the request over ``degrade_queue_ms``, or the share of
-``max_queue_images`` taken, whichever is higher. 0 up to a pressure of one half, then rising
-one point per step to the cheapest at 1: so the cheapest point is in force before a full queue
-refuses anyone (degrade before shedding), however short the wait a full queue means. It acts
-the moment work is admitted, before any request has waited, and it has no memory: when the
-load sits between two points' capacities, the wait settles where the level changes between
-them and requests get a mix of the two, in the share the capacity allows. No hold time, so no
-cycle: a step up lowers the wait at once, a step down raises it at once, and the wait stays
-within a band as wide as one level's step.
+The pressure is the engine's forecast of the work queued ahead of the request over
+``degrade_queue_ms``, or the share of ``max_queue_images`` taken, whichever is higher. It asks
+for a level (how many points cheaper than asked): 0 up to a pressure of one half, then one point
+more per step up to the cheapest at 1, so the cheapest point is in force before a full queue
+refuses anyone (degrade before shedding), however short the wait a full queue means.
+
+A level asked for is given at once (attack), and held: it comes down one point at a time, and
+only after the pressure has stayed below one half for ``hold_s`` (release). Without the hold the
+level would follow the queue, and the engine empties its queue a batch at a time: the pressure
+falls from full to nothing as a batch starts, requests admitted then get the dearest point, and
+their work fills the queue again, so the level swings between the two ends and a full queue
+refuses requests the cheap point could have served. A step down that the pressure undoes within
+the hold was too early (the load still needs the cheaper point): the next hold is twice as long,
+up to ``max_hold_s``, so a load between two points' capacities sits at the cheaper one and tries
+the dearer one ever more rarely instead of cycling. A step down that lasts a hold resets it.
 
 The time a request spent before admission is not counted: from the server's side it cannot be
 told apart from a client's slow upload.
@@ -19,25 +24,59 @@ told apart from a client's slow upload.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 
 
 class Degrader:
-    def __init__(self, max_level: int, queue_s: float) -> None:
+    def __init__(
+        self,
+        max_level: int,
+        queue_s: float,
+        *,
+        hold_s: float = 1.0,
+        max_hold_s: float = 8.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_level < 0:
             raise ValueError(f"max_level must be 0 or more, not {max_level}")
         if not queue_s > 0:
             raise ValueError(f"queue_s must be positive, not {queue_s}")
-        self.max_level = max_level
-        self.queue_s = queue_s
+        if not 0 <= hold_s <= max_hold_s:
+            raise ValueError("need 0 <= hold_s <= max_hold_s")
+        self.max_level, self.queue_s = max_level, queue_s
+        self.base_hold_s, self.max_hold_s, self.clock = hold_s, max_hold_s, clock
+        self.hold_s = hold_s  # the hold in force (doubled after a step down undone early)
         self.last = 0  # the level given last (for /v1/model and the metric)
+        self._held = 0
+        self._calm_since: float | None = None  # the pressure below one half since then
+        self._stepped: float | None = None  # when the held level last came down a point
+
+    def asked(self, wait_s: float, fill: float = 0.0) -> int:
+        """The level the pressure alone asks for (no memory)."""
+        pressure = max(wait_s / self.queue_s, fill)
+        if pressure <= 0.5 or self.max_level == 0:
+            return 0
+        return min(self.max_level, math.ceil((pressure - 0.5) * 2 * self.max_level))
 
     def level(self, wait_s: float, fill: float = 0.0) -> int:
         """Points to step down for a request that would wait ``wait_s`` seconds, with ``fill``
         of the engine's queue bound taken."""
-        pressure = max(wait_s / self.queue_s, fill)
-        if pressure <= 0.5 or self.max_level == 0:
-            level = 0
-        else:
-            level = min(self.max_level, math.ceil((pressure - 0.5) * 2 * self.max_level))
-        self.last = level
-        return level
+        now, asked = self.clock(), self.asked(wait_s, fill)
+        if asked > self._held:
+            if self._stepped is not None:  # a step down undone: early, or after a whole hold
+                early = now - self._stepped < self.hold_s
+                self.hold_s = min(2 * self.hold_s, self.max_hold_s) if early else self.base_hold_s
+            self._held, self._stepped = asked, None
+        if asked:
+            self._calm_since = None
+        elif self._held:
+            if self._calm_since is None:
+                self._calm_since = now
+            elif now - self._calm_since >= self.hold_s:
+                if self._stepped is not None:  # the last step down lasted a whole hold
+                    self.hold_s = self.base_hold_s
+                self._held -= 1
+                self._calm_since = self._stepped = now
+        self.last = max(asked, self._held)
+        return self.last

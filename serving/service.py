@@ -70,7 +70,10 @@ class ModelService:
             ControlSettings(window=window, tolerance=tolerance),
             enabled=s.budget_control == "on",
         )
-        self.degrader = Degrader(len(loaded.resolver.points), s.degrade_queue_ms / 1000)
+        hold = s.degrade_hold_ms / 1000
+        self.degrader = Degrader(
+            len(loaded.resolver.points), s.degrade_queue_ms / 1000, hold_s=hold, max_hold_s=8 * hold
+        )
         self.margin = deadlines.Margin()
         self.engine = Engine(
             loaded.runner,
@@ -317,6 +320,7 @@ class ModelService:
                 "enabled_by_default": s.degrade,
                 "level": self.degrader.last,
                 "queue_ms": s.degrade_queue_ms,
+                "hold_ms": round(self.degrader.hold_s * 1000, 3),
             },
             "budget_control": {
                 "enabled": self.control.enabled,

@@ -101,6 +101,13 @@ class Settings(BaseSettings):
         description="Forecast wait at which requests get the cheapest point (stepping down "
         "begins at half of it; a queue filling towards max_queue_images steps down alike).",
     )
+    degrade_hold_ms: float = Field(
+        default=1000.0,
+        ge=0,
+        le=600_000,
+        description="How long the pressure must stay low before the level comes down a point; "
+        "doubled (up to 8x) after a step down the load undoes within it.",
+    )
 
     # --- limits ----------------------------------------------------------------------------------
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
