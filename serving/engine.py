@@ -171,6 +171,15 @@ class Engine:
         own_s = [estimate(i, min(full, r + 1)) for i, r in enumerate(rows)] if own else []
         return deadlines.Forecast(now, wait, np.array(own_s))
 
+    def check_room(self, n: int = 1) -> None:
+        """A :class:`QueueFullError` (503 with Retry-After) when ``n`` more images would pass
+        the queue bound."""
+        if (queued := sum(self._rows)) + n > self.max_queue_images:
+            raise QueueFullError(
+                f"the queue is full ({queued} of {self.max_queue_images} images waiting); "
+                "retry later"
+            )
+
     @contextlib.contextmanager
     def expecting(self) -> Iterator[Arrival]:
         """Marks a request on its way (being decoded) until it is submitted with the yielded
@@ -204,12 +213,7 @@ class Engine:
         with self._cond:
             if self._stopping:
                 raise NotReadyError("the server is shutting down")
-            queued = sum(self._rows)
-            if queued + n > self.max_queue_images:
-                raise QueueFullError(
-                    f"the queue is full ({queued} of {self.max_queue_images} images waiting); "
-                    "retry later"
-                )
+            self.check_room(n)
             job_id = next(self._ids)
             job.start = self.slots.allocate(job_id, ticket, n)
             self._jobs[job_id] = job

@@ -123,6 +123,12 @@ class ModelService:
 
     # --- the data plane ------------------------------------------------------------------------
 
+    def check_room(self) -> None:
+        """Refuse a request before its body is read while the engine cannot take even one
+        image: it would be refused at admission anyway, and under overload the event loop's
+        time per refusal decides how much of the core is left for the answers."""
+        self.engine.check_room()
+
     async def receive(self, awaitable: Awaitable[T], arrived: float, doing: str) -> T:
         """Read (part of) a request under the server's timeout: for the routes' body reads."""
         with before(self._expires(arrived), doing):

@@ -125,6 +125,7 @@ async def classify(request: Request) -> JSONResponse:
     started = arrival_of(request)
     authorize(request)
     service = service_of(request)
+    service.check_room()
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     form_fields: list[tuple[str, str]] = []
     filenames: list[str] | None = None

@@ -145,6 +145,7 @@ async def infer_model(request: Request, name: str, version: str | None) -> Respo
     authorize(request)
     service = service_of(request)
     _check_model(service, name, version)
+    service.check_room()
     body = await service.receive(request.body(), started, "reading the request body")
     header_length = request.headers.get(HEADER_LENGTH)
     req, data = await service.parse(

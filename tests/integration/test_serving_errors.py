@@ -227,6 +227,43 @@ def test_queue_full_is_503_with_retry_after(served: Served) -> None:
         _good(c, served)
 
 
+def test_a_full_queue_refuses_before_the_body_is_read(served: Served) -> None:
+    # Under overload a refusal should cost the event loop as little as it can: with no room
+    # for even one image, v1 and v2 answer 503 before reading (let alone decoding) the body, so
+    # a body that is no image gets the 503, not the 400 it would get with room.
+    app = create_app(_settings(served, max_batch_size=1, max_queue_images=4))
+    with TestClient(app) as c:
+        engine = app.state.service.engine
+        engine.runner = _SlowRunner(engine.runner, delay=0.05)
+        files = [("f", (f"{i}.png", png(served.test.pixels[i]), "image/png")) for i in range(4)]
+        answers: list[int] = []
+
+        def send(count: int) -> None:
+            r = c.post("/v1/classify?max_exit=4&degrade=false", files=files[:count])
+            answers.append(r.status_code)
+
+        threads = [threading.Thread(target=send, args=(n,)) for n in (4, 1)]
+        for t in threads:  # 4 + 1 images, the worker holding one: the 4-image queue is full
+            t.start()
+            time.sleep(0.02)
+        deadline = time.monotonic() + 10
+        while engine.queued_images < 4 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert engine.queued_images == 4
+        v1 = c.post("/v1/classify", content=b"not an image", headers=PNG)
+        v2 = c.post("/v2/models/tiny/infer", content=b"{not json")
+        for r in (v1, v2):
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"] == "1" and "queue is full" in r.json()["error"]
+        for t in threads:
+            t.join(30)
+        assert sorted(answers) == [200, 200]
+        engine.runner = engine.runner.inner
+        # With room again, the same bodies are the client's mistakes.
+        assert c.post("/v1/classify", content=b"not an image", headers=PNG).status_code == 400
+        assert c.post("/v2/models/tiny/infer", content=b"{not json").status_code == 400
+
+
 def test_unexpected_errors_are_a_generic_500(
     client: TestClient, served: Served, caplog: pytest.LogCaptureFixture
 ) -> None:
