@@ -26,8 +26,8 @@ from .overload import (
     open_row,
     run_open,
     settle,
-    stops_cell,
 )
+from .overload_report import stops_cell
 
 
 def run_deadline_sweep(

@@ -30,7 +30,8 @@ from urllib.parse import urlencode
 
 from exitwise.errors import ExitwiseError
 
-from .wrk import WrkResult, run_wrk, scrape, served, write_bodies, write_script
+from .server_metrics import scrape, served
+from .wrk import WrkResult, run_wrk, write_bodies, write_script
 
 
 @dataclass

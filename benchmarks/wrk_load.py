@@ -10,7 +10,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from .http import Workload
-from .wrk import WrkResult, run_wrk, scrape, served, write_bodies, write_script
+from .server_metrics import scrape, served
+from .wrk import WrkResult, run_wrk, write_bodies, write_script
 
 
 def _row(

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from benchmarks import deadline_sweep, overload
+from benchmarks import deadline_sweep, overload, overload_report
 from benchmarks.http import model_info
 from benchmarks.images import load_labelled_images
 from benchmarks.wrk import find_wrk
@@ -42,7 +42,7 @@ def run_scenarios(target: Target, load: Load, scenarios: Scenarios) -> Report:
     if over is not None and multiples is not None:
         done = run_overload(target, load, over, multiples, info, images)
         result["overload"] = done
-        text.append("Overload, open loop.\n\n" + overload.markdown(done))
+        text.append("Overload, open loop.\n\n" + overload_report.markdown(done))
     if values is not None and loads is not None:
         swept = run_deadlines(target, load, values, loads, info, images)
         result["deadlines"] = swept
@@ -72,7 +72,7 @@ def run_overload(
         say=_say,
     )
     if scenario.figure is not None:
-        overload.plot(result, scenario.figure)
+        overload_report.plot(result, scenario.figure)
     return result
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import deadline_sweep, overload
+from benchmarks import deadline_sweep, overload_report
 from benchmarks.overload import accuracy_estimate, open_row
 from benchmarks.wrk import Latency, WrkResult
 
@@ -118,18 +118,18 @@ def _overload_result() -> dict[str, Any]:
 
 def test_the_overload_table_and_figure(tmp_path: Path) -> None:
     result = _overload_result()
-    table = overload.markdown(result)
+    table = overload_report.markdown(result)
     assert "last exit 50 requests/s, cheap 80 requests/s" in table
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| offered (asked / sent per s) | degrade | policy |")
     assert len(lines) == 1 + len(result["rows"])
     assert "| 2x (100 / 100) | on | strict |" in table and "Stopped" not in table
     result["stopped"] = "before 4x, degrade True, late: 503 ..."
-    assert overload.markdown(result).endswith(
+    assert overload_report.markdown(result).endswith(
         "Stopped: the server did not settle before 4x, degrade True, late: 503 ...."
     )
     figure = tmp_path / "overload.png"
-    overload.plot(result, figure)
+    overload_report.plot(result, figure)
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -10,14 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.server_metrics import load_point, parse_metrics, served
 from benchmarks.wrk import (
     MARK,
     Latency,
-    load_point,
     open_connections,
-    parse_metrics,
     parse_result,
-    served,
     write_bodies,
     write_script,
 )
