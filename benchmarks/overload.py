@@ -43,9 +43,11 @@ CLOSED_CONNECTIONS = 16
 
 def settle(url: str, body: bytes, params: dict[str, Any], headers: dict[str, str]) -> str | None:
     """Until the engine's queues are empty and the server has stepped all the way back up
-    (single requests, at most 10 s); ``None`` once it has, else what it still answered. The
-    requests allow stepping down: only those set the level (the one given last)."""
-    end = time.monotonic() + 10
+    (single requests, at most 30 s: the level comes down a point per calm hold, and after a run
+    that tried a dearer point too early the first hold may be 8 s); ``None`` once it has, else
+    what it still answered. The requests allow stepping down: only those set the level (the one
+    given last)."""
+    end = time.monotonic() + 30
     send = {"content-type": "image/png", **headers}
     params = {**params, "degrade": "true"}
     last = ""
