@@ -14,8 +14,9 @@ falls from full to nothing as a batch starts, requests admitted then get the dea
 their work fills the queue again, so the level swings between the two ends and a full queue
 refuses requests the cheap point could have served. A step down that the pressure undoes within
 the hold was too early (the load still needs the cheaper point): the next hold is twice as long,
-up to ``max_hold_s``, so a load between two points' capacities sits at the cheaper one and tries
-the dearer one ever more rarely instead of cycling. A step down that lasts a hold resets it.
+up to ``max_hold_s`` (8 holds unless set), so a load between two points' capacities sits at the
+cheaper one and tries the dearer one ever more rarely instead of cycling. A step down that lasts
+a hold resets it.
 
 The time a request spent before admission is not counted: from the server's side it cannot be
 told apart from a client's slow upload.
@@ -35,20 +36,20 @@ class Degrader:
         queue_s: float,
         *,
         hold_s: float = 1.0,
-        max_hold_s: float = 8.0,
+        max_hold_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_level < 0:
             raise ValueError(f"max_level must be 0 or more, not {max_level}")
         if not queue_s > 0:
             raise ValueError(f"queue_s must be positive, not {queue_s}")
+        max_hold_s = 8 * hold_s if max_hold_s is None else max_hold_s
         if not 0 <= hold_s <= max_hold_s:
             raise ValueError("need 0 <= hold_s <= max_hold_s")
         self.max_level, self.queue_s = max_level, queue_s
         self.base_hold_s, self.max_hold_s, self.clock = hold_s, max_hold_s, clock
         self.hold_s = hold_s  # the hold in force (doubled after a step down undone early)
-        self.last = 0  # the level given last (for /v1/model and the metric)
-        self._held = 0
+        self.last = 0  # the level held, given to the last request (for /v1/model, the metric)
         self._calm_since: float | None = None  # the pressure below one half since then
         self._stepped: float | None = None  # when the held level last came down a point
 
@@ -63,20 +64,19 @@ class Degrader:
         """Points to step down for a request that would wait ``wait_s`` seconds, with ``fill``
         of the engine's queue bound taken."""
         now, asked = self.clock(), self.asked(wait_s, fill)
-        if asked > self._held:
+        if asked > self.last:
             if self._stepped is not None:  # a step down undone: early, or after a whole hold
                 early = now - self._stepped < self.hold_s
                 self.hold_s = min(2 * self.hold_s, self.max_hold_s) if early else self.base_hold_s
-            self._held, self._stepped = asked, None
+            self.last, self._stepped = asked, None
         if asked:
             self._calm_since = None
-        elif self._held:
+        elif self.last:
             if self._calm_since is None:
                 self._calm_since = now
             elif now - self._calm_since >= self.hold_s:
                 if self._stepped is not None:  # the last step down lasted a whole hold
                     self.hold_s = self.base_hold_s
-                self._held -= 1
+                self.last -= 1
                 self._calm_since = self._stepped = now
-        self.last = max(asked, self._held)
         return self.last

@@ -70,9 +70,8 @@ class ModelService:
             ControlSettings(window=window, tolerance=tolerance),
             enabled=s.budget_control == "on",
         )
-        hold = s.degrade_hold_ms / 1000
         self.degrader = Degrader(
-            len(loaded.resolver.points), s.degrade_queue_ms / 1000, hold_s=hold, max_hold_s=8 * hold
+            len(loaded.resolver.points), s.degrade_queue_ms / 1000, hold_s=s.degrade_hold_ms / 1000
         )
         self.margin = deadlines.Margin()
         self.engine = Engine(
