@@ -174,6 +174,9 @@ def test_upload_and_every_budget_show_what_the_api_answers(
     model = httpx.get(f"{server.url}/v1/model", headers=AUTH).json()
     points = sorted(model["operating_points"], key=lambda p: p["expected_mflops"])
     assert page.get_attribute("#budget", "max") == str(len(points))  # the points + full network
+    # The curve is fetched after the page: wait for it (a loaded machine was slower than a check).
+    page.wait_for_selector("#curve-img", state="visible")
+    page.wait_for_function("document.getElementById('curve-img').complete")
     assert page.is_visible("#curve-img")
     assert page.evaluate("document.getElementById('curve-img').naturalWidth") == 120
     assert page.is_visible("#deadline-control")  # the server lists deadline_ms
