@@ -12,11 +12,13 @@ only after the pressure has stayed below one half for ``hold_s`` (release). With
 level would follow the queue, and the engine empties its queue a batch at a time: the pressure
 falls from full to nothing as a batch starts, requests admitted then get the dearest point, and
 their work fills the queue again, so the level swings between the two ends and a full queue
-refuses requests the cheap point could have served. A step down that the pressure undoes within
-the hold was too early (the load still needs the cheaper point): the next hold is twice as long,
-up to ``max_hold_s`` (8 holds unless set), so a load between two points' capacities sits at the
-cheaper one and tries the dearer one ever more rarely instead of cycling. A step down that lasts
-a hold resets it.
+refuses requests the cheap point could have served. A step down is on trial for a hold: if the
+pressure leaves calm (rises past one half) within it, the level steps back up at once, before the
+dearer point's work has filled the queue (the ladder alone would give the point back only near a
+full queue). Such a step down was too early (the load still needs the cheaper point): the next
+hold is twice as long, up to ``max_hold_s`` (8 holds unless set), so a load between two points'
+capacities sits at the cheaper one and tries the dearer one ever more rarely instead of cycling.
+A step down that lasts a hold resets it.
 
 The time a request spent before admission is not counted: from the server's side it cannot be
 told apart from a client's slow upload.
@@ -64,6 +66,8 @@ class Degrader:
         """Points to step down for a request that would wait ``wait_s`` seconds, with ``fill``
         of the engine's queue bound taken."""
         now, asked = self.clock(), self.asked(wait_s, fill)
+        if asked and self._stepped is not None and now - self._stepped < self.hold_s:
+            asked = max(asked, self.last + 1)  # the pressure left calm on trial: step back up
         if asked > self.last:
             if self._stepped is not None:  # a step down undone: early, or after a whole hold
                 early = now - self._stepped < self.hold_s

@@ -1,7 +1,8 @@
 """Degradation: the level the pressure asks for, the hold that keeps it (attack at once, release
-a point per hold, a hold that doubles when a step down comes too early), and, in a discrete-event
-run of a server that takes its queue a batch at a time, no cycle and no refusal when the load
-sits between two points' capacities."""
+a point per calm hold, each step down on trial for a hold, a hold that doubles when a step down
+comes too early), and, in a discrete-event run of a server that takes its queue a batch at a
+time, no cycle and no refusal when the load sits between two points' capacities or near the
+cheapest point's."""
 
 from __future__ import annotations
 
@@ -80,6 +81,26 @@ def test_a_step_down_undone_within_the_hold_doubles_it_up_to_the_cap() -> None:
     assert d.hold_s == 1.0
 
 
+def test_a_step_down_on_trial_goes_back_up_as_soon_as_the_pressure_leaves_calm() -> None:
+    clock = Clock()
+    d = Degrader(max_level=2, queue_s=0.1, hold_s=1.0, clock=clock)
+    d.level(0.2)  # level 2
+    d.level(0.0)
+    clock.now = 1.0
+    assert d.level(0.0) == 1  # a calm hold: one point down, on trial for a hold
+    clock.now = 1.5
+    assert d.asked(0.055) == 1  # the ladder alone would keep the dearer point...
+    assert d.level(0.055) == 2  # ...but the pressure is no longer calm: the step was too early
+    assert d.hold_s == 2.0
+    # After a whole hold the step down is no longer on trial: the ladder decides again.
+    clock.now = 1.6
+    d.level(0.0)
+    clock.now = 3.6
+    assert d.level(0.0) == 1
+    clock.now = 5.7
+    assert d.level(0.055) == 1
+
+
 def _simulate(
     costs: list[float], rate: float, *, bound: int = 64, batch: int = 32, n: int = 60_000
 ) -> tuple[np.ndarray, int, np.ndarray]:
@@ -133,6 +154,15 @@ def test_between_two_points_the_level_holds_without_cycling_or_refusing(rate: fl
     assert np.asarray(COSTS)[served].mean() * rate < 1.0
     assert (served == 0).mean() < 0.01
     assert np.percentile(waits[5000:], 99) < 0.05
+
+
+def test_near_the_cheapest_points_capacity_a_trial_of_a_dearer_one_refuses_nobody() -> None:
+    # 2600/s: 91 % of what the cheapest point serves. Each try of the next point fills the
+    # queue; the try ends when the pressure leaves calm, with the queue half full, not when the
+    # ladder asks for the cheapest point again near a full queue (28 refusals that way).
+    levels, refused, _ = _simulate(COSTS, 2600.0)
+    assert refused == 0
+    assert (levels[5000:] == 3).mean() > 0.95
 
 
 def test_when_the_load_goes_the_level_comes_home() -> None:
