@@ -22,6 +22,13 @@ def add_ratios(rows: list[dict[str, Any]], oracle: list[float] | None) -> None:
         row["speedup"] = float(speedup)
         row["mflops_ratio"] = float(ratio)
         row["mflops_efficiency"] = float(speedup / ratio) if ratio else float("nan")
+        # wrk's rounds ran interleaved, round i of every workload next to round i of the
+        # baseline: the speed-up of each pair, and their median (one slow spell moves it less).
+        mine, theirs = row.get("requests_per_s_rounds"), base.get("requests_per_s_rounds")
+        if mine and theirs and len(mine) == len(theirs) and all(theirs):
+            pairs = [m / t for m, t in zip(mine, theirs, strict=True)]
+            row["speedup_rounds"] = pairs
+            row["speedup_median"] = float(np.median(pairs))
         if oracle is not None and row["images_per_s"]:
             hist = row["exit_histogram"]
             total = sum(hist.values())

@@ -105,7 +105,7 @@ for item in "${what[@]}"; do
       [[ -f "$out/engine.json" ]] || { echo "error: run the engine benchmark first" >&2; exit 1; }
       serve "$bundle"
       ew bench http --url "http://127.0.0.1:$port" --client wrk --client-cpus "$client_cpu" \
-        --concurrency 1,16 --duration 10 --rounds 2 --dataset fashion-mnist \
+        --concurrency 1,16 --duration 10 --rounds 3 --dataset fashion-mnist \
         --oracle "$out/engine.json" --json "$out/http.json" --markdown "$out/http.md"
       ew bench http --url "http://127.0.0.1:$port" --concurrency 4 --images-per-request 16 \
         --requests 200 --duration 60 --rounds 2 --dataset fashion-mnist \

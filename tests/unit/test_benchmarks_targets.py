@@ -1,5 +1,5 @@
 """scripts/benchmarks_targets.py: the deadline and overload targets, read from the files that
-`scripts/benchmarks.sh load` writes."""
+`scripts/benchmarks.sh load` writes, and the budget-3 speed-up over HTTP (median of rounds)."""
 
 from __future__ import annotations
 
@@ -126,3 +126,33 @@ def test_missing_or_earlier_files() -> None:
         {"deadlines": {"rows": [{"deadline_ms": None}]}},
     )
     assert len(old) == 2 and all("an earlier format: re-measure" in line for line in old)
+
+
+def test_budget_three_is_the_point_it_is_served_by_with_the_median_of_its_rounds() -> None:
+    sys.path.insert(0, str(REPO))
+    from benchmarks_targets import http_rows
+
+    from benchmarks.http_report import add_ratios
+
+    def row(workload: str, params: dict[str, float], rounds: list[float]) -> dict[str, Any]:
+        return {
+            "workload": workload, "params": params, "concurrency": 16,
+            "images_per_s": sum(rounds) / len(rounds), "mean_mflops": 12.0 / (rounds[0] / 100),
+            "exit_histogram": {"4": 1}, "requests_per_s_rounds": rounds,
+        }  # fmt: skip
+
+    rows = [
+        row("last exit", {"max_exit": 4}, [100.0, 100.0, 80.0]),
+        row("budget-1.80", {"budget_mflops": 1.8}, [300.0, 300.0, 300.0]),
+        row("budget-2.40", {"budget_mflops": 2.4}, [210.0, 150.0, 190.0]),  # 2.1x, 1.5x, 2.375x
+        row("budget-4.00", {"budget_mflops": 4.0}, [150.0, 150.0, 150.0]),
+    ]
+    add_ratios(rows, None)
+    assert rows[2]["speedup_rounds"] == pytest.approx([2.1, 1.5, 2.375])
+    assert rows[2]["speedup_median"] == pytest.approx(2.1)
+    line = next(r for r in http_rows({"rows": rows}, None) if "budget_mflops=3" in r)
+    assert "served by budget-2.40" in line and "median 2.10x" in line and line.endswith("met |")
+    rows[2]["requests_per_s_rounds"] = [190.0, 150.0, 150.0]
+    add_ratios(rows, None)
+    line = next(r for r in http_rows({"rows": rows}, None) if "budget_mflops=3" in r)
+    assert line.endswith("**not met** |")
