@@ -104,7 +104,6 @@ class Engine:
         self.slots = Slots(2 * max_queue_images + 4 * max_batch_size, k)
         self._queues: list[deque[Rows]] = [deque() for _ in range(k)]
         self._rows = [0] * k  # live rows waiting at each stage
-        self._timed = [0] * k  # groups of rows with a deadline in each queue
         self._jobs: dict[int, Job] = {}
         self._ids = itertools.count()
         self._done: list[Job] = []  # completed or failed, to be delivered
@@ -219,7 +218,7 @@ class Engine:
             self._jobs[job_id] = job
             state = [] if blobs is not None else [images]
             slots = np.arange(job.start, job.start + n)
-            self._push(0, Rows(slots, state, job.enqueued, blobs, job, ticket.deadline))  # type: ignore[arg-type]
+            self._push(0, Rows(slots, state, job.enqueued, blobs, job))  # type: ignore[arg-type]
             if arrival is not None and not arrival.arrived:
                 arrival.arrived = True  # with the images: a waiting worker sees both at once
                 self._incoming -= 1
@@ -281,11 +280,12 @@ class Engine:
         while True:
             with self._cond:
                 now = time.monotonic()
-                if any(self._timed):
-                    self._sweep(now)
+                soonest = self._soonest()
+                if self.slots.timed:
+                    self._sweep(now, soonest)
                 if not self._done:  # else delivered first (outside the lock), then back here
                     decision = pick(
-                        [self._view(k) for k in range(self.num_exits)],
+                        [self._view(k, soonest[k]) for k in range(self.num_exits)],
                         now,
                         max_batch=self.max_batch_size,
                         max_wait_s=self.max_wait_s,
@@ -293,7 +293,7 @@ class Engine:
                         incoming=self._incoming > 0 and not self._stopping,
                     )
                     if isinstance(decision, Run):
-                        if parts := self._take(decision.stage, now):
+                        if parts := self._take(decision.stage, now, soonest[decision.stage]):
                             return decision.stage, parts
                         continue
                     if isinstance(decision, Idle) and self._stopping:
@@ -304,43 +304,41 @@ class Engine:
                     continue
             self._deliver()
 
-    def _soonest(self, stage: int) -> float:
-        """The earliest deadline waiting at ``stage`` (only deadline traffic pays the scan)."""
-        queue = self._queues[stage]
-        return (
-            min((r.deadline for r in queue), default=math.inf) if self._timed[stage] else math.inf
-        )
+    def _soonest(self) -> np.ndarray:
+        """The earliest deadline of the live rows waiting at each stage, read from their slots
+        (inf: none; only deadline traffic pays the scan)."""
+        soonest = np.full(self.num_exits, math.inf)
+        if self.slots.timed:
+            waiting = np.flatnonzero(self.slots.queued >= 0)
+            np.minimum.at(soonest, self.slots.queued[waiting], self.slots.deadline[waiting])
+        return soonest
 
-    def _view(self, stage: int) -> QueueView:
+    def _view(self, stage: int, soonest: float) -> QueueView:
         queue = self._queues[stage]
         if not queue:
             return EMPTY
         rows = max(1, self._rows[stage])
         seconds = self.latency.estimate(stage, min(rows, self.max_batch_size))
-        return QueueView(rows, queue[0].since, self._soonest(stage) - seconds, seconds)
+        return QueueView(rows, queue[0].since, soonest - seconds, seconds)
 
-    def _take(self, stage: int, now: float) -> list[Rows]:
-        """Up to a batch of live rows, oldest first; with deadlines waiting, as many as finish
-        before the earliest one, those with the earliest deadlines first when not all fit."""
-        queue, slots = self._queues[stage], self.slots
-        soonest, limit = self._soonest(stage), self.max_batch_size
+    def _take(self, stage: int, now: float, soonest: float) -> list[Rows]:
+        """Up to a batch of live rows, oldest first; with deadlines waiting (``soonest``, the
+        earliest), as many as finish before it, those with the earliest deadlines first when
+        not all fit."""
+        queue, slots, limit = self._queues[stage], self.slots, self.max_batch_size
         if timed := math.isfinite(soonest):
             fits = lambda n: self.latency.estimate(stage, n)  # noqa: E731
             limit = deadlines.batch_limit(soonest - now, limit, fits)
         if urgent := timed and self._rows[stage] > limit:
-            queue = deque(sorted(queue, key=lambda r: r.deadline))
+            due = lambda r: slots.deadline[r.slots].min(initial=math.inf)  # noqa: E731
+            queue = deque(sorted(queue, key=due))
         taken: list[Rows] = []
         while limit > 0 and queue:
-            rows = queue.popleft()
-            self._timed[stage] -= math.isfinite(rows.deadline)
-            rows = self._live(rows)
+            rows = self._live(queue.popleft())
             if len(rows) > limit:
                 first = deadlines.order(slots.deadline[rows.slots], limit)
-                queue.appendleft(
-                    rest := self._part(rows, np.setdiff1d(np.arange(len(rows)), first))
-                )
-                self._timed[stage] += math.isfinite(rest.deadline)
-                rows = self._part(rows, first)
+                queue.appendleft(rows.pick(np.setdiff1d(np.arange(len(rows)), first)))
+                rows = rows.pick(first)
             if len(rows):
                 taken.append(rows)
                 limit -= len(rows)
@@ -350,24 +348,20 @@ class Engine:
             self._queues[stage] = deque(sorted(queue, key=lambda r: r.since))
         return taken
 
-    def _part(self, rows: Rows, index: np.ndarray) -> Rows:
-        part = rows.pick(index)
-        part.deadline = float(self.slots.deadline[part.slots].min(initial=math.inf))
-        return part
-
     def _live(self, rows: Rows) -> Rows:
         """``rows`` less those of requests that went away (counted done here; maybe none left)."""
         if (live := self.slots.live[rows.slots]).all():
             return rows
         self._count(rows.slots[~live])
-        return self._part(rows, np.flatnonzero(live))
+        return rows.pick(np.flatnonzero(live))
 
-    def _sweep(self, now: float) -> None:
+    def _sweep(self, now: float, soonest: np.ndarray) -> None:
         """Answer the rows waiting for a later stage that could not finish it in time even if
-        it started now, from the exit they passed last."""
+        it started now, from the exit they passed last (``soonest``: each stage's earliest
+        deadline, lowered to what is left)."""
         for stage in range(1, self.num_exits):
             finish = now + self.latency.estimate(stage, 1)
-            if self._soonest(stage) >= finish:
+            if soonest[stage] >= finish:
                 continue
             kept: deque[Rows] = deque()
             for rows in map(self._live, self._queues[stage]):
@@ -376,11 +370,11 @@ class Engine:
                     self.slots.queued[gone] = -1
                     self._rows[stage] -= len(gone)
                     self._count(gone, np.full(len(gone), DEADLINE))
-                    rows = self._part(rows, np.flatnonzero(~late))
+                    rows = rows.pick(np.flatnonzero(~late))
                 if len(rows):
                     kept.append(rows)
             self._queues[stage] = kept
-            self._timed[stage] = sum(math.isfinite(r.deadline) for r in kept)
+            soonest[stage] = self._soonest()[stage]
 
     def _run(self, stage: int, parts: list[Rows]) -> None:
         """Run ``parts`` through ``stage``, and straight on through the next stages while the
@@ -389,14 +383,14 @@ class Engine:
         if stage == 0 and not (parts := self._decode(parts)):
             return
         rows = join(parts)
-        s, state, timed = rows.slots, rows.state, rows.deadline < math.inf
+        s, state = rows.slots, rows.state
+        timed = bool(self.slots.timed) and bool(np.isfinite(self.slots.deadline[s]).any())
         while (out := self._stage(stage, s, state, timed)) is not None:
             s, state, done = out
             stage += 1
             if timed or self._incoming or any(self._rows):
-                deadline = float(self.slots.deadline[s].min()) if timed else math.inf
                 with self._cond:
-                    self._push(stage, Rows(s, state, done, deadline=deadline))
+                    self._push(stage, Rows(s, state, done))
                 return
 
     def _stage(
@@ -504,7 +498,6 @@ class Engine:
         self.slots.queued[rows.slots] = stage
         self._queues[stage].append(rows)
         self._rows[stage] += len(rows)
-        self._timed[stage] += math.isfinite(rows.deadline)
 
     def _count(self, slots: np.ndarray, reasons: np.ndarray | None = None) -> None:
         """``slots`` are done with: answered (for ``reasons``: their results are in their slots

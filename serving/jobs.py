@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -102,6 +102,7 @@ class Slots:
         self.top_probs = np.zeros((capacity, 0))
         self._used = np.zeros(capacity, dtype=bool)
         self._next = 0
+        self.timed = 0  # slots given to requests with a deadline: scans for deadlines run only then
 
     def allocate(self, job_id: int, ticket: Ticket, n: int) -> int:
         """``n`` contiguous slots for a request, filled from its ticket; their first index."""
@@ -114,6 +115,7 @@ class Slots:
         self.max_index[start:end] = plan.max_index
         self.limit[start:end] = plan.max_index if ticket.limit is None else ticket.limit
         self.deadline[start:end] = ticket.deadline
+        self.timed += n * math.isfinite(ticket.deadline)
         self.top_k[start:end] = ticket.top_k
         self.live[start:end] = True
         self.exit[start:end] = -1
@@ -134,6 +136,7 @@ class Slots:
         return int(fits[0, 0])
 
     def free(self, start: int, n: int) -> None:
+        self.timed -= n * math.isfinite(self.deadline[start])
         self._used[start : start + n] = False
         self.live[start : start + n] = False
         self.queued[start : start + n] = -1
@@ -194,7 +197,6 @@ class Rows:
     since: float  # time.monotonic() they joined the queue
     encoded: Sequence[bytes] | None = None  # stage 1: still encoded (PNG, JPEG, ...)
     job: Job | None = None  # stage 1 before decoding: the one request they belong to
-    deadline: float = field(default=math.inf)  # the earliest deadline among them
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -205,7 +207,7 @@ class Rows:
         if state:
             state = select_rows(state, torch.from_numpy(index).to(state[0].device))
         encoded = None if self.encoded is None else [self.encoded[i] for i in index.tolist()]
-        return Rows(self.slots[index], state, self.since, encoded, self.job, self.deadline)
+        return Rows(self.slots[index], state, self.since, encoded, self.job)
 
 
 def join(parts: Sequence[Rows]) -> Rows:
@@ -217,5 +219,4 @@ def join(parts: Sequence[Rows]) -> Rows:
         np.concatenate([p.slots for p in parts]),
         [torch.cat([p.state[i] for p in parts]) for i in range(width)],
         min(p.since for p in parts),
-        deadline=min(p.deadline for p in parts),
     )

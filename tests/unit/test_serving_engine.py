@@ -340,7 +340,8 @@ def test_requests_that_go_away_never_lend_their_slots_to_others() -> None:
     # Clients give up while their rows wait (a slow stage ahead of them), and new requests
     # keep coming into a small engine. A slot of a request that went away is given to another
     # request only once the worker has dropped every row of it: every answer is its own
-    # images', and the engine ends with every slot free.
+    # images', and the engine ends with every slot free (and no deadline left to scan for:
+    # the requests that go away have one).
     runner = FakeRunner(delay=0.002)
     plan = _plan([0.9, 0.85, 0.8])
 
@@ -350,7 +351,7 @@ def test_requests_that_go_away_never_lend_their_slots_to_others() -> None:
         try:
             rng = np.random.default_rng(7)
             for round_ in range(150):
-                gone = engine.submit(ticket(plan), _images(2, seed=1000 + round_))
+                gone = engine.submit(ticket(plan, deadline=5.0), _images(2, seed=1000 + round_))
                 if rng.uniform() < 0.7:
                     await asyncio.sleep(rng.uniform(0, 0.004))
                 engine.cancel(gone)
@@ -365,6 +366,7 @@ def test_requests_that_go_away_never_lend_their_slots_to_others() -> None:
                     break
                 await asyncio.sleep(0.01)
             assert not engine.slots._used.any() and engine.queued_images == 0
+            assert engine.slots.timed == 0
         finally:
             engine.stop()
 
