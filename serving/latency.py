@@ -1,10 +1,16 @@
 """How long each stage takes, per batch size, on the device being served: the latency model.
 
-Deadlines and the admission forecast need it. :meth:`LatencyModel.measure` times every stage
-at warm-up for batch sizes 1, 2, 4, ... up to the largest batch; the engine keeps the figures
-current with every stage batch it runs (an exponentially weighted mean per stage and size
-bucket; a bucket holds the batches of more than half its size up to it). A forecast for ``n``
-rows interpolates between the buckets around ``n``. Written by the engine's worker, read by the
+Deadlines and the admission forecast need it. Its shape comes from warm-up and its level from
+now: :meth:`LatencyModel.measure` times every stage on the idle device for batch sizes 1, 2, 4,
+... up to the largest batch (the floor), and every stage batch the engine runs moves that
+stage's pace, a moving mean of how much slower than the floor its batches take now. A forecast
+for ``n`` rows is the floor interpolated between the sizes around ``n``, times the pace.
+
+One pace per stage, not a mean per size: under load the event loop shares the core with the
+stage batches and makes all of them slower alike, and a mean per size is moved only by batches
+of that size. After an overload (full batches, slowed down) the full-batch figures stayed twice
+the floor while the load that followed ran only smaller batches, and the deadline rules, which
+size batches to fit, kept them small for good. Written by the engine's worker, read by the
 event loop: plain floats in lists, no lock.
 """
 
@@ -38,10 +44,10 @@ class LatencyModel:
             raise ValueError(f"alpha must be in (0, 1], not {alpha}")
         self.buckets = buckets_up_to(max_batch)
         self.alpha = alpha
-        # Seconds per batch by stage and bucket (nan: not measured), and what warm-up measured
-        # on the idle device: what a stage takes at the least.
-        self._seconds = [[math.nan] * len(self.buckets) for _ in range(num_stages)]
+        # Seconds per batch by stage and bucket on the idle device (nan: not measured; a
+        # bucket warm-up did not measure takes the first batch of its size, less the pace).
         self._floor = [[math.nan] * len(self.buckets) for _ in range(num_stages)]
+        self.pace = [1.0] * num_stages
         # Seconds per row of a full batch, by stage (0.0: not measured): the admission
         # forecast's unit of queued work, read for every request.
         self.per_row_full = [0.0] * num_stages
@@ -64,19 +70,23 @@ class LatencyModel:
             for stage, seconds in enumerate(best):
                 self.set(stage, n, seconds)
 
+    def set(self, stage: int, rows: int, seconds: float) -> None:
+        """A warm-up measurement: the floor of its bucket."""
+        self._floor[stage][self._bucket(rows)] = seconds
+        self._full(stage)
+
     def observe(self, stage: int, rows: int, seconds: float) -> None:
         """One stage batch of ``rows`` rows took ``seconds``."""
         if rows < 1 or not math.isfinite(seconds) or seconds < 0:
             return
-        row, i = self._seconds[stage], self._bucket(rows)
-        row[i] = seconds if math.isnan(row[i]) else row[i] + self.alpha * (seconds - row[i])
-        if i == len(self.buckets) - 1:
-            self.per_row_full[stage] = row[i] / self.buckets[-1]
+        floor, i = self._floor[stage], self._bucket(rows)
+        if math.isnan(floor[i]):
+            floor[i] = seconds / self.pace[stage]
+        elif (base := self.floor_estimate(stage, rows)) > 0:
+            self.pace[stage] += self.alpha * (seconds / base - self.pace[stage])
+        self._full(stage)
 
-    def set(self, stage: int, rows: int, seconds: float) -> None:
-        """A warm-up measurement: replaces what the bucket held, and is its floor from now on."""
-        i = self._bucket(rows)
-        self._seconds[stage][i] = self._floor[stage][i] = seconds
+    def _full(self, stage: int) -> None:
         self.per_row_full[stage] = self.estimate(stage, self.buckets[-1]) / self.buckets[-1]
 
     def floor(self, stage: int, rows: int) -> float:
@@ -84,11 +94,12 @@ class LatencyModel:
         value = self._floor[stage][self._bucket(rows)]
         return 0.0 if math.isnan(value) else value
 
-    def estimate(self, stage: int, rows: int) -> float:
-        """Forecast seconds for a batch of ``rows`` at ``stage`` (0.0 with nothing measured)."""
+    def floor_estimate(self, stage: int, rows: int) -> float:
+        """Seconds for a batch of ``rows`` at ``stage`` on the idle device, interpolated between
+        the measured sizes around it (0.0 with nothing measured)."""
         rows = max(1, rows)
         below = above = None
-        for b, s in zip(self.buckets, self._seconds[stage], strict=True):
+        for b, s in zip(self.buckets, self._floor[stage], strict=True):
             if math.isnan(s):
                 continue
             if b <= rows:
@@ -102,16 +113,21 @@ class LatencyModel:
         (b0, s0), (b1, s1) = below, above
         return s0 if b1 == b0 else s0 + (s1 - s0) * (rows - b0) / (b1 - b0)
 
+    def estimate(self, stage: int, rows: int) -> float:
+        """Forecast seconds for a batch of ``rows`` at ``stage`` now: the floor times the pace."""
+        return self.floor_estimate(stage, rows) * self.pace[stage]
+
     def describe(self) -> list[dict[str, Any]]:
-        """Per stage (1-based): milliseconds per batch for each measured size."""
+        """Per stage (1-based): the pace, and milliseconds per batch now for each measured size."""
         return [
             {
                 "stage": k + 1,
+                "pace": round(self.pace[k], 3),
                 "ms_per_batch": {
-                    str(b): round(s * 1000, 4)
+                    str(b): round(s * self.pace[k] * 1000, 4)
                     for b, s in zip(self.buckets, row, strict=True)
                     if not math.isnan(s)
                 },
             }
-            for k, row in enumerate(self._seconds)
+            for k, row in enumerate(self._floor)
         ]

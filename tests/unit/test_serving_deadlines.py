@@ -34,10 +34,30 @@ def test_buckets_and_estimates() -> None:
     assert m.estimate(0, 8) == pytest.approx(0.004)
     assert m.estimate(0, 4) == pytest.approx(0.001 + 0.003 * 3 / 7)  # between the buckets
     assert m.estimate(0, 16) == pytest.approx(0.008)  # beyond: per-row cost of the largest
-    m.observe(0, 8, 0.014)  # slower now: the moving mean follows, a tenth of the way
+    m.observe(0, 8, 0.014)  # slower now: the stage's pace follows, a tenth of the way...
     assert m.estimate(0, 8) == pytest.approx(0.005)
+    assert m.estimate(0, 1) == pytest.approx(0.00125)  # ...at every batch size
     assert m.floor(0, 8) == pytest.approx(0.004) and m.floor(1, 8) == 0.0  # warm-up's figure
-    assert m.describe()[0]["ms_per_batch"] == {"1": 1.0, "8": 5.0}
+    assert m.describe()[0] == {"stage": 1, "pace": 1.25, "ms_per_batch": {"1": 1.25, "8": 5.0}}
+    m.observe(1, 4, 0.002)  # a size warm-up did not measure takes its first batch as its floor
+    assert m.floor(1, 4) == pytest.approx(0.002) and m.estimate(1, 4) == pytest.approx(0.002)
+
+
+def test_the_estimates_come_home_after_an_overload_whatever_size_runs_then() -> None:
+    # An overload runs full batches, slowed down by the HTTP work sharing the core; the load
+    # after it runs only small ones. Every batch moves the stage's one pace, so the full-batch
+    # forecast comes back too. (A mean per size stayed at twice the floor: only full batches
+    # could move it, and the deadline rules, sizing batches to fit, never ran one again.)
+    m = LatencyModel(1, 32)
+    for n in m.buckets:
+        m.set(0, n, 0.0001 * n)
+    for _ in range(50):
+        m.observe(0, 32, 2 * 0.0032)
+    assert m.estimate(0, 32) == pytest.approx(0.0064, rel=0.02)
+    for _ in range(50):
+        m.observe(0, 4, 0.0004)
+    assert m.estimate(0, 32) == pytest.approx(0.0032, rel=0.02)
+    assert m.per_row_full[0] == pytest.approx(0.0001, rel=0.02)
 
 
 NEVER = _plan([math.inf] * (K - 1))  # nobody is confident: only caps and deadlines stop them
