@@ -10,7 +10,6 @@ lets the engine finish what is queued, and releases everything.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from exitwise import __version__
 
-from . import errors
+from . import collector, errors
 from .lean import ServingApp, lean_middleware
 from .lifecycle import Lifecycle
 from .live import LiveStats
@@ -52,12 +51,11 @@ def create_app(
         live = LiveStats(model.bundle.manifest.num_exits)
         service = ModelService(settings, model, metrics, live)
         await asyncio.to_thread(service.start)
-        # Everything loaded so far (the model, torch, the libraries: a few hundred thousand
-        # objects) lives as long as the server: out of the collector's way. Its full passes
-        # walked them all, every few thousand requests, and made the classify route's p99 ten
-        # times its p50 under load.
-        gc.collect()
-        gc.freeze()
+        # Everything loaded so far lives as long as the server: out of the collector's way
+        # (its full passes walked it all and made the classify route's p99 ten times its p50
+        # under load), and full collections once a minute, not every few seconds.
+        collector.settle()
+        full = collector.FullCollections(asyncio.get_running_loop())
         app.state.service = service
         app.state.live = live
         lifecycle.mark_ready()
@@ -71,6 +69,7 @@ def create_app(
         try:
             yield
         finally:
+            full.stop()
             lifecycle.begin_drain()
             await asyncio.to_thread(service.stop)
             lifecycle.mark_stopped()

@@ -1,0 +1,56 @@
+"""serving/collector.py: no full collection between the timed ones, one on each tick, and
+CPython's schedule back once the last server stops."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+import pytest
+
+from serving.collector import NEVER, FullCollections
+
+
+def test_full_collections_run_on_the_timer_and_only_then() -> None:
+    before = gc.get_threshold()
+    full: list[float] = []
+
+    def seen(phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            full.append(asyncio.get_event_loop().time())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        a = FullCollections(loop, every_s=0.05)
+        b = FullCollections(loop, every_s=0.05)  # a second server in the same process
+        assert gc.get_threshold() == (before[0], before[1], NEVER)
+        gc.callbacks.append(seen)
+        try:
+            junk = []
+            for _ in range(200_000):  # plenty of young collections, none of them full
+                cycle: list[Any] = []
+                cycle.append(cycle)
+                junk.append(cycle)
+                if len(junk) > 1000:
+                    junk.clear()
+            assert full == []
+            await asyncio.sleep(0.18)
+            assert 2 <= len(full) <= 8  # each server's ticks
+        finally:
+            gc.callbacks.remove(seen)
+            a.stop()
+            assert gc.get_threshold()[2] == NEVER  # b still runs
+            b.stop()
+
+    asyncio.run(main())
+    assert gc.get_threshold() == before
+
+
+def test_the_interval_must_be_positive() -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError, match="every_s"):
+            FullCollections(asyncio.get_running_loop(), every_s=0)
+
+    asyncio.run(main())
+    assert gc.get_threshold()[2] != NEVER
