@@ -55,7 +55,7 @@ def create_app(
         # (its full passes walked it all and made the classify route's p99 ten times its p50
         # under load), and full collections once a minute, not every few seconds.
         collector.settle()
-        full = collector.FullCollections(asyncio.get_running_loop())
+        full = collector.FullCollections(asyncio.get_running_loop(), paused=metrics.gc_paused)
         app.state.service = service
         app.state.live = live
         lifecycle.mark_ready()

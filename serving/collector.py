@@ -14,12 +14,15 @@ So full collections run on a timer instead (:class:`FullCollections`, every ``ev
 pause a minute rather than several. Young collections run as CPython schedules them: they take
 a few milliseconds at most and free the cycles that requests leave behind (an exception's
 traceback, for one). Only garbage cycles that outlive two young collections wait for the timer.
+Every pause is timed into ``exitwise_gc_pause_seconds{generation}``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import time
+from collections.abc import Callable
 from typing import ClassVar
 
 FULL_EVERY_S = 60.0
@@ -43,10 +46,19 @@ class FullCollections:
     _running: ClassVar[list[FullCollections]] = []
     _saved: ClassVar[tuple[int, int, int]] = gc.get_threshold()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, every_s: float = FULL_EVERY_S) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        every_s: float = FULL_EVERY_S,
+        paused: Callable[[int, float], None] | None = None,
+    ) -> None:
+        """``paused(generation, seconds)`` is told every collection's pause."""
         if not every_s > 0:
             raise ValueError(f"every_s must be positive, not {every_s}")
-        self.loop, self.every_s = loop, every_s
+        self.loop, self.every_s, self.paused = loop, every_s, paused
+        self._began = 0.0
+        if paused is not None:
+            gc.callbacks.append(self._timed)
         if not FullCollections._running:
             FullCollections._saved = gc.get_threshold()
             young, middle, _ = FullCollections._saved
@@ -54,12 +66,20 @@ class FullCollections:
         FullCollections._running.append(self)
         self._timer = loop.call_later(every_s, self._collect)
 
+    def _timed(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        elif self.paused is not None:
+            self.paused(info["generation"], time.perf_counter() - self._began)
+
     def _collect(self) -> None:
         gc.collect()
         self._timer = self.loop.call_later(self.every_s, self._collect)
 
     def stop(self) -> None:
         self._timer.cancel()
+        if self._timed in gc.callbacks:
+            gc.callbacks.remove(self._timed)
         if self in FullCollections._running:
             FullCollections._running.remove(self)
             if not FullCollections._running:

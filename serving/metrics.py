@@ -17,6 +17,8 @@ Names (prefix ``exitwise_``; histograms in seconds; labels kept low-cardinality)
 - ``degraded_total{operating_point}``: images served at a cheaper point than asked, under load;
   ``degradation_level``: how many points the server steps down now.
 - ``deadline_margin_seconds``: how long before its ``deadline_ms`` an answer is due now.
+- ``gc_pause_seconds{generation}``: the garbage collector's pauses, which stop the whole process
+  (the event loop and the engine's worker alike).
 - ``model_info{model,backend,device,provider}``: 1, labels describe what is served.
 
 Series for every exit and stage exist from the start (at 0), so dashboards see them at once.
@@ -152,6 +154,15 @@ class Metrics:
             "Operating points the server steps down under load now (0: none).",
             registry=registry,
         )
+        self.gc_pause = Histogram(
+            "exitwise_gc_pause_seconds",
+            "Garbage-collector pauses, by generation (2: the full collections, on a timer); the "
+            "whole process waits.",
+            ("generation",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._gc_pause = [self.gc_pause.labels(generation=str(g)) for g in range(3)]
         self.deadline_margin = Gauge(
             "exitwise_deadline_margin_seconds",
             "How long before its deadline_ms an answer is due now (learned from the answers).",
@@ -180,6 +191,10 @@ class Metrics:
             self._stage_rows.append(self.stage_batch_size.labels(stage=str(k)))
             self._stage_depth.append(self.stage_queue_depth.labels(stage=str(k)))
             self._stage_seconds.append(self.stage_seconds.labels(stage=str(k)))
+
+    def gc_paused(self, generation: int, seconds: float) -> None:
+        if 0 <= generation < len(self._gc_pause):
+            self._gc_pause[generation].observe(seconds)
 
     def record_stage(self, index: int, rows: int, seconds: float, waits: Sequence[float]) -> None:
         """One stage batch (0-based ``index``): its rows and time, and, for the first stage, how

@@ -208,6 +208,7 @@ def test_metrics_exposes_every_documented_series(client: TestClient) -> None:
         "exitwise_inflight_requests",
         "exitwise_queue_depth",
         "exitwise_model_info",
+        'exitwise_gc_pause_seconds_bucket{generation="2"',
     ):
         assert name in text, name
     assert 'exitwise_requests_total{code="400",route="/v1/classify"}' in text

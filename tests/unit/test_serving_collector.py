@@ -1,5 +1,5 @@
-"""serving/collector.py: no full collection between the timed ones, one on each tick, and
-CPython's schedule back once the last server stops."""
+"""serving/collector.py: no full collection between the timed ones, one on each tick, every
+pause timed, and CPython's schedule back once the last server stops."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from serving.collector import NEVER, FullCollections
 def test_full_collections_run_on_the_timer_and_only_then() -> None:
     before = gc.get_threshold()
     full: list[float] = []
+    pauses: list[tuple[int, float]] = []  # every collection's pause, timed for /metrics
 
     def seen(phase: str, info: dict[str, Any]) -> None:
         if phase == "stop" and info["generation"] == 2:
@@ -22,7 +23,7 @@ def test_full_collections_run_on_the_timer_and_only_then() -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        a = FullCollections(loop, every_s=0.05)
+        a = FullCollections(loop, every_s=0.05, paused=lambda g, s: pauses.append((g, s)))
         b = FullCollections(loop, every_s=0.05)  # a second server in the same process
         assert gc.get_threshold() == (before[0], before[1], NEVER)
         gc.callbacks.append(seen)
@@ -37,11 +38,15 @@ def test_full_collections_run_on_the_timer_and_only_then() -> None:
             assert full == []
             await asyncio.sleep(0.18)
             assert 2 <= len(full) <= 8  # each server's ticks
+            assert {g for g, _ in pauses} >= {0, 2} and all(s >= 0 for _, s in pauses)
         finally:
             gc.callbacks.remove(seen)
             a.stop()
             assert gc.get_threshold()[2] == NEVER  # b still runs
             b.stop()
+        seen_before = len(pauses)
+        gc.collect()
+        assert len(pauses) == seen_before  # stopped: no longer timed
 
     asyncio.run(main())
     assert gc.get_threshold() == before
