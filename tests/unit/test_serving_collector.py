@@ -37,7 +37,7 @@ def test_full_collections_run_on_the_timer_and_only_then() -> None:
                     junk.clear()
             assert full == []
             await asyncio.sleep(0.18)
-            assert 2 <= len(full) <= 8  # each server's ticks
+            assert 2 <= len(full) <= 12  # each server's ticks (about 4 each in 0.18 s)
             assert {g for g, _ in pauses} >= {0, 2} and all(s >= 0 for _, s in pauses)
         finally:
             gc.callbacks.remove(seen)
