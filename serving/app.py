@@ -53,7 +53,7 @@ def create_app(
         await asyncio.to_thread(service.start)
         # Everything loaded so far lives as long as the server: out of the collector's way
         # (its full passes walked it all and made the classify route's p99 ten times its p50
-        # under load), and full collections once a minute, not every few seconds.
+        # under load), and full collections every ten minutes, not every few seconds.
         collector.settle()
         full = collector.FullCollections(asyncio.get_running_loop(), paused=metrics.gc_paused)
         app.state.service = service
