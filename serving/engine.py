@@ -281,8 +281,8 @@ class Engine:
             with self._cond:
                 now = time.monotonic()
                 soonest = self._soonest()
-                if self.slots.timed:
-                    self._sweep(now, soonest)
+                if self.slots.timed and self._sweep(now, soonest):
+                    soonest = self._soonest()
                 if not self._done:  # else delivered first (outside the lock), then back here
                     decision = pick(
                         [self._view(k, soonest[k]) for k in range(self.num_exits)],
@@ -355,10 +355,11 @@ class Engine:
         self._count(rows.slots[~live])
         return rows.pick(np.flatnonzero(live))
 
-    def _sweep(self, now: float, soonest: np.ndarray) -> None:
+    def _sweep(self, now: float, soonest: np.ndarray) -> bool:
         """Answer the rows waiting for a later stage that could not finish it in time even if
         it started now, from the exit they passed last (``soonest``: each stage's earliest
-        deadline, lowered to what is left)."""
+        deadline); whether any were."""
+        swept = False
         for stage in range(1, self.num_exits):
             finish = now + self.latency.estimate(stage, 1)
             if soonest[stage] >= finish:
@@ -371,10 +372,11 @@ class Engine:
                     self._rows[stage] -= len(gone)
                     self._count(gone, np.full(len(gone), DEADLINE))
                     rows = rows.pick(np.flatnonzero(~late))
+                    swept = True
                 if len(rows):
                     kept.append(rows)
             self._queues[stage] = kept
-            soonest[stage] = self._soonest()[stage]
+        return swept
 
     def _run(self, stage: int, parts: list[Rows]) -> None:
         """Run ``parts`` through ``stage``, and straight on through the next stages while the
