@@ -407,8 +407,7 @@ class Engine:
             state = self.runner.initial_state(state[0]) if stage == 0 else state
             state, logits = self.runner.run_stage(stage, state)
             thresholds = slots.thresholds[s, stage]
-            caps = np.minimum(slots.max_index[s], slots.limit[s])
-            verdict = judge_stage(logits, stage, k, thresholds, caps)
+            verdict = judge_stage(logits, stage, k, thresholds, slots.cap[s])
             done = time.monotonic()
             leave = verdict.stop
             if timed and stage + 1 < k and not leave.all():
@@ -416,9 +415,11 @@ class Engine:
                 finish = done + self.latency.estimate(stage + 1, nxt)
                 leave = leave | deadlines.late(slots.deadline[s], finish)
             # Top-k for the rows leaving, and for those a deadline may stop later (from here).
-            top_k = slots.top_k[s]
-            wanted = (top_k > 0) & ((leave | np.isfinite(slots.deadline[s])) if timed else leave)
-            top = top_k_of(logits, wanted, int(top_k[wanted].max())) if wanted.any() else None
+            top = wanted = None
+            if slots.topped:
+                due = (leave | np.isfinite(slots.deadline[s])) if timed else leave
+                if (wanted := (slots.top_k[s] > 0) & due).any():
+                    top = top_k_of(logits, wanted, int(slots.top_k[s][wanted].max()))
             going = np.flatnonzero(~leave)
             if 0 < len(going) < n:
                 state = select_rows(state, torch.from_numpy(going).to(state[0].device))
@@ -430,11 +431,14 @@ class Engine:
         slots.passed(s, stage, verdict.prediction, verdict.confidence)
         if top is not None:
             slots.set_top(s[wanted], *top)
-        if stage == k - 1:
+        leaving = s if len(going) == 0 else s[leave]
+        if len(leaving) == 0:
+            reason = None
+        elif stage == k - 1:
             reason = np.full(n, CAP)  # the last exit has no threshold: it takes the rest
         else:
-            capped = np.where(slots.max_index[s] <= stage, CAP, DEADLINE)
-            reason = np.where(verdict.confidence >= thresholds, CONFIDENT, capped)[leave]
+            capped = np.where(slots.max_index[leaving] <= stage, CAP, DEADLINE)
+            reason = np.where(verdict.confidence[leave] >= thresholds[leave], CONFIDENT, capped)
         self.latency.observe(stage, n, done - start)
         self._survive[stage] += 0.05 * (len(going) / n - self._survive[stage])
         seconds, waits = time.monotonic() - start, []
@@ -446,9 +450,11 @@ class Engine:
                 waits.append(start - job.enqueued)
         if self.metrics is not None:
             self.metrics.record_stage(stage, n, done - start, waits)
-        with self._cond:
-            self._count(s[leave], reason)
-        self._deliver()
+        if reason is not None:
+            with self._cond:
+                self._count(leaving, reason)
+            if self._done:  # only this thread adds to it
+                self._deliver()
         return (s[going], state, done) if len(going) else None
 
     def _decode(self, parts: list[Rows]) -> list[Rows]:
@@ -564,6 +570,8 @@ def _resolve(jobs: list[Job]) -> None:
 
 def _tally(ids: np.ndarray) -> Iterable[tuple[int, int]]:
     """``(id, count)`` of each distinct id (a Python count beats numpy's sort on a batch)."""
+    if len(ids) == 1:
+        return ((int(ids[0]), 1),)
     if len(ids) > 256:
         values, counts = np.unique(ids, return_counts=True)
         return zip(values.tolist(), counts.tolist(), strict=True)

@@ -89,7 +89,7 @@ class Slots:
         self.job = np.zeros(capacity, dtype=np.int64)
         self.thresholds = np.zeros((capacity, k))
         self.max_index = np.zeros(capacity, dtype=np.int64)  # the request's exit cap
-        self.limit = np.zeros(capacity, dtype=np.int64)  # the deadline's, from admission
+        self.cap = np.zeros(capacity, dtype=np.int64)  # that or the deadline's, if lower
         self.deadline = np.full(capacity, math.inf)
         self.top_k = np.zeros(capacity, dtype=np.int64)
         self.live = np.zeros(capacity, dtype=bool)  # its request still wants it
@@ -102,7 +102,9 @@ class Slots:
         self.top_probs = np.zeros((capacity, 0))
         self._used = np.zeros(capacity, dtype=bool)
         self._next = 0
-        self.timed = 0  # slots given to requests with a deadline: scans for deadlines run only then
+        # Slots given to requests with a deadline and with top-k: the work for either runs
+        # only while some slot needs it.
+        self.timed = self.topped = 0
 
     def allocate(self, job_id: int, ticket: Ticket, n: int) -> int:
         """``n`` contiguous slots for a request, filled from its ticket; their first index."""
@@ -113,9 +115,12 @@ class Slots:
         self.job[start:end] = job_id
         self.thresholds[start:end] = plan.thresholds
         self.max_index[start:end] = plan.max_index
-        self.limit[start:end] = plan.max_index if ticket.limit is None else ticket.limit
+        self.cap[start:end] = plan.max_index if ticket.limit is None else min(
+            plan.max_index, ticket.limit
+        )
         self.deadline[start:end] = ticket.deadline
         self.timed += n * math.isfinite(ticket.deadline)
+        self.topped += n * (ticket.top_k > 0)
         self.top_k[start:end] = ticket.top_k
         self.live[start:end] = True
         self.exit[start:end] = -1
@@ -137,6 +142,7 @@ class Slots:
 
     def free(self, start: int, n: int) -> None:
         self.timed -= n * math.isfinite(self.deadline[start])
+        self.topped -= n * bool(self.top_k[start] > 0)
         self._used[start : start + n] = False
         self.live[start : start + n] = False
         self.queued[start : start + n] = -1

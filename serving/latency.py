@@ -47,6 +47,10 @@ class LatencyModel:
         # Seconds per batch by stage and bucket on the idle device (nan: not measured; a
         # bucket warm-up did not measure takes the first batch of its size, less the pace).
         self._floor = [[math.nan] * len(self.buckets) for _ in range(num_stages)]
+        # The floor interpolated for every batch size 0 .. max_batch, by stage: the worker and
+        # the admission forecast read it for every batch and request, so it is built only when
+        # a bucket's floor changes.
+        self._table = [[0.0] * (max_batch + 1) for _ in range(num_stages)]
         self.pace = [1.0] * num_stages
         # Seconds per row of a full batch, by stage (0.0: not measured): the admission
         # forecast's unit of queued work, read for every request.
@@ -73,7 +77,7 @@ class LatencyModel:
     def set(self, stage: int, rows: int, seconds: float) -> None:
         """A warm-up measurement: the floor of its bucket."""
         self._floor[stage][self._bucket(rows)] = seconds
-        self._full(stage)
+        self._rebuild(stage)
 
     def observe(self, stage: int, rows: int, seconds: float) -> None:
         """One stage batch of ``rows`` rows took ``seconds``."""
@@ -82,11 +86,29 @@ class LatencyModel:
         floor, i = self._floor[stage], self._bucket(rows)
         if math.isnan(floor[i]):
             floor[i] = seconds / self.pace[stage]
+            self._rebuild(stage)
         elif (base := self.floor_estimate(stage, rows)) > 0:
             self.pace[stage] += self.alpha * (seconds / base - self.pace[stage])
-        self._full(stage)
+        self.per_row_full[stage] = self.estimate(stage, self.buckets[-1]) / self.buckets[-1]
 
-    def _full(self, stage: int) -> None:
+    def _rebuild(self, stage: int) -> None:
+        """The stage's table from its measured buckets: linear between the sizes around each
+        batch size, the nearest measured one below the smallest, the per-row cost of the
+        largest beyond it (0.0 with nothing measured)."""
+        known = [(b, s) for b, s in zip(self.buckets, self._floor[stage], strict=True)
+                 if not math.isnan(s)]
+        table = self._table[stage]
+        for rows in range(1, len(table)):
+            below = next(((b, s) for b, s in reversed(known) if b <= rows), None)
+            above = next(((b, s) for b, s in known if b >= rows), None)
+            if below is None:
+                table[rows] = 0.0 if above is None else above[1]
+            elif above is None:
+                table[rows] = below[1] * rows / below[0]
+            else:
+                (b0, s0), (b1, s1) = below, above
+                table[rows] = s0 if b1 == b0 else s0 + (s1 - s0) * (rows - b0) / (b1 - b0)
+        table[0] = table[1]
         self.per_row_full[stage] = self.estimate(stage, self.buckets[-1]) / self.buckets[-1]
 
     def floor(self, stage: int, rows: int) -> float:
@@ -95,23 +117,12 @@ class LatencyModel:
         return 0.0 if math.isnan(value) else value
 
     def floor_estimate(self, stage: int, rows: int) -> float:
-        """Seconds for a batch of ``rows`` at ``stage`` on the idle device, interpolated between
-        the measured sizes around it (0.0 with nothing measured)."""
-        rows = max(1, rows)
-        below = above = None
-        for b, s in zip(self.buckets, self._floor[stage], strict=True):
-            if math.isnan(s):
-                continue
-            if b <= rows:
-                below = (b, s)
-            if b >= rows and above is None:
-                above = (b, s)
-        if below is None:
-            return 0.0 if above is None else above[1]
-        if above is None:  # beyond the largest measured size: per-row cost of the largest
-            return below[1] * rows / below[0]
-        (b0, s0), (b1, s1) = below, above
-        return s0 if b1 == b0 else s0 + (s1 - s0) * (rows - b0) / (b1 - b0)
+        """Seconds for a batch of ``rows`` at ``stage`` on the idle device (0.0 with nothing
+        measured); past the largest batch, the largest batch's cost per row."""
+        table = self._table[stage]
+        if rows < len(table):
+            return table[rows]
+        return table[-1] * rows / (len(table) - 1)
 
     def estimate(self, stage: int, rows: int) -> float:
         """Forecast seconds for a batch of ``rows`` at ``stage`` now: the floor times the pace."""

@@ -366,7 +366,7 @@ def test_requests_that_go_away_never_lend_their_slots_to_others() -> None:
                     break
                 await asyncio.sleep(0.01)
             assert not engine.slots._used.any() and engine.queued_images == 0
-            assert engine.slots.timed == 0
+            assert engine.slots.timed == 0 and engine.slots.topped == 0
         finally:
             engine.stop()
 
