@@ -115,8 +115,8 @@ class Slots:
         self.job[start:end] = job_id
         self.thresholds[start:end] = plan.thresholds
         self.max_index[start:end] = plan.max_index
-        self.cap[start:end] = plan.max_index if ticket.limit is None else min(
-            plan.max_index, ticket.limit
+        self.cap[start:end] = (
+            plan.max_index if ticket.limit is None else min(plan.max_index, ticket.limit)
         )
         self.deadline[start:end] = ticket.deadline
         self.timed += n * math.isfinite(ticket.deadline)

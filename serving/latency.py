@@ -95,8 +95,11 @@ class LatencyModel:
         """The stage's table from its measured buckets: linear between the sizes around each
         batch size, the nearest measured one below the smallest, the per-row cost of the
         largest beyond it (0.0 with nothing measured)."""
-        known = [(b, s) for b, s in zip(self.buckets, self._floor[stage], strict=True)
-                 if not math.isnan(s)]
+        known = [
+            (b, s)
+            for b, s in zip(self.buckets, self._floor[stage], strict=True)
+            if not math.isnan(s)
+        ]
         table = self._table[stage]
         for rows in range(1, len(table)):
             below = next(((b, s) for b, s in reversed(known) if b <= rows), None)
