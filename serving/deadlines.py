@@ -2,8 +2,8 @@
 does to a request.
 
 A request may say "answer within D ms of arrival". The clock starts when the server first sees
-the request (``serving.protocol`` stamps it as uvicorn reads its first bytes, less how late the
-event loop was running then); the kernel's accept queue stays invisible to the server. A multi-exit
+the request (``serving.protocol`` stamps it when its bytes came in, by the kernel's clock where
+the socket can say, else by when uvicorn read them less how late the event loop was). A multi-exit
 network can always answer from the last exit it finished, so a deadline is kept by stopping
 early, and by refusing only what cannot be helped:
 

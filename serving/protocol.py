@@ -1,23 +1,32 @@
 """The moment the server first sees a request: uvicorn's HTTP protocol with a timestamp.
 
-``deadline_ms`` counts from the request's arrival. The earliest moment the server process can see
-a request is when the event loop reads its first bytes from the socket, before the request is
-parsed, queued as a task and routed. :class:`StampedHttpToolsProtocol` records that moment in
-the ASGI scope (``scope["exitwise.arrival"]``, ``time.monotonic()``); the middleware stamps a
-request the protocol did not (another ASGI server, the test client).
+``deadline_ms`` counts from the request's arrival. The protocol stamps it in the ASGI scope
+(``scope["exitwise.arrival"]``, ``time.monotonic()``) as the event loop begins to parse it; the
+middleware stamps a request the protocol did not (another ASGI server, the test client). The
+stamp is the earliest of two estimates of when its bytes came in:
 
-What the protocol cannot see: the time a connection waits in the kernel's accept queue, and
-the time the request's bytes wait in the socket's buffer while the event loop is busy with
-something else (on one core, that includes a stage batch of the engine holding the CPU). The
-second is estimated: :class:`LoopLag` measures how late the loop runs a timer due every 5 ms,
-and a request is stamped that much before the loop read it (bytes that arrived while the loop
-was that late may have waited that long). The accept queue stays invisible.
+- **The kernel's** (Linux, TCP): ``TCP_INFO`` says how long ago the socket last received data,
+  in whole clock ticks of the kernel (4 ms at 250 Hz). That covers the time the bytes waited in
+  the socket's buffer while the loop was busy, and, for a new connection's first request, the
+  time the connection waited in the accept queue. It counts one tick less than the kernel says,
+  so that it never makes a request older than it is (:func:`kernel_waited_s`).
+- **The loop's**: the moment the loop read the bytes, less how late it was running a timer due
+  every 5 ms (:class:`LoopLag`): bytes that arrived meanwhile may have waited that long. Where
+  the kernel's figure is missing (another platform, a Unix socket) this is the only one.
+
+What stays invisible: the handshake, a request sent in several segments before its last one
+(the kernel's figure is the last segment's), and up to one tick of the kernel's clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 import time
+from functools import cache
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -53,18 +62,68 @@ class LoopLag:
 
 LAG = LoopLag()
 
+_LAST_DATA_RECV = 52  # offset of tcpi_last_data_recv (u32, ms) in Linux's struct tcp_info
+
+
+def _since_ms(sock: Any) -> int:
+    """Milliseconds, in whole ticks of the kernel's clock, since ``sock`` last received data."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _LAST_DATA_RECV + 4)
+    return int(struct.unpack_from("I", info, _LAST_DATA_RECV)[0])
+
+
+@cache
+def kernel_tick_s() -> float | None:
+    """The kernel clock's tick, measured once: the first non-zero age of a byte received over
+    loopback (None where ``TCP_INFO`` is missing or fails). Takes up to one tick."""
+    if not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        with (
+            socket.create_server(("127.0.0.1", 0)) as server,
+            socket.create_connection(server.getsockname()[:2]) as client,
+        ):
+            peer, _ = server.accept()
+            with peer:
+                client.sendall(b"x")
+                give_up = time.monotonic() + 0.1
+                while time.monotonic() < give_up:
+                    if ms := _since_ms(peer):
+                        return ms / 1000
+    except OSError:
+        pass
+    return None
+
+
+def kernel_waited_s(sock: Any) -> float | None:
+    """Seconds, at least, since ``sock`` last received data: the kernel's figure less one tick,
+    so that a request is never made older than it is (None: unknown here)."""
+    tick = kernel_tick_s()
+    if tick is None or sock is None:
+        return None
+    try:
+        return max(0.0, _since_ms(sock) / 1000 - tick)
+    except (OSError, struct.error):  # not TCP (a Unix socket), or closed meanwhile
+        return None
+
 
 class StampedHttpToolsProtocol(HttpToolsProtocol):
     _read_at = 0.0
+    _sock: Any = None  # the connection's socket while the kernel can say when data came in
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         LAG.watch(self.loop)
         super().connection_made(transport)
+        with contextlib.suppress(Exception):  # a transport without a socket: the loop's figure
+            sock = transport.get_extra_info("socket")
+            self._sock = sock if kernel_waited_s(sock) is not None else None
 
     def data_received(self, data: bytes) -> None:
-        self._read_at = time.monotonic() - LAG.seconds
+        self._read_at = time.monotonic()
         super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope[ARRIVAL] = self._read_at  # type: ignore[literal-required]
+        arrival = self._read_at - LAG.seconds
+        if self._sock is not None and (waited := kernel_waited_s(self._sock)) is not None:
+            arrival = min(arrival, self._read_at - waited)
+        self.scope[ARRIVAL] = arrival  # type: ignore[literal-required]

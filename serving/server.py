@@ -28,7 +28,7 @@ import uvicorn
 
 from .lifecycle import Lifecycle
 from .loading import LoadedModel
-from .protocol import StampedHttpToolsProtocol
+from .protocol import StampedHttpToolsProtocol, kernel_tick_s
 from .settings import Settings
 from .threads import torch_threads
 
@@ -92,6 +92,7 @@ def _configure_process(settings: Settings) -> None:
 
 
 def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    kernel_tick_s()  # measured now, not on the event loop at the first connection
     return uvicorn.Config(
         app,
         host=settings.host,

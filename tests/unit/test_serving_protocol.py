@@ -69,3 +69,74 @@ def test_a_request_is_stamped_when_read_less_the_loop_lag(monkeypatch: pytest.Mo
         server.should_exit = True
         thread.join(5)
     assert 0.25 <= age < 1.0
+
+
+linux_tcp_info = pytest.mark.skipif(
+    protocol.kernel_tick_s() is None, reason="the kernel gives no TCP_INFO here"
+)
+
+
+@linux_tcp_info
+def test_the_kernel_says_how_long_bytes_waited_never_more() -> None:
+    tick = protocol.kernel_tick_s()
+    assert tick is not None and 0 < tick <= 0.01
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        socket.create_connection(server.getsockname()[:2]) as client,
+    ):
+        client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        sent = time.monotonic()
+        time.sleep(0.06)  # the connection waits in the accept queue, its bytes with it
+        peer, _ = server.accept()
+        with peer:
+            waited = protocol.kernel_waited_s(peer)
+            elapsed = time.monotonic() - sent
+            assert waited is not None
+            assert elapsed - 3 * tick <= waited <= elapsed
+
+
+def test_a_socket_without_tcp_info_has_no_kernel_figure() -> None:
+    left, right = socket.socketpair()  # a Unix socket
+    with left, right:
+        left.sendall(b"x")
+        assert protocol.kernel_waited_s(right) is None
+    assert protocol.kernel_waited_s(None) is None
+
+
+@linux_tcp_info
+def test_a_request_that_waited_in_the_kernel_is_stamped_when_it_came_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The loop's own estimate is held at 0, so only the kernel's figure can date the request back.
+    monkeypatch.setattr(protocol, "LAG", _Fixed(0.0))
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/block":
+            time.sleep(0.3)  # the loop is busy: the other request waits in the kernel
+        age = time.monotonic() - scope[ARRIVAL]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": f"{age:.6f}".encode()})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, http=StampedHttpToolsProtocol, lifespan="off", log_level="error")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.01)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        blocker = threading.Thread(target=httpx.get, args=(f"{url}/block",), daemon=True)
+        blocker.start()
+        time.sleep(0.1)  # the loop is in /block now
+        age = float(httpx.get(f"{url}/age", timeout=5).text)
+        blocker.join(5)
+    finally:
+        server.should_exit = True
+        thread.join(5)
+    assert 0.12 <= age < 1.0  # it waited about 0.2 s in the kernel; the loop read it at once
