@@ -118,8 +118,11 @@ class Slots:
         self.cap[start:end] = (
             plan.max_index if ticket.limit is None else min(plan.max_index, ticket.limit)
         )
-        self.deadline[start:end] = ticket.deadline
-        self.timed += n * math.isfinite(ticket.deadline)
+        # A request admitted late is lost to its deadline whatever happens: it must not go
+        # first in the deadline order and make the requests still in time late too.
+        deadline = math.inf if ticket.late else ticket.deadline
+        self.deadline[start:end] = deadline
+        self.timed += n * math.isfinite(deadline)
         self.topped += n * (ticket.top_k > 0)
         self.top_k[start:end] = ticket.top_k
         self.live[start:end] = True
