@@ -14,7 +14,8 @@ early, and by refusing only what cannot be helped:
   request gets the deepest exit that finishes in time as a cap. If not even exit 1 does, the
   default policy answers from exit 1, late, and says so (behind the requests still in time);
   ``deadline_policy=strict`` refuses at once (503 with ``Retry-After``) so the client can go
-  elsewhere.
+  elsewhere, and so does a degradable request while degradation is at its cheapest point (the
+  service decides which: shedding comes after degrading).
 - **In the engine**: a stage's batch takes the rows with the earliest deadlines first
   (:func:`order`), smaller when a full batch would end too late (:func:`batch_limit`); rows that
   can no longer finish their next stage in time, waiting or just out of a stage, are answered
@@ -117,17 +118,19 @@ def due(arrived: float, deadline_s: float, margin_s: float) -> float:
     return arrived + deadline_s - margin_s
 
 
-def admit(forecast: Forecast, deadline: float, strict: bool) -> tuple[int, bool]:
+def admit(forecast: Forecast, deadline: float, refuse: str | None) -> tuple[int, bool]:
     """``(deepest exit that finishes by deadline, late)``; late: not even exit 1 does, and the
-    default policy answers from it anyway. Strict: :class:`DeadlineUnmeetableError` instead."""
+    request is answered from it anyway. With ``refuse`` (why: ``deadline_policy=strict``, or an
+    overload past the cheapest point) such a request gets :class:`DeadlineUnmeetableError`
+    instead."""
     finish = forecast.finish()
     fits = np.flatnonzero(finish <= deadline)
     if len(fits):
         return int(fits[-1]), False
-    if strict:
+    if refuse is not None:
         raise DeadlineUnmeetableError(
             f"deadline_ms cannot be met: exit 1 would answer in about "
-            f"{(finish[0] - forecast.now) * 1000:.0f} ms from now (deadline_policy=strict)",
+            f"{(finish[0] - forecast.now) * 1000:.0f} ms from now ({refuse})",
             forecast.wait,
         )
     return 0, True

@@ -20,6 +20,9 @@ hold is twice as long, up to ``max_hold_s`` (8 holds unless set), so a load betw
 capacities sits at the cheaper one and tries the dearer one ever more rarely instead of cycling.
 A step down that lasts a hold resets it.
 
+At the cheapest level the server sheds: a degradable request whose deadline not even exit 1 can
+meet is refused (503) rather than answered late (``ModelService._refusal``).
+
 The time a request spent before admission is not counted: from the server's side it cannot be
 told apart from a client's slow upload.
 """

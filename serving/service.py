@@ -36,6 +36,7 @@ from .live import LiveStats
 from .loading import LoadedModel
 from .messages import ClassifyRequest, ClassifyResult, Prediction
 from .metrics import Metrics
+from .params import RequestParams
 from .settings import Settings
 from .threads import decode_threads
 from .timeouts import before
@@ -181,7 +182,7 @@ class ModelService:
         params, s = request.params, self.settings
         plan = self.resolver.resolve(params.budget_mflops, params.max_exit)
         degrade = params.degrade if params.degrade is not None else s.degrade
-        forecast = None
+        forecast, cheapest = None, False
         if params.deadline_s is not None or (degrade and self.degrader.max_level):
             forecast = self.engine.forecast(own=params.deadline_s is not None)
         if degrade and forecast is not None and self.degrader.max_level:
@@ -189,6 +190,7 @@ class ModelService:
             level = self.degrader.level(forecast.wait, fill)
             self.metrics.degradation_level.set(level)
             plan = self.resolver.degrade(plan, level)
+            cheapest = level == self.degrader.max_level
         plan = self.control.plan(plan, params.budget_control)
         deadline, limit, late = math.inf, None, False
         if params.deadline_s is not None:
@@ -196,10 +198,22 @@ class ModelService:
             deadlines.check(params.deadline_s, s.request_timeout_s, self.engine.latency.floor(0, 1))
             margin = self.margin.of(params.deadline_s)
             deadline = deadlines.due(request.arrived, params.deadline_s, margin)
-            limit, late = deadlines.admit(forecast, deadline, params.deadline_policy == "strict")
+            limit, late = deadlines.admit(forecast, deadline, self._refusal(params, cheapest))
         top_k = self._top_k(params.top_k)
         expires = self._expires(request.arrived, params.timeout_s)
         return Ticket(plan, top_k, request.arrived, expires, deadline, limit, late)
+
+    @staticmethod
+    def _refusal(params: RequestParams, cheapest: bool) -> str | None:
+        """Why a request whose deadline not even exit 1 can meet is refused (503), or None: it
+        is answered late. Strict asks for the refusal. Degradation refuses it once the cheapest
+        point is in force (degrade before shedding): the server is overloaded past what it can
+        cheapen, and a late answer would only make the requests behind it late as well."""
+        if params.deadline_policy == "strict":
+            return "deadline_policy=strict"
+        if cheapest:
+            return "overloaded at the cheapest operating point: retry later or elsewhere"
+        return None
 
     def _observe(self, plan: ExitPlan, result: ClassifyResult) -> None:
         """What the answer tells budget control, the degradation counter and the live page."""

@@ -4,6 +4,7 @@ answer margin with deadlines, and degradation with the queue bound."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -171,7 +172,9 @@ def test_answers_late_for_reasons_no_plan_sees_move_deadlines_earlier(served: Se
     first_exit, first_seconds = runs[0]
     assert first_seconds > 0.100  # planned without a margin: late
     assert model["deadline_margin_ms"] > 5
-    assert f"exitwise_deadline_margin_seconds {model['deadline_margin_ms'] / 1000}" in metrics
+    exported = re.search(r"^exitwise_deadline_margin_seconds (\S+)$", metrics, re.MULTILINE)
+    assert exported is not None
+    assert float(exported[1]) == pytest.approx(model["deadline_margin_ms"] / 1000, abs=1e-6)
     last = runs[-5:]
     # Shallower exits than the first plan's (on a loaded machine warm-up measures slower
     # stages, and the first plan may already stop early: then no deeper ones), and in time.
@@ -184,8 +187,8 @@ class GatedStages(SlowStages):
     """The bundle's runner with its first stage batch once ``armed`` held until ``gate`` is set
     (warm-up runs the stages before)."""
 
-    def __init__(self, runner: Any) -> None:
-        super().__init__(runner, 0.0)
+    def __init__(self, runner: Any, seconds: float = 0.0) -> None:
+        super().__init__(runner, seconds)
         self.armed, self.inside, self.gate = False, threading.Event(), threading.Event()
 
     def run_stage(self, index: int, state: State) -> tuple[State, torch.Tensor]:
@@ -235,3 +238,55 @@ def test_a_filling_queue_degrades_before_it_refuses(served: Served) -> None:
     assert all(p["degraded_from"] is None for p in plans[:3])
     assert plans[3]["degraded_from"] == dearest.name
     assert plans[3]["expected_mflops"] < dearest.expected_mflops
+
+
+def test_past_the_cheapest_point_a_late_deadline_is_refused_not_queued(served: Served) -> None:
+    # Degrade before shedding: a request whose deadline not even exit 1 can meet is answered
+    # late by default, but once degradation is at its cheapest point the server has nothing
+    # left to cheapen, and a late answer would make the requests behind it late too: such a
+    # request gets a 503 with Retry-After (the client can go elsewhere). One that opts out of
+    # degradation is still answered late, and says so. Stages of 50 ms, batches of 2, the
+    # worker held with 6 images queued: the forecast wait is long, the level the cheapest.
+    settings = Settings(  # type: ignore[call-arg]
+        bundle=served.path,
+        max_queue_images=16,
+        max_images_per_request=4,
+        max_batch_size=2,
+        degrade_queue_ms=10,
+    )
+    loaded = load_model(settings)
+    runner = GatedStages(loaded.runner, 0.05)
+    loaded.runner = runner
+    app = create_app(settings, registry=CollectorRegistry(), loaded=loaded)
+    with TestClient(app) as client:
+        engine, degrader = app.state.service.engine, app.state.service.degrader
+        runner.armed = True
+
+        def post(n: int, **data: str) -> Any:
+            files = [
+                ("image", (f"{i}.png", png(served.test.pixels[i]), "image/png")) for i in range(n)
+            ]
+            return client.post("/v1/classify", files=files, data={"degrade": "false", **data})
+
+        with ThreadPoolExecutor(4) as pool:
+            first = pool.submit(post, 1)
+            assert runner.inside.wait(10)
+            held = [pool.submit(post, 3) for _ in range(2)]
+            deadline = time.monotonic() + 10
+            while engine.queued_images < 6 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert engine.queued_images == 6
+            refused = post(1, degrade="true", deadline_ms="80")
+            assert degrader.last == degrader.max_level > 0
+            late = pool.submit(post, 1, deadline_ms="80")
+            while engine.queued_images < 7 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            runner.gate.set()
+            answers = [f.result(timeout=30) for f in (first, *held, late)]
+    assert refused.status_code == 503, refused.text
+    assert "cheapest operating point" in refused.json()["error"]
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    answered = answers[-1].json()
+    assert answered["deadline_met"] is False
+    assert answered["results"][0]["exit"] == 1

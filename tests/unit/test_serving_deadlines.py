@@ -304,13 +304,13 @@ def _forecast(wait: float, stages: list[float]) -> deadlines.Forecast:
 
 def test_admission_gives_the_deepest_exit_that_finishes_in_time() -> None:
     f = _forecast(0.010, [0.002, 0.003, 0.004, 0.005])  # exits done at +12, 15, 19, 24 ms
-    assert deadlines.admit(f, 100.020, strict=False) == (2, False)
-    assert deadlines.admit(f, 100.030, strict=True) == (3, False)
-    assert deadlines.admit(f, 100.012, strict=False) == (0, False)
+    assert deadlines.admit(f, 100.020, refuse=None) == (2, False)
+    assert deadlines.admit(f, 100.030, refuse="deadline_policy=strict") == (3, False)
+    assert deadlines.admit(f, 100.012, refuse=None) == (0, False)
     # Not even exit 1: the default answers from it anyway (late, and says so); strict refuses.
-    assert deadlines.admit(f, 100.011, strict=False) == (0, True)
+    assert deadlines.admit(f, 100.011, refuse=None) == (0, True)
     with pytest.raises(DeadlineUnmeetableError) as refused:
-        deadlines.admit(_forecast(2.5, [0.002] * 4), 100.011, strict=True)
+        deadlines.admit(_forecast(2.5, [0.002] * 4), 100.011, refuse="deadline_policy=strict")
     assert refused.value.response_headers() == {"Retry-After": "3"}
 
 
