@@ -24,6 +24,13 @@ def stops_cell(stops: dict[str, int]) -> str:
     return " / ".join(str(stops.get(k, 0)) for k in ("confident", "cap", "deadline"))
 
 
+def _refused_cell(total: int, by: dict[str, int]) -> str:
+    """The 503s, and why the server refused them where it said (exitwise_refused_total)."""
+    if not total or not by:
+        return str(total)
+    return f"{total} ({', '.join(f'{reason} {n}' for reason, n in sorted(by.items()))})"
+
+
 def markdown(result: dict[str, Any]) -> str:
     from .tables import markdown_table
 
@@ -47,7 +54,7 @@ def markdown(result: dict[str, Any]) -> str:
             ms_cell(r["answered_p999_ms"]),
             _pct_cell(r["in_time_pct"]),
             _pct_cell(r["within_5ms_pct"]),
-            r["status_503"],
+            _refused_cell(r["status_503"], r.get("refused_by") or {}),
             stops_cell(r["stops"]),
             ms_cell(r["mean_mflops"], 2),
             ms_cell(r["accuracy_estimate"]),

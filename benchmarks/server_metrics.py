@@ -52,7 +52,8 @@ def _classify_codes(samples: dict[str, float]) -> dict[str, float]:
 
 def served(before: dict[str, float], after: dict[str, float], num_exits: int) -> dict[str, Any]:
     """What the server did between two scrapes: images per exit, MFLOPs, why the images
-    stopped, answers by status, images served at a cheaper point than asked."""
+    stopped, answers by status, why it refused requests (503s), images served at a cheaper
+    point than asked."""
     exits = {
         str(k): int(
             after.get(f'exitwise_exits_total{{exit="{k}"}}', 0)
@@ -76,6 +77,11 @@ def served(before: dict[str, float], after: dict[str, float], num_exits: int) ->
         for key, value in after.items()
         if key.startswith("exitwise_stops_total{")
     }
+    refused = {
+        _label(key, "reason"): int(value - before.get(key, 0.0))
+        for key, value in after.items()
+        if key.startswith("exitwise_refused_total{")
+    }
     return {
         "exit_histogram": {k: v for k, v in exits.items() if v},
         "images": images,
@@ -83,6 +89,7 @@ def served(before: dict[str, float], after: dict[str, float], num_exits: int) ->
         "statuses": {k: v for k, v in sorted(codes.items()) if v},
         "degraded": {k: v for k, v in degraded.items() if v},
         "stops": {k: v for k, v in sorted(stops.items()) if v},
+        "refused": {k: v for k, v in sorted(refused.items()) if v},
     }
 
 

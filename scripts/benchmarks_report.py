@@ -261,7 +261,9 @@ SECTIONS: list[tuple[str, str, str, str]] = [
         "to the last byte of the answer), of the answered requests: wrk's histogram does not "
         "tell the statuses apart, so the 503s are taken to be the fastest (upper bounds, exact "
         "when they were). *Goodput* counts answers within the deadline; *x cheapest* is goodput "
-        "over the cheapest point's closed-loop capacity; accuracy is estimated from the "
+        "over the cheapest point's closed-loop capacity; *503s* says why the server refused "
+        "them (`exitwise_refused_total`: `queue_full`, `deadline_shed` at degradation's "
+        "cheapest point, `deadline_strict`); accuracy is estimated from the "
         "calibrated test accuracy of what served each answer. The figure's right panel is the "
         "degradation level (`exitwise_degradation_level`, sampled every 0.25 s) over each run "
         "with degradation on. ![overload](benchmarks/overload.png)",

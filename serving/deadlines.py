@@ -50,6 +50,21 @@ class Forecast:
         return self.now + self.wait + np.cumsum(self.stage)
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request whose deadline not even exit 1 can meet is refused rather than answered
+    late: ``reason`` labels ``exitwise_refused_total``, ``why`` ends the client's message."""
+
+    reason: str
+    why: str
+
+
+STRICT = Refusal("deadline_strict", "deadline_policy=strict")
+SHED = Refusal(
+    "deadline_shed", "overloaded at the cheapest operating point: retry later or elsewhere"
+)
+
+
 def check(deadline_s: float, timeout_s: float, first_exit_s: float) -> None:
     """A 422 for a deadline known up front to be impossible or meaningless."""
     if deadline_s > timeout_s:
@@ -118,9 +133,9 @@ def due(arrived: float, deadline_s: float, margin_s: float) -> float:
     return arrived + deadline_s - margin_s
 
 
-def admit(forecast: Forecast, deadline: float, refuse: str | None) -> tuple[int, bool]:
+def admit(forecast: Forecast, deadline: float, refuse: Refusal | None) -> tuple[int, bool]:
     """``(deepest exit that finishes by deadline, late)``; late: not even exit 1 does, and the
-    request is answered from it anyway. With ``refuse`` (why: ``deadline_policy=strict``, or an
+    request is answered from it anyway. With ``refuse`` (:data:`STRICT`, or :data:`SHED`: an
     overload past the cheapest point) such a request gets :class:`DeadlineUnmeetableError`
     instead."""
     finish = forecast.finish()
@@ -130,8 +145,9 @@ def admit(forecast: Forecast, deadline: float, refuse: str | None) -> tuple[int,
     if refuse is not None:
         raise DeadlineUnmeetableError(
             f"deadline_ms cannot be met: exit 1 would answer in about "
-            f"{(finish[0] - forecast.now) * 1000:.0f} ms from now ({refuse})",
+            f"{(finish[0] - forecast.now) * 1000:.0f} ms from now ({refuse.why})",
             forecast.wait,
+            refuse.reason,
         )
     return 0, True
 

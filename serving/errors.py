@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import MutableMapping
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -29,6 +30,7 @@ class ServingError(ExitwiseError):
     go with the response."""
 
     headers: ClassVar[dict[str, str] | None] = None
+    refusal: str | None = None  # a 503 the server chose (exitwise_refused_total's reason)
 
     def response_headers(self) -> dict[str, str] | None:
         return self.headers
@@ -64,14 +66,18 @@ class InvalidParameterError(ServingError):
 
 class QueueFullError(ServingError):
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
+    refusal = "queue_full"
 
 
 class DeadlineUnmeetableError(ServingError):
-    """``deadline_policy=strict`` and not even exit 1 is forecast to make the deadline."""
+    """Not even exit 1 is forecast to make the deadline, and the request is refused rather than
+    answered late: ``refusal`` says why (``deadline_strict``: it asked so; ``deadline_shed``:
+    degradation is at its cheapest point)."""
 
-    def __init__(self, message: str, retry_after_s: float) -> None:
+    def __init__(self, message: str, retry_after_s: float, refusal: str) -> None:
         super().__init__(message)
         self.retry_after = max(1, math.ceil(retry_after_s))
+        self.refusal = refusal
 
     def response_headers(self) -> dict[str, str] | None:
         return {"Retry-After": str(self.retry_after)}
@@ -79,6 +85,7 @@ class DeadlineUnmeetableError(ServingError):
 
 class NotReadyError(ServingError):
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
+    refusal = "not_ready"
 
 
 class DeadlineExceededError(ServingError):
@@ -125,17 +132,25 @@ def error_response(
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def response_for(err: Exception) -> JSONResponse | None:
-    """The table's answer to ``err``; None when it is not in the table (a bug: a 500)."""
+REFUSAL = "exitwise.refusal"  # the scope key: why the server refused the request (a 503)
+
+
+def response_for(
+    err: Exception, scope: MutableMapping[str, Any] | None = None
+) -> JSONResponse | None:
+    """The table's answer to ``err``; None when it is not in the table (a bug: a 500). A
+    refusal's reason goes in ``scope``, for the metrics middleware."""
     status = status_of(err)
     if status is None:
         return None
+    if scope is not None and isinstance(err, ServingError) and err.refusal is not None:
+        scope[REFUSAL] = err.refusal
     headers = err.response_headers() if isinstance(err, ServingError) else None
     return error_response(status, str(err), headers)
 
 
 async def _domain_error(request: Request, err: Exception) -> JSONResponse:
-    response = response_for(err)
+    response = response_for(err, request.scope)
     if response is None:  # registered below only for table entries; defensive
         raise err
     return response

@@ -73,7 +73,7 @@ class ServingApp(FastAPI):
                 scope["route"] = V2 if version is None else V2_VERSION
                 response = await self.infer(request, name, version)
         except Exception as err:
-            answer = response_for(err)
+            answer = response_for(err, scope)
             if answer is None:
                 raise  # a bug: the middleware logs it and answers a generic 500
             response = answer

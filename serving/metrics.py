@@ -16,6 +16,9 @@ Names (prefix ``exitwise_``; histograms in seconds; labels kept low-cardinality)
   by why they stopped (``confident``, ``cap``, ``deadline``).
 - ``degraded_total{operating_point}``: images served at a cheaper point than asked, under load;
   ``degradation_level``: how many points the server steps down now.
+- ``refused_total{reason}``: requests the server refused with a 503: ``queue_full``,
+  ``deadline_strict`` (``deadline_policy=strict``), ``deadline_shed`` (a deadline not even exit 1
+  can meet with degradation at its cheapest point), ``not_ready`` (starting or draining).
 - ``deadline_margin_seconds``: how long before its ``deadline_ms`` an answer is due now.
 - ``gc_pause_seconds{generation}``: the garbage collector's pauses, which stop the whole process
   (the event loop and the engine's worker alike).
@@ -38,6 +41,8 @@ if TYPE_CHECKING:
     from .budget.control import BudgetControl
 
 REASONS = ("confident", "cap", "deadline")  # the stop reasons, in the engine's code order
+# Why a 503 (the ``refusal`` of serving.errors' refusing errors), every one listed from the start.
+REFUSALS = ("queue_full", "deadline_strict", "deadline_shed", "not_ready")
 
 # Start below 1 ms: a small model's stage takes well under a millisecond on a GPU.
 LATENCY_BUCKETS = (
@@ -149,6 +154,15 @@ class Metrics:
             ("operating_point",),
             registry=registry,
         )
+        self.refused = Counter(
+            "exitwise_refused_total",
+            "Requests refused with a 503, by why: queue_full, deadline_strict, deadline_shed "
+            "(degradation at its cheapest point), not_ready.",
+            ("reason",),
+            registry=registry,
+        )
+        for reason in REFUSALS:
+            self.refused.labels(reason=reason)
         self.degradation_level = Gauge(
             "exitwise_degradation_level",
             "Operating points the server steps down under load now (0: none).",

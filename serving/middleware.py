@@ -6,7 +6,8 @@
 - Metrics: ``requests_total{route,code}`` and ``request_duration_seconds{route}``, labelled with
   the matched route's template (unmatched paths share one label, so scanners cannot blow up the
   label set); ``inflight_requests`` while an inference request (``POST /v1/classify``,
-  ``POST /v2/.../infer``) is handled. Labelled children are looked up once and kept.
+  ``POST /v2/.../infer``) is handled; ``refused_total{reason}`` for a 503 the error table marked
+  as the server's refusal (in the scope). Labelled children are looked up once and kept.
 - Catch-all: an exception nobody mapped is logged with its traceback and answered with a
   generic 500; its text never reaches the client.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import PayloadTooLargeError
+from .errors import REFUSAL, PayloadTooLargeError
 from .metrics import Metrics
 from .protocol import ARRIVAL
 
@@ -108,6 +109,8 @@ class ServingMiddleware:
                 counter = self.metrics.requests.labels(route=label, code=str(status))
                 self._counters[(label, status)] = counter
             counter.inc()
+            if (refusal := scope.get(REFUSAL)) is not None:
+                self.metrics.refused.labels(reason=refusal).inc()
             duration = self._durations.get(label)
             if duration is None:
                 duration = self.metrics.request_duration.labels(route=label)

@@ -204,15 +204,15 @@ class ModelService:
         return Ticket(plan, top_k, request.arrived, expires, deadline, limit, late)
 
     @staticmethod
-    def _refusal(params: RequestParams, cheapest: bool) -> str | None:
+    def _refusal(params: RequestParams, cheapest: bool) -> deadlines.Refusal | None:
         """Why a request whose deadline not even exit 1 can meet is refused (503), or None: it
         is answered late. Strict asks for the refusal. Degradation refuses it once the cheapest
         point is in force (degrade before shedding): the server is overloaded past what it can
         cheapen, and a late answer would only make the requests behind it late as well."""
         if params.deadline_policy == "strict":
-            return "deadline_policy=strict"
+            return deadlines.STRICT
         if cheapest:
-            return "overloaded at the cheapest operating point: retry later or elsewhere"
+            return deadlines.SHED
         return None
 
     def _observe(self, plan: ExitPlan, result: ClassifyResult) -> None:

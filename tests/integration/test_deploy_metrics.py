@@ -95,6 +95,8 @@ def test_dashboard_shows_what_operators_need() -> None:
     assert "exitwise_mflops_per_image_sum" in text("MFLOPs per image")
     errors = text("Errors by status")
     assert grouping_labels(errors) == {"code"} and 'code=~"4..|5.."' in errors
+    refusals = text("Refusals by reason")
+    assert grouping_labels(refusals) == {"reason"} and "exitwise_refused_total" in refusals
 
 
 def test_autoscaler_metric_is_an_exported_gauge(exported) -> None:

@@ -209,6 +209,7 @@ def test_metrics_exposes_every_documented_series(client: TestClient) -> None:
         "exitwise_queue_depth",
         "exitwise_model_info",
         'exitwise_gc_pause_seconds_bucket{generation="2"',
+        'exitwise_refused_total{reason="queue_full"}',
     ):
         assert name in text, name
     assert 'exitwise_requests_total{code="400",route="/v1/classify"}' in text

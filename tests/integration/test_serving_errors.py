@@ -258,6 +258,9 @@ def test_a_full_queue_refuses_before_the_body_is_read(served: Served) -> None:
         for t in threads:
             t.join(30)
         assert sorted(answers) == [200, 200]
+        metrics = c.get("/metrics").text
+        assert 'exitwise_refused_total{reason="queue_full"} 2.0' in metrics
+        assert 'exitwise_refused_total{reason="deadline_shed"} 0.0' in metrics
         engine.runner = engine.runner.inner
         # With room again, the same bodies are the client's mistakes.
         assert c.post("/v1/classify", content=b"not an image", headers=PNG).status_code == 400

@@ -285,6 +285,9 @@ def test_past_the_cheapest_point_a_late_deadline_is_refused_not_queued(served: S
                 time.sleep(0.01)
             runner.gate.set()
             answers = [f.result(timeout=30) for f in (first, *held, late)]
+        metrics = client.get("/metrics").text
+    assert 'exitwise_refused_total{reason="deadline_shed"} 1.0' in metrics
+    assert 'exitwise_refused_total{reason="deadline_strict"} 0.0' in metrics
     assert refused.status_code == 503, refused.text
     assert "cheapest operating point" in refused.json()["error"]
     assert int(refused.headers["Retry-After"]) >= 1

@@ -106,6 +106,7 @@ def _overload_result() -> dict[str, Any]:
                          "degraded": [0, 3, 9], "refused": [0, 0, refused], "queued": [0, 4, 2]},
         }  # fmt: skip
         row["status_503"] = refused
+        row["refused_by"] = {"deadline_strict": refused} if refused else {}
         row["goodput_vs_cheapest"] = row["goodput_per_s"] / 80.0
         rows.append(row)
     return {
@@ -124,6 +125,7 @@ def test_the_overload_table_and_figure(tmp_path: Path) -> None:
     assert lines[0].startswith("| offered (asked / sent per s) | degrade | policy |")
     assert len(lines) == 1 + len(result["rows"])
     assert "| 2x (100 / 100) | on | strict |" in table and "Stopped" not in table
+    assert "| 30 (deadline_strict 30) |" in table  # the 503s, and why the server refused them
     result["stopped"] = "before 4x, degrade True, late: 503 ..."
     assert overload_report.markdown(result).endswith(
         "Stopped: the server did not settle before 4x, degrade True, late: 503 ...."

@@ -115,6 +115,9 @@ exitwise_stops_total{reason="cap"} 60.0
 exitwise_stops_total{reason="deadline"} 30.0
 exitwise_degraded_total{operating_point="budget-3.00"} 20.0
 exitwise_degradation_level 2.0
+exitwise_refused_total{reason="queue_full"} 4.0
+exitwise_refused_total{reason="deadline_shed"} 8.0
+exitwise_refused_total{reason="not_ready"} 0.0
 exitwise_stage_queue_depth{stage="1"} 5.0
 exitwise_stage_queue_depth{stage="2"} 3.0
 """
@@ -133,6 +136,7 @@ def test_metrics_deltas_and_the_load_point() -> None:
     assert did["statuses"] == {"200": 50, "503": 12}
     assert did["stops"] == {"cap": 20, "deadline": 30}
     assert did["degraded"] == {"budget-3.00": 20}
+    assert did["refused"] == {"deadline_shed": 8, "queue_full": 4}
     assert load_point(after) == (2.0, 20.0, 12.0, 8.0)
     assert load_point({}) == (0.0, 0.0, 0.0, 0.0)
     assert math.isnan(served({}, {}, 2)["mean_mflops"])

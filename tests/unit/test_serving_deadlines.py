@@ -305,13 +305,14 @@ def _forecast(wait: float, stages: list[float]) -> deadlines.Forecast:
 def test_admission_gives_the_deepest_exit_that_finishes_in_time() -> None:
     f = _forecast(0.010, [0.002, 0.003, 0.004, 0.005])  # exits done at +12, 15, 19, 24 ms
     assert deadlines.admit(f, 100.020, refuse=None) == (2, False)
-    assert deadlines.admit(f, 100.030, refuse="deadline_policy=strict") == (3, False)
+    assert deadlines.admit(f, 100.030, refuse=deadlines.STRICT) == (3, False)
     assert deadlines.admit(f, 100.012, refuse=None) == (0, False)
     # Not even exit 1: the default answers from it anyway (late, and says so); strict refuses.
     assert deadlines.admit(f, 100.011, refuse=None) == (0, True)
     with pytest.raises(DeadlineUnmeetableError) as refused:
-        deadlines.admit(_forecast(2.5, [0.002] * 4), 100.011, refuse="deadline_policy=strict")
+        deadlines.admit(_forecast(2.5, [0.002] * 4), 100.011, refuse=deadlines.STRICT)
     assert refused.value.response_headers() == {"Retry-After": "3"}
+    assert refused.value.refusal == "deadline_strict"
 
 
 def test_deadlines_known_to_be_impossible_up_front_are_refused() -> None:
