@@ -12,6 +12,7 @@ from exitwise.bundle import Calibration, OperatingPoint, SplitResult
 from exitwise.preprocess import ImageTooLargeError, InvalidImageError
 from serving.budget.resolve import BudgetResolver
 from serving.errors import (
+    REFUSAL,
     STATUS,
     BadRequestError,
     ClientGoneError,
@@ -26,6 +27,7 @@ from serving.errors import (
     ServerConfigError,
     UnauthorizedError,
     UnsupportedMediaTypeError,
+    response_for,
     status_of,
 )
 from serving.params import merge_fields, parse_params
@@ -163,9 +165,23 @@ def test_error_table() -> None:
         ClientGoneError: 499,
     }
     assert expected == STATUS
-    made = {cls: cls("x", 2.5) if cls is DeadlineUnmeetableError else cls("x") for cls in expected}
+    made = {
+        cls: cls("x", 2.5, "deadline_shed") if cls is DeadlineUnmeetableError else cls("x")
+        for cls in expected
+    }
     assert all(status_of(made[cls]) == status for cls, status in expected.items())
     assert made[DeadlineUnmeetableError].response_headers() == {"Retry-After": "3"}
+    # The 503s the server chose say why (exitwise_refused_total), through the request's scope.
+    refusals = {cls: getattr(err, "refusal", None) for cls, err in made.items()}
+    assert {cls: r for cls, r in refusals.items() if r} == {
+        QueueFullError: "queue_full",
+        DeadlineUnmeetableError: "deadline_shed",
+        NotReadyError: "not_ready",
+    }
+    scope: dict[str, object] = {}
+    assert response_for(made[DeadlineUnmeetableError], scope) is not None
+    assert scope == {REFUSAL: "deadline_shed"}
+    assert response_for(made[InvalidParameterError], scope := {}) is not None and not scope
     assert status_of(RuntimeError("boom")) is None
     assert QueueFullError.headers == {"Retry-After": "1"}
 
