@@ -310,7 +310,7 @@ def run_overload(
                 "timeline": series,
             }
             row["status_503"] = did["statuses"].get("503", 0)
-            row["refused_by"] = did.get("refused", {})
+            row["refused_by"] = did["refused"]
             row["goodput_vs_cheapest"] = (
                 row["goodput_per_s"] / cheap_capacity if cheap_capacity else None
             )

@@ -143,9 +143,11 @@ def response_for(
     status = status_of(err)
     if status is None:
         return None
-    if scope is not None and isinstance(err, ServingError) and err.refusal is not None:
-        scope[REFUSAL] = err.refusal
-    headers = err.response_headers() if isinstance(err, ServingError) else None
+    headers = None
+    if isinstance(err, ServingError):
+        headers = err.response_headers()
+        if scope is not None and err.refusal is not None:
+            scope[REFUSAL] = err.refusal
     return error_response(status, str(err), headers)
 
 

@@ -42,10 +42,11 @@ class ServingMiddleware:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        # (route, code) -> requests_total child; route -> request_duration child. A labels()
-        # lookup per request costs more than the increment itself.
+        # (route, code) -> requests_total child; route -> request_duration child; reason ->
+        # refused_total child. A labels() lookup per request costs more than the increment.
         self._counters: dict[tuple[str, int], Any] = {}
         self._durations: dict[str, Any] = {}
+        self._refused: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,7 +111,10 @@ class ServingMiddleware:
                 self._counters[(label, status)] = counter
             counter.inc()
             if (refusal := scope.get(REFUSAL)) is not None:
-                self.metrics.refused.labels(reason=refusal).inc()
+                refused = self._refused.get(refusal)
+                if refused is None:
+                    refused = self._refused[refusal] = self.metrics.refused.labels(reason=refusal)
+                refused.inc()
             duration = self._durations.get(label)
             if duration is None:
                 duration = self.metrics.request_duration.labels(route=label)

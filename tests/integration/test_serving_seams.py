@@ -200,6 +200,12 @@ class GatedStages(SlowStages):
         return super().run_stage(index, state)
 
 
+def _wait_queued(engine: Any, images: int, until: float) -> None:
+    """Until ``images`` are queued in ``engine`` (or the monotonic clock passes ``until``)."""
+    while engine.queued_images < images and time.monotonic() < until:
+        time.sleep(0.01)
+
+
 def test_a_filling_queue_degrades_before_it_refuses(served: Served) -> None:
     # An engine bound to 8 queued images, its worker held on a first request. Two requests
     # that do not allow degradation queue 6 images: the wait forecast is short (the stages are
@@ -227,12 +233,10 @@ def test_a_filling_queue_degrades_before_it_refuses(served: Served) -> None:
             assert runner.inside.wait(10)
             held = [pool.submit(post, 3, False) for _ in range(2)]
             deadline = time.monotonic() + 10
-            while engine.queued_images < 6 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            _wait_queued(engine, 6, deadline)
             assert engine.queued_images == 6
             degradable = pool.submit(post, 1, True)
-            while engine.queued_images < 7 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            _wait_queued(engine, 7, deadline)
             runner.gate.set()
             answers = [f.result(timeout=30) for f in (first, *held, degradable)]
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
@@ -275,14 +279,12 @@ def test_past_the_cheapest_point_a_late_deadline_is_refused_not_queued(served: S
             assert runner.inside.wait(10)
             held = [pool.submit(post, 3) for _ in range(2)]
             deadline = time.monotonic() + 10
-            while engine.queued_images < 6 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            _wait_queued(engine, 6, deadline)
             assert engine.queued_images == 6
             refused = post(1, degrade="true", deadline_ms="80")
             assert degrader.last == degrader.max_level > 0
             late = pool.submit(post, 1, deadline_ms="80")
-            while engine.queued_images < 7 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            _wait_queued(engine, 7, deadline)
             runner.gate.set()
             answers = [f.result(timeout=30) for f in (first, *held, late)]
         metrics = client.get("/metrics").text
