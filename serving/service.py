@@ -195,7 +195,8 @@ class ModelService:
         deadline, limit, late = math.inf, None, False
         if params.deadline_s is not None:
             assert forecast is not None
-            deadlines.check(params.deadline_s, s.request_timeout_s, self.engine.latency.floor(0, 1))
+            first_exit_s = self.engine.latency.floor(0, 1)
+            deadlines.check(params.deadline_s, s.request_timeout_s, first_exit_s, params.timeout_s)
             margin = self.margin.of(params.deadline_s)
             deadline = deadlines.due(request.arrived, params.deadline_s, margin)
             limit, late = deadlines.admit(forecast, deadline, self._refusal(params, cheapest))

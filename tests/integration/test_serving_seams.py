@@ -4,6 +4,7 @@ answer margin with deadlines, and degradation with the queue bound."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
@@ -21,6 +22,8 @@ from serving.app import create_app
 from serving.loading import load_model
 from serving.settings import Settings
 from tests.serving_helpers import Served, png, served_bundle
+
+PNG = {"content-type": "image/png"}
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +300,28 @@ def test_past_the_cheapest_point_a_late_deadline_is_refused_not_queued(served: S
     answered = answers[-1].json()
     assert answered["deadline_met"] is False
     assert answered["results"][0]["exit"] == 1
+
+
+def test_a_deadline_past_the_clients_own_timeout_is_422(served: Served) -> None:
+    # The hard timeout fires first: planned for deadline_ms, the request would run exits it
+    # cannot finish and get a 504, where an answer from exit 1 was in reach. So deadline_ms must
+    # be at most the request's timeout, the client's timeout_ms (v2: Triton's ``timeout``, in
+    # microseconds) as well as the server's; a deadline within it is served.
+    settings = Settings(bundle=served.path)  # type: ignore[call-arg]
+    image = png(served.test.pixels[0])
+    tensor = {"name": "input", "datatype": "FP32", "shape": [1, 1, 32, 32], "data": [0.0] * 1024}
+    v2 = {"inputs": [tensor]}  # v2 takes the normalised tensor
+    with TestClient(create_app(settings, registry=CollectorRegistry())) as client:
+        url = "/v1/classify?deadline_ms={}&timeout_ms={}"
+        long = client.post(url.format(5000, 2000), content=image, headers=PNG)
+        assert long.status_code == 422, long.text
+        assert "at most the request's timeout (2000 ms)" in long.json()["error"]
+        within = client.post(url.format(2000, 5000), content=image, headers=PNG)
+        assert within.status_code == 200, within.text
+        assert within.json()["deadline_met"] is True
+        body = {**v2, "parameters": {"deadline_ms": 5000, "timeout": 2_000_000}}
+        r = client.post("/v2/models/tiny/infer", content=json.dumps(body).encode())
+        assert r.status_code == 422 and "request's timeout (2000 ms)" in r.json()["error"], r.text
+        body = {**v2, "parameters": {"deadline_ms": 2000, "timeout": 5_000_000}}
+        r = client.post("/v2/models/tiny/infer", content=json.dumps(body).encode())
+        assert r.status_code == 200, r.text

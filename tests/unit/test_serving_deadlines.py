@@ -321,6 +321,13 @@ def test_deadlines_known_to_be_impossible_up_front_are_refused() -> None:
         deadlines.check(0.001, timeout_s=30, first_exit_s=0.002)
     with pytest.raises(InvalidParameterError, match="request timeout"):
         deadlines.check(31, timeout_s=30, first_exit_s=0.002)
+    # The client's own timeout, when shorter, is the request's: the 504 would come first.
+    deadlines.check(0.050, timeout_s=30, first_exit_s=0.002, client_timeout_s=0.050)
+    deadlines.check(20, timeout_s=30, first_exit_s=0.002, client_timeout_s=60)
+    with pytest.raises(InvalidParameterError, match=r"request's timeout \(20 ms\)"):
+        deadlines.check(0.050, timeout_s=30, first_exit_s=0.002, client_timeout_s=0.020)
+    with pytest.raises(InvalidParameterError, match="server's request timeout"):
+        deadlines.check(31, timeout_s=30, first_exit_s=0.002, client_timeout_s=60)
 
 
 def test_the_engine_forecast_counts_the_work_queued_ahead() -> None:
