@@ -7,8 +7,11 @@ for a level (how many points cheaper than asked): 0 up to a pressure of one half
 more per step up to the cheapest at 1, so the cheapest point is in force before a full queue
 refuses anyone (degrade before shedding), however short the wait a full queue means.
 
-A level asked for is given at once (attack), and held: it comes down one point at a time, and
-only after the pressure has stayed below one half for ``hold_s`` (release). Without the hold the
+A level asked for is given at once (attack), and held: it comes down one point for each
+``hold_s`` the pressure has stayed below one half (release), counted from the last admission
+that saw it higher. Between admissions nothing is seen; no admission means no new work, so a
+server left idle after an overload is home when the next request comes (a point per hold
+passed), not a point per hold after it. Without the hold the
 level would follow the queue, and the engine empties its queue a batch at a time: the pressure
 falls from full to nothing as a batch starts, requests admitted then get the dearest point, and
 their work fills the queue again, so the level swings between the two ends and a full queue
@@ -54,8 +57,8 @@ class Degrader:
         self.max_level, self.queue_s = max_level, queue_s
         self.base_hold_s, self.max_hold_s, self.clock = hold_s, max_hold_s, clock
         self.hold_s = hold_s  # the hold in force (doubled after a step down undone early)
-        self.last = 0  # the level held, given to the last request (for /v1/model, the metric)
-        self._calm_since: float | None = None  # the pressure below one half since then
+        self.last = 0  # the level held, given to the last request
+        self._calm_since = 0.0  # the last admission that saw the pressure above one half
         self._stepped: float | None = None  # when the held level last came down a point
 
     def asked(self, wait_s: float, fill: float = 0.0) -> int:
@@ -77,13 +80,21 @@ class Degrader:
                 self.hold_s = min(2 * self.hold_s, self.max_hold_s) if early else self.base_hold_s
             self.last, self._stepped = asked, None
         if asked:
-            self._calm_since = None
-        elif self.last:
-            if self._calm_since is None:
-                self._calm_since = now
-            elif now - self._calm_since >= self.hold_s:
-                if self._stepped is not None:  # the last step down lasted a whole hold
-                    self.hold_s = self.base_hold_s
-                self.last -= 1
-                self._calm_since = self._stepped = now
+            self._calm_since = now
+        elif (down := self._released(now)) > 0:
+            if self._stepped is not None:  # the last step down lasted a whole hold
+                self.hold_s = self.base_hold_s
+            self.last -= down
+            self._calm_since = self._stepped = now
         return self.last
+
+    def _released(self, now: float) -> int:
+        """Points the calm since the last pressure has released by ``now`` (one per hold)."""
+        if not self.last or self.hold_s <= 0:
+            return self.last
+        return min(self.last, int((now - self._calm_since) // self.hold_s))
+
+    def current(self) -> int:
+        """The level in force now, as the next calm admission would find it (for /v1/model
+        and the metric, which an idle server would otherwise show stuck at the last level)."""
+        return self.last - self._released(self.clock())

@@ -96,6 +96,8 @@ class ModelService:
             manifest.num_exits,
         )  # fmt: skip
         metrics.register_control(self.control)
+        # Read at each scrape: an idle server's level comes down with no request to set it.
+        metrics.degradation_level.set_function(self.degrader.current)
         # Every point a request can be stepped down to shows in /metrics at 0 from the start.
         for point in loaded.resolver.points:
             metrics.degraded.labels(operating_point=point.name)
@@ -188,7 +190,6 @@ class ModelService:
         if degrade and forecast is not None and self.degrader.max_level:
             fill = self.engine.queued_images / s.max_queue_images
             level = self.degrader.level(forecast.wait, fill)
-            self.metrics.degradation_level.set(level)
             plan = self.resolver.degrade(plan, level)
             cheapest = level == self.degrader.max_level
         plan = self.control.plan(plan, params.budget_control)
@@ -338,7 +339,7 @@ class ModelService:
             "deadline_margin_ms": round(self.margin.seconds * 1000, 3),
             "degradation": {
                 "enabled_by_default": s.degrade,
-                "level": self.degrader.last,
+                "level": self.degrader.current(),
                 "queue_ms": s.degrade_queue_ms,
                 "hold_ms": round(self.degrader.hold_s * 1000, 3),
             },

@@ -209,12 +209,17 @@ def _wait_queued(engine: Any, images: int, until: float) -> None:
         time.sleep(0.01)
 
 
-def test_a_filling_queue_degrades_before_it_refuses(served: Served) -> None:
+def test_a_filling_queue_degrades_before_it_refuses_and_comes_home_while_idle(
+    served: Served,
+) -> None:
     # An engine bound to 8 queued images, its worker held on a first request. Two requests
     # that do not allow degradation queue 6 images: the wait forecast is short (the stages are
     # fast), but three quarters of the bound are taken. The next degradable request is served
-    # a cheaper point, before the queue is full and a request gets a 503.
-    settings = Settings(bundle=served.path, max_queue_images=8, max_images_per_request=4)  # type: ignore[call-arg]
+    # a cheaper point, before the queue is full and a request gets a 503. Then the server is
+    # left idle for a few holds: it shows level 0 and serves the next request the point it asks.
+    settings = Settings(  # type: ignore[call-arg]
+        bundle=served.path, max_queue_images=8, max_images_per_request=4, degrade_hold_ms=200
+    )
     loaded = load_model(settings)
     runner = GatedStages(loaded.runner)
     loaded.runner = runner
@@ -242,6 +247,13 @@ def test_a_filling_queue_degrades_before_it_refuses(served: Served) -> None:
             _wait_queued(engine, 7, deadline)
             runner.gate.set()
             answers = [f.result(timeout=30) for f in (first, *held, degradable)]
+        held_level = app.state.service.degrader.last
+        time.sleep(0.2 * (held_level + 1))  # a hold per point, and no request meanwhile
+        idle = client.get("/v1/model").json()["degradation"]["level"]
+        gauge = re.search(r"^exitwise_degradation_level (\S+)$", client.get("/metrics").text, re.M)
+        after = post(1, True).json()["operating_point"]
+    assert held_level > 0 and idle == 0 and gauge is not None and float(gauge[1]) == 0
+    assert after["degraded_from"] is None and after["name"] == dearest.name
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
     plans = [a.json()["operating_point"] for a in answers]
     assert all(p["degraded_from"] is None for p in plans[:3])

@@ -40,21 +40,44 @@ def test_a_level_comes_at_once_and_is_released_a_point_per_calm_hold() -> None:
     d = Degrader(max_level=3, queue_s=0.1, hold_s=1.0, clock=clock)
     assert d.level(0.2) == 3 and d.last == 3  # attack: the whole way at once
     clock.now = 0.5
-    assert d.level(0.0) == 3  # calm from here on
+    assert d.level(0.0) == 3  # calm since the last pressure, at 0
     clock.now = 1.4
-    assert d.level(0.07) == 3  # pressure again (asks 2): not calm, the hold starts over
+    assert d.level(0.07) == 3  # pressure again (asks 2): the hold starts over from here
     clock.now = 1.5
     assert d.level(0.0) == 3
-    clock.now = 2.49
+    clock.now = 2.39
     assert d.level(0.0) == 3
-    clock.now = 2.5
+    clock.now = 2.4
     assert d.level(0.0) == 2  # a whole hold of calm: one point down
-    clock.now = 3.5
+    clock.now = 3.4
     assert d.level(0.0) == 1
-    clock.now = 4.5
+    clock.now = 4.4
     assert d.level(0.0) == 0
     clock.now = 9.0
     assert d.level(0.0) == 0 and d.hold_s == 1.0
+
+
+def test_an_idle_server_is_home_when_the_next_request_comes() -> None:
+    # Nothing is admitted after an overload: no new work, so the calm counts from the last
+    # admission that saw the pressure. The first request after a minute's idle gets the dearest
+    # point, not the cheapest for another three holds (up to 24 s with the hold doubled).
+    clock = Clock()
+    d = Degrader(max_level=3, queue_s=0.1, hold_s=1.0, max_hold_s=8.0, clock=clock)
+    assert d.level(0.2) == 3
+    clock.now = 0.5
+    assert d.current() == 3  # what /v1/model and the metric show: still held
+    clock.now = 2.5
+    assert d.current() == 1  # two holds of calm, with no admission to see them
+    clock.now = 60.0
+    assert d.current() == 0 and d.last == 3  # a read changes nothing
+    assert d.level(0.0) == 0
+    # Two holds of idle release two points, and the step down is on trial as any other.
+    clock.now = 61.5
+    assert d.level(0.2) == 3 and d.hold_s == 1.0
+    clock.now = 63.5
+    assert d.level(0.0) == 1
+    clock.now = 64.0
+    assert d.level(0.055) == 2 and d.hold_s == 2.0  # too early: back up, the hold doubled
 
 
 def test_a_step_down_undone_within_the_hold_doubles_it_up_to_the_cap() -> None:
