@@ -10,7 +10,8 @@ early, and by refusing only what cannot be helped:
 - **Up front** (:func:`check`): a deadline shorter than exit 1 takes on the idle device, or
   longer than the request timeout, is a 422.
 - **At admission** (:func:`admit`): the engine's :class:`Forecast` says when each exit of a new
-  image would be done, given the work queued ahead of it and the per-stage latency model. The
+  request's images would be done, given the work queued ahead of it, the batches its own images
+  fill, and the per-stage latency model. The
   request gets the deepest exit that finishes in time as a cap. If not even exit 1 does, the
   default policy answers from exit 1, late, and says so (behind the requests still in time);
   ``deadline_policy=strict`` refuses at once (503 with ``Retry-After``) so the client can go
@@ -39,11 +40,11 @@ SEND_S = 0.0005
 
 @dataclass(frozen=True)
 class Forecast:
-    """When a new image's exits would be done, as the engine sees its queues now."""
+    """When a new request's exits would be done, as the engine sees its queues now."""
 
     now: float  # time.monotonic()
     wait: float  # seconds of work queued ahead of it
-    stage: np.ndarray  # float64 [K]: seconds of each stage's batch it would run in
+    stage: np.ndarray  # float64 [K]: seconds of each stage's batches its images would run in
 
     def finish(self) -> np.ndarray:
         """float64 ``[K]``: the moment each exit (0-based) would be done."""

@@ -153,10 +153,11 @@ class Engine:
         """Rows waiting in front of each stage (index 0 = stage 1)."""
         return list(self._rows)
 
-    def forecast(self, own: bool = True) -> deadlines.Forecast:
-        """When a new image's exits would be done: the work queued ahead of it (each queued
-        row's stages to come at full-batch cost, weighted by the share of rows going on after
-        each stage) and, with ``own``, the stages of the batches it would join."""
+    def forecast(self, images: int = 1, own: bool = True) -> deadlines.Forecast:
+        """When the exits of a new request of ``images`` images would be done: the work queued
+        ahead of it (each queued row's stages to come at full-batch cost, weighted by the share
+        of rows going on after each stage) and, with ``own``, the stages of the batches its
+        images would run in (the one they join, and as many more as they fill)."""
         now, rows, running = time.monotonic(), list(self._rows), self._running
         per_row, survive = self.latency.per_row_full, self._survive
         work = [0.0] * (self.num_exits + 1)
@@ -167,7 +168,13 @@ class Engine:
             stage, n, start, seconds = running
             wait += max(0.0, start + seconds - now) + n * survive[stage] * work[stage + 1]
         full, estimate = self.max_batch_size, self.latency.estimate
-        own_s = [estimate(i, min(full, r + 1)) for i, r in enumerate(rows)] if own else []
+        whole, rest = divmod(max(0, images - full), full)
+
+        def batches(i: int, queued: int) -> float:
+            more = whole * estimate(i, full) + (estimate(i, rest) if rest else 0.0)
+            return estimate(i, min(full, queued + images)) + more
+
+        own_s = [batches(i, r) for i, r in enumerate(rows)] if own else []
         return deadlines.Forecast(now, wait, np.array(own_s))
 
     def check_room(self, n: int = 1) -> None:

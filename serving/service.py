@@ -149,7 +149,7 @@ class ModelService:
             raise PayloadTooLargeError(
                 f"{n} images in one request; the limit is {self.settings.max_images_per_request}"
             )
-        ticket = self._admit(request)
+        ticket = self._admit(request, n)
         spec = self.preprocessing
         decode_seconds = 0.0
         if request.tensor is None and self.decode_in_worker:
@@ -177,7 +177,7 @@ class ModelService:
         self._observe(ticket.plan, result)
         return result
 
-    def _admit(self, request: ClassifyRequest) -> Ticket:
+    def _admit(self, request: ClassifyRequest, images: int) -> Ticket:
         """What the request gets: its budget's plan (a cheaper point while the forecast wait is
         long, if it allows) with budget control's thresholds, top-k, its timeout, and with a
         deadline_ms the deepest exit forecast to finish in time."""
@@ -186,7 +186,7 @@ class ModelService:
         degrade = params.degrade if params.degrade is not None else s.degrade
         forecast, cheapest = None, False
         if params.deadline_s is not None or (degrade and self.degrader.max_level):
-            forecast = self.engine.forecast(own=params.deadline_s is not None)
+            forecast = self.engine.forecast(images, own=params.deadline_s is not None)
         if degrade and forecast is not None and self.degrader.max_level:
             fill = self.engine.queued_images / s.max_queue_images
             level = self.degrader.level(forecast.wait, fill)

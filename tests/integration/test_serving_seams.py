@@ -337,3 +337,24 @@ def test_a_deadline_past_the_clients_own_timeout_is_422(served: Served) -> None:
         body = {**v2, "parameters": {"deadline_ms": 2000, "timeout": 5_000_000}}
         r = client.post("/v2/models/tiny/infer", content=json.dumps(body).encode())
         assert r.status_code == 200, r.text
+
+
+def test_a_strict_deadline_counts_every_batch_a_big_request_fills(served: Served) -> None:
+    # Stages of 40 ms, batches of 4, deadline_ms=60 with deadline_policy=strict. One image
+    # makes exit 1 in time. Eight fill two stage-1 batches, 80 ms: forecast as one image they
+    # were admitted and answered late; counted by their batches they get the 503 at once.
+    settings = Settings(bundle=served.path, max_batch_size=4, max_images_per_request=8)  # type: ignore[call-arg]
+    loaded = load_model(settings)
+    loaded.runner = SlowStages(loaded.runner, 0.04)
+    data = {"deadline_ms": "60", "deadline_policy": "strict", "degrade": "false"}
+    with TestClient(create_app(settings, registry=CollectorRegistry(), loaded=loaded)) as client:
+
+        def post(n: int) -> Any:
+            files = [("image", (f"{i}.png", png(served.test.pixels[i]), "image/png"))
+                     for i in range(n)]  # fmt: skip
+            return client.post("/v1/classify", files=files, data=data)
+
+        one, eight = post(1), post(8)
+    assert one.status_code == 200 and one.json()["deadline_met"] is True, one.text
+    assert eight.status_code == 503, eight.text
+    assert "deadline_policy=strict" in eight.json()["error"]

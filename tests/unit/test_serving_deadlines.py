@@ -345,6 +345,23 @@ def test_the_engine_forecast_counts_the_work_queued_ahead() -> None:
     assert (busy.finish() > idle.finish()).all()
 
 
+def test_a_request_of_many_images_is_forecast_by_all_its_batches() -> None:
+    # Batches of 4, each 4 ms at every stage, nothing queued. One image finishes exit 1 in
+    # 4 ms, 8 images only after two batches, 8 ms. Forecast as one image, a strict request of 8
+    # with a 6 ms deadline was admitted and answered late; a late-policy one got deeper exits
+    # than it could finish.
+    engine = _timed(Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=4), 0.004)
+    one, three, eight = (engine.forecast(n) for n in (1, 3, 8))
+    np.testing.assert_allclose(one.stage, [0.004] * K)
+    np.testing.assert_allclose(three.stage, [0.004] * K)  # one batch holds them all
+    np.testing.assert_allclose(eight.stage, [0.008] * K)
+    deadline = one.now + 0.006
+    assert deadlines.admit(one, deadline, deadlines.STRICT) == (0, False)
+    with pytest.raises(DeadlineUnmeetableError):
+        deadlines.admit(eight, deadline, deadlines.STRICT)
+    assert deadlines.admit(engine.forecast(8), one.now + 0.017, None) == (1, False)
+
+
 def _point(name: str, mflops: float) -> OperatingPoint:
     result = SplitResult(accuracy=90, mflops=mflops, exit_fractions=[0.5, 0.3, 0.1, 0.1], images=10)
     return OperatingPoint(name=name, q=1.0, thresholds=[0.9, 0.8, 0.7, None], heldout=result)
