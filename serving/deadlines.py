@@ -25,6 +25,7 @@ early, and by refusing only what cannot be helped:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -106,6 +107,13 @@ class Margin:
     step). Under a 4x overload on one core, answers ready on plan reached the client 60-90 ms later
     (the event loop's backlog), so a fixed ceiling (50 ms once) left a fifth of the strict answers
     late.
+
+    Coming home: the quantile comes down ``step_s * (1 - quantile)`` per answer in time, some
+    8,000 answers from 80 ms, so a server left idle after an overload planned its next requests
+    as if the backlog were still there (shallow exits, strict refusals) however long the pause.
+    With no deadline request for ``quiet_s`` there is no backlog left for it to cover: from then
+    on, the margin above its floor halves every ``half_life_s`` until the next one. Steady
+    traffic never leaves such a pause, and the quantile alone decides.
     """
 
     def __init__(
@@ -114,20 +122,35 @@ class Margin:
         step_s: float = 0.002,
         floor_s: float = ANSWER_MARGIN_S,
         room: float = 0.9,
+        *,
+        quiet_s: float = 5.0,
+        half_life_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not (0 < quantile < 1 and step_s > 0 and floor_s > 0 and 0 < room < 1):
             raise ValueError("need 0 < quantile < 1, step_s > 0, floor_s > 0, 0 < room < 1")
+        if not (quiet_s >= 0 and half_life_s > 0):
+            raise ValueError("need quiet_s >= 0 and half_life_s > 0")
         self.quantile, self.step_s, self.room = quantile, step_s, room
         self.floor_s = floor_s
         self.seconds = floor_s
+        self.quiet_s, self.half_life_s, self.clock = quiet_s, half_life_s, clock
+        self._busy_at = self._at = clock()  # the last deadline request seen; the last settling
+
+    def current(self) -> float:
+        """The margin now (for ``/v1/model`` and the metric; reading it is no request)."""
+        self._settle(busy=False)
+        return self.seconds
 
     def of(self, deadline_s: float) -> float:
         """The margin a request with ``deadline_ms`` = ``deadline_s`` gets."""
+        self._settle(busy=True)
         return max(self.floor_s, min(self.seconds, self.room * deadline_s))
 
     def observe(self, deadline_s: float, elapsed_s: float, late: bool) -> None:
         """A request with ``deadline_ms`` = ``deadline_s`` was answered ``elapsed_s`` after its
         arrival (admitted late: ``late``)."""
+        self._settle(busy=True)
         if elapsed_s > deadline_s - SEND_S:
             if late or self.room * deadline_s < self.seconds:
                 return
@@ -135,6 +158,17 @@ class Margin:
         else:
             self.seconds -= self.step_s * (1 - self.quantile)
         self.seconds = max(self.floor_s, self.seconds)
+
+    def _settle(self, busy: bool) -> None:
+        """The halvings due for the pause past ``quiet_s`` since the last settling."""
+        now = self.clock()
+        pause = now - max(self._at, self._busy_at + self.quiet_s)
+        if pause > 0 and self.seconds > self.floor_s:
+            excess = (self.seconds - self.floor_s) * 0.5 ** (pause / self.half_life_s)
+            self.seconds = self.floor_s + excess
+        self._at = now
+        if busy:
+            self._busy_at = now
 
 
 def due(arrived: float, deadline_s: float, margin_s: float) -> float:

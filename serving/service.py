@@ -96,8 +96,9 @@ class ModelService:
             manifest.num_exits,
         )  # fmt: skip
         metrics.register_control(self.control)
-        # Read at each scrape: an idle server's level comes down with no request to set it.
+        # Read at each scrape: on an idle server both come down with no request to set them.
         metrics.degradation_level.set_function(self.degrader.current)
+        metrics.deadline_margin.set_function(self.margin.current)
         # Every point a request can be stepped down to shows in /metrics at 0 from the start.
         for point in loaded.resolver.points:
             metrics.degraded.labels(operating_point=point.name)
@@ -173,7 +174,6 @@ class ModelService:
         result = self._result(request, ticket, outcome, decode_seconds + outcome.decode_seconds)
         if (deadline_s := request.params.deadline_s) is not None:
             self.margin.observe(deadline_s, time.monotonic() - request.arrived, ticket.late)
-            self.metrics.deadline_margin.set(self.margin.seconds)
         self._observe(ticket.plan, result)
         return result
 
@@ -336,7 +336,7 @@ class ModelService:
             "budget_mflops_range": list(budget_range) if budget_range else None,
             "default_plan": self.resolver.resolve().describe(),
             "latency_model": self.engine.latency.describe(),
-            "deadline_margin_ms": round(self.margin.seconds * 1000, 3),
+            "deadline_margin_ms": round(self.margin.current() * 1000, 3),
             "degradation": {
                 "enabled_by_default": s.degrade,
                 "level": self.degrader.current(),
