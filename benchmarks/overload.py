@@ -41,33 +41,22 @@ from .wrk import WrkResult, open_connections, run_wrk, write_bodies, write_scrip
 CLOSED_CONNECTIONS = 16
 
 
-# The deadline margin counts as settled this close to its floor (1 ms).
-SETTLED_MARGIN_S = 0.002
-
-
 def settle(url: str, body: bytes, params: dict[str, Any], headers: dict[str, str]) -> str | None:
-    """Until the engine's queues are empty, the server has stepped all the way back up and its
-    deadline margin is home (single requests without a deadline, at most 60 s: the level comes
-    down a point per calm hold, and after a run that tried a dearer point too early the first
-    hold may be 8 s; the margin, after 5 s without deadline requests, halves every 5 s, some
-    35 s from the 90 ms an overload can raise it to), so that each run starts from a server in
-    the same state, not with what the run before taught it. ``None`` once it has, else what it
-    still answered."""
-    end = time.monotonic() + 60
+    """Until the engine's queues are empty and the server has stepped all the way back up
+    (single requests, at most 30 s: the level comes down a point per calm hold, and after a run
+    that tried a dearer point too early the first hold may be 8 s); ``None`` once it has, else
+    what it still answered. The requests allow stepping down: only those set the level (the one
+    given last)."""
+    end = time.monotonic() + 30
     send = {"content-type": "image/png", **headers}
     params = {**params, "degrade": "true"}
     last = ""
     while time.monotonic() < end:
         r = httpx.post(f"{url}/v1/classify", content=body, params=params, headers=send, timeout=30)
-        samples = scrape(url, headers)
-        level, _, _, queued = load_point(samples)
-        margin = samples.get("exitwise_deadline_margin_seconds", 0.0)
-        if r.status_code == 200 and level == 0 and queued == 0 and margin <= SETTLED_MARGIN_S:
+        level, _, _, queued = load_point(scrape(url, headers))
+        if r.status_code == 200 and level == 0 and queued == 0:
             return None
-        last = (
-            f"{r.status_code} {r.text[:200]} (level {level:g}, {queued:g} images queued, "
-            f"deadline margin {margin * 1000:.1f} ms)"
-        )
+        last = f"{r.status_code} {r.text[:200]} (level {level:g}, {queued:g} images queued)"
         time.sleep(0.05)
     return last
 

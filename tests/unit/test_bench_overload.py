@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from benchmarks import deadline_sweep, overload_report
@@ -150,26 +149,3 @@ def test_the_deadline_table() -> None:
     assert "| 0.5x (25 / 25) | none | 10.00 | 10.00 | 10.00 | - | - | 0 / 90 / 10 |" in table
     assert "| 0.5x (25 / 25) | 20 | 10.00 | 10.00 | 10.00 | 100.0% | 100.0% |" in table
     assert "1:10 3:90" in table
-
-
-def test_a_run_starts_only_once_the_server_has_forgotten_the_last_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Between runs the benchmark waits for empty queues, level 0 and the deadline margin back
-    # near its floor: a margin an overload raised would make the next run plan every request
-    # tens of milliseconds early (and shed), whatever its own load.
-    from benchmarks import overload
-
-    now = [0.0]
-    monkeypatch.setattr(overload.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(overload.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
-    monkeypatch.setattr(overload.httpx, "post", lambda *a, **k: httpx.Response(200, text="ok"))
-    margins = iter([0.080, 0.040, 0.0015])
-    scrape = lambda url, headers: {"exitwise_deadline_margin_seconds": next(margins)}  # noqa: E731
-    monkeypatch.setattr(overload, "scrape", scrape)
-    assert overload.settle("http://x", b"", {}, {}) is None
-    assert now[0] == pytest.approx(0.1)  # two more tries after the first
-    stuck = lambda url, headers: {"exitwise_deadline_margin_seconds": 0.05}  # noqa: E731
-    monkeypatch.setattr(overload, "scrape", stuck)
-    said = overload.settle("http://x", b"", {}, {})
-    assert said is not None and "deadline margin 50.0 ms" in said and now[0] >= 60
