@@ -423,11 +423,12 @@ def test_the_margin_grows_as_far_as_answers_need_within_a_share_of_the_deadline(
 
 
 def test_a_pause_after_an_overload_brings_the_margin_home() -> None:
-    # An overload raises the margin to some 80 ms; then no deadline request for a minute. The
-    # quantile alone would still plan the next ones 80 ms early (it needs some 8,000 answers in
-    # time to come down): past a quiet of 5 s the margin halves every 5 s instead.
+    # An overload raises the margin to some 80 ms; then no deadline request for a few minutes.
+    # The quantile alone would still plan the next ones 80 ms early (it needs some 8,000 answers
+    # in time to come down): past a quiet of 30 s the margin halves every 10 s instead.
     now = [0.0]
     margin = deadlines.Margin(clock=lambda: now[0])
+    quiet, half = margin.quiet_s, margin.half_life_s
     rng = np.random.default_rng(0)
     for i, delay in enumerate(rng.uniform(0.060, 0.080, 5000)):
         now[0] = i * 0.001  # 1,000 answers a second, for 5 s
@@ -435,16 +436,16 @@ def test_a_pause_after_an_overload_brings_the_margin_home() -> None:
     high = margin.current()
     assert high > 0.060
     last = now[0]
-    now[0] = last + 4.0  # within the quiet: nothing changes
+    now[0] = last + quiet - 1  # within the quiet: nothing changes
     assert margin.current() == high
-    now[0] = last + 10.0  # a half-life past the quiet
+    now[0] = last + quiet + half  # a half-life past the quiet
     assert margin.current() == pytest.approx(margin.floor_s + (high - margin.floor_s) / 2)
-    now[0] = 65.0
+    now[0] = last + quiet + 10 * half
     assert margin.of(0.100) < 0.0011  # home: the next request is planned as on an idle server
     # Requests keep it where the quantile puts it: a pause is measured from the last one.
-    margin.seconds = high
+    margin.seconds, start = high, now[0]
     for i in range(100):
-        now[0] = 65.0 + i * 0.1  # ten answers a second, none late: the quantile's own steps
+        now[0] = start + i * 0.25  # four answers a second for 25 s, none late
         margin.observe(0.100, 0.010, late=False)
     assert margin.current() == pytest.approx(high - 100 * margin.step_s * (1 - margin.quantile))
 
