@@ -39,9 +39,11 @@ def test_bench_drift_writes_the_table_and_the_figure(served: Served, tmp_path: P
     }
     shifted = {r["point"]: r for r in rows if r["phase"] == "shifted"}
     # The noise makes the middle point dearer without control; with it, the loop moves and
-    # the cost after settling is closer to the target than without.
+    # the cost after settling is closer to the target than without. (How much dearer depends
+    # on the tiny bundle the fixture trains, which differs in its last bits between CPUs: it
+    # was 8.8 % on one 2-core VM where it had been over 10 % on others.)
     q1 = shifted["q1"]
-    assert q1["error_off"] > 0.1
+    assert q1["error_off"] > 0.05
     assert abs(q1["error_settled_on"]) < abs(q1["error_off"])
     moved = [r for r in data["runs"] if r["control"] and r["point"] == "q1"]
     assert moved[0]["moves"] >= 1  # (and back home once the clean images return, or not yet)
