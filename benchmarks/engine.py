@@ -14,6 +14,13 @@ Definitions (DESIGN.md "Benchmarks"):
 - oracle time of an image leaving at exit k = time to run stages 1..k (blocks and heads) for a
   full batch of the size in use, divided by the batch size; oracle efficiency = the workload's
   oracle time / its measured time.
+
+The engine alone, at batch 1: the same engine over a runner whose stages cost nothing
+(:class:`NoNetwork`), every image leaving at exit 1 and every image running all K stages: what
+the engine's own work costs per image, and per stage beyond the first. That bounds the oracle
+efficiency an operating point can reach: its oracle time over that time plus the engine's.
+(Batched, the figure says little: with stages that cost nothing, how the submitting thread and
+the worker share the interpreter decides the batches, and it varied twofold between runs.)
 """
 
 from __future__ import annotations
@@ -94,6 +101,53 @@ async def _measure(engine: Engine, images: Tensor, plan: ExitPlan, batch: int) -
     return {"wall": wall, "latencies": latencies, "exits": exits}
 
 
+class NoNetwork:
+    """A stage runner whose stages cost nothing: the state passes through, and every stage's
+    logits (two classes) say the first with a confidence of nearly 1."""
+
+    backend, provider = "none", "none"
+
+    def __init__(self, num_exits: int) -> None:
+        self.num_exits, self.device = num_exits, torch.device("cpu")
+
+    def initial_state(self, images: Tensor) -> list[Tensor]:
+        return [images]
+
+    def run_stage(self, index: int, state: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+        logits = torch.zeros((state[0].shape[0], 2))
+        logits[:, 0] = 10.0
+        return state, logits
+
+
+def engine_alone(
+    resolver: BudgetResolver, images: Tensor, batch: int, repeats: int
+) -> dict[str, float]:
+    """Microseconds per image through the engine over :class:`NoNetwork`: leaving at exit 1
+    (``max_exit=1``) and running all K stages (``max_exit=K``), and their difference per stage
+    beyond the first."""
+    k = resolver.num_exits
+    runner = NoNetwork(k)
+    engine = Engine(
+        runner,  # type: ignore[arg-type]
+        exit_mflops=list(resolver.exit_mflops),
+        max_batch_size=batch,
+        max_wait_s=0.0,
+        max_queue_images=max(len(images), batch),
+    )
+    engine.start()
+    try:
+        plans = {"exit_1": resolver.resolve(max_exit=1), "last_exit": resolver.resolve(max_exit=k)}
+        walls: dict[str, list[float]] = {name: [] for name in plans}
+        for _ in range(repeats):  # interleaved, as the workloads
+            for name, plan in plans.items():
+                walls[name].append(asyncio.run(_measure(engine, images, plan, batch))["wall"])
+    finally:
+        engine.stop()
+    us = {name: statistics.fmean(w) / len(images) * 1e6 for name, w in walls.items()}
+    per_stage = (us["last_exit"] - us["exit_1"]) / max(1, k - 1)
+    return {"exit_1_us": us["exit_1"], "last_exit_us": us["last_exit"], "per_stage_us": per_stage}
+
+
 def run_engine_bench(
     runner: StageRunner,
     resolver: BudgetResolver,
@@ -107,6 +161,7 @@ def run_engine_bench(
     loads = workloads(resolver)
     rows: list[dict[str, Any]] = []
     oracle: dict[str, list[float]] = {}
+    alone: dict[str, float] | None = None
     for batch in batch_sizes:
         subset = images[:batch1_images] if batch == 1 else images
         engine = Engine(
@@ -131,6 +186,8 @@ def run_engine_bench(
             oracle[str(batch)] = np.concatenate(oracle_runs).mean(axis=0).tolist()
         finally:
             engine.stop()
+        if batch == 1:
+            alone = engine_alone(resolver, subset, batch, repeats)
         base_time: float | None = None
         base_mflops = 0.0
         for w in loads:
@@ -167,7 +224,18 @@ def run_engine_bench(
                     "oracle_efficiency": oracle_time / per_image,
                 }
             )
-    return {"rows": rows, "oracle_seconds_per_image": oracle}
+    return {"rows": rows, "oracle_seconds_per_image": oracle, "engine_alone": alone}
+
+
+def alone_line(alone: dict[str, float] | None) -> str:
+    """The engine-alone figures in a sentence ("" when batch 1 was not measured)."""
+    if alone is None:
+        return ""
+    return (
+        f"The engine alone (no network), batch 1: {alone['exit_1_us']:.0f} us per image leaving "
+        f"at exit 1, {alone['last_exit_us']:.0f} us through all stages "
+        f"({alone['per_stage_us']:.0f} us per stage beyond the first)."
+    )
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

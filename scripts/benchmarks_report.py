@@ -158,8 +158,11 @@ def machine(bench: Path) -> str:
         parts.append(f"{cal['machine']}; Python {cal['python']}, numpy {cal['numpy']}")
     if engine is not None:
         m = engine["machine"]
+        # A subset re-measured later may have run on another machine of the same kind.
+        elsewhere = cal is not None and m.get("cpu") and not m["cpu"].startswith(cal["machine"])
+        where = f", on {m['cpu']}" if elsewhere else ""
         parts.append(
-            f"torch {m['torch']} ({m['threads']} intra-op thread(s) in the engine run), "
+            f"torch {m['torch']} ({m['threads']} intra-op thread(s) in the engine run{where}), "
             f"device {m['device']}" + (f" ({m['gpu']})" if m.get("gpu") else "")
         )
     return "; ".join(parts) if parts else "unknown (no benchmark files)"
@@ -199,7 +202,11 @@ SECTIONS: list[tuple[str, str, str, str]] = [
         "is the last exit's MFLOPs over the realised mean; *MFLOPs-efficiency* is their quotient "
         "(1.0: the MFLOPs saving became the same time saving). *Oracle* is the time the network "
         "alone needs for the exits served (blocks and heads 1..k timed at the same batch size), "
-        "so *oracle efficiency* shows what the engine adds on top of the network.",
+        "so *oracle efficiency* shows what the engine adds on top of the network. Below the "
+        "table, the engine alone at batch 1: the same engine over stages that cost nothing (its "
+        "queue, scheduling, exit rule and answer, per image, on the same machine in the same "
+        "run); an operating point's batch-1 oracle efficiency is at most its oracle time over "
+        "that time plus the engine's.",
     ),
     (
         "http",

@@ -31,7 +31,7 @@ def bench_engine(
     import numpy as np
     import torch
 
-    from benchmarks.engine import markdown, run_engine_bench
+    from benchmarks.engine import alone_line, markdown, run_engine_bench
     from benchmarks.machine import describe_machine
     from exitwise.datasets import EvalImages, open_dataset
     from exitwise.fileio import atomic_write_json, atomic_write_text
@@ -63,7 +63,9 @@ def bench_engine(
         "provider": loaded.runner.provider
     }
     result["bundle"] = {"name": m.name, "preset": m.preset, "exit_mflops": m.exit_mflops}
-    table = markdown(result["rows"])
+    table = "\n\n".join(
+        filter(None, [markdown(result["rows"]), alone_line(result["engine_alone"])])
+    )
     typer.echo(table)
     if json_out is not None:
         atomic_write_json(json_out, result)

@@ -74,8 +74,13 @@ def test_bench_engine(served: Served, tmp_path: Path, capsys: pytest.CaptureFixt
     assert rows[0]["mflops_efficiency"] == 1.0 and rows[0]["exit_histogram"]["4"] == 8
     assert rows[1]["mean_mflops"] < rows[0]["mean_mflops"]
     assert set(result["oracle_seconds_per_image"]) == {"1", "16"}
+    # The engine over stages that cost nothing, one image at a time: all the stages cost more
+    # than exit 1 alone.
+    alone = result["engine_alone"]
+    assert 0 < alone["exit_1_us"] < alone["last_exit_us"] and alone["per_stage_us"] > 0
     assert "| batch | workload |" in capsys.readouterr().out
-    assert (tmp_path / "engine.md").read_text().startswith("| batch |")
+    table = (tmp_path / "engine.md").read_text()
+    assert table.startswith("| batch |") and "The engine alone (no network), batch 1:" in table
 
 
 def test_app_factory_reads_the_environment(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
