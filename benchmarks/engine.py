@@ -119,6 +119,18 @@ class NoNetwork:
         return state, logits
 
 
+def _bench_engine(runner: StageRunner, resolver: BudgetResolver, batch: int, n: int) -> Engine:
+    """An engine as measured here: batches of ``batch`` formed without waiting, room for all
+    ``n`` images at once."""
+    return Engine(
+        runner,
+        exit_mflops=list(resolver.exit_mflops),
+        max_batch_size=batch,
+        max_wait_s=0.0,
+        max_queue_images=max(n, batch),
+    )
+
+
 def engine_alone(
     resolver: BudgetResolver, images: Tensor, batch: int, repeats: int
 ) -> dict[str, float]:
@@ -126,14 +138,7 @@ def engine_alone(
     (``max_exit=1``) and running all K stages (``max_exit=K``), and their difference per stage
     beyond the first."""
     k = resolver.num_exits
-    runner = NoNetwork(k)
-    engine = Engine(
-        runner,  # type: ignore[arg-type]
-        exit_mflops=list(resolver.exit_mflops),
-        max_batch_size=batch,
-        max_wait_s=0.0,
-        max_queue_images=max(len(images), batch),
-    )
+    engine = _bench_engine(NoNetwork(k), resolver, batch, len(images))  # type: ignore[arg-type]
     engine.start()
     try:
         plans = {"exit_1": resolver.resolve(max_exit=1), "last_exit": resolver.resolve(max_exit=k)}
@@ -164,13 +169,7 @@ def run_engine_bench(
     alone: dict[str, float] | None = None
     for batch in batch_sizes:
         subset = images[:batch1_images] if batch == 1 else images
-        engine = Engine(
-            runner,
-            exit_mflops=list(exit_mflops),
-            max_batch_size=batch,
-            max_wait_s=0.0,
-            max_queue_images=max(len(subset), batch),
-        )
+        engine = _bench_engine(runner, resolver, batch, len(subset))
         engine.warm_up(tuple(images.shape[1:]), (batch,))  # type: ignore[arg-type]
         engine.start()
         # Enough oracle rounds to weigh about as much machine time as one workload run.

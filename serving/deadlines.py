@@ -72,13 +72,13 @@ def check(
 ) -> None:
     """A 422 for a deadline known up front to be impossible or meaningless: past the request's
     timeout (the server's, or the client's own when shorter), the 504 would come first."""
-    if client_timeout_s is not None and client_timeout_s < timeout_s:
-        if deadline_s > client_timeout_s:
-            raise InvalidParameterError(
-                f"deadline_ms must be at most the request's timeout ({client_timeout_s * 1000:g}"
-                " ms): past it the request fails with a 504 before the deadline"
-            )
-    elif deadline_s > timeout_s:
+    client = timeout_s if client_timeout_s is None else client_timeout_s
+    if deadline_s > client < timeout_s:  # past the client's own timeout, the shorter one
+        raise InvalidParameterError(
+            f"deadline_ms must be at most the request's timeout ({client * 1000:g}"
+            " ms): past it the request fails with a 504 before the deadline"
+        )
+    if deadline_s > timeout_s:
         raise InvalidParameterError(
             f"deadline_ms must be at most the server's request timeout, {timeout_s * 1000:g}"
         )
