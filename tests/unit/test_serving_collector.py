@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from serving.collector import NEVER, FullCollections
+from serving.collector import NEVER, FullCollections, as_served
 
 
 def test_full_collections_run_on_the_timer_and_only_then() -> None:
@@ -59,3 +59,24 @@ def test_the_interval_must_be_positive() -> None:
 
     asyncio.run(main())
     assert gc.get_threshold()[2] != NEVER
+
+
+def test_a_measurement_runs_under_the_servers_schedule() -> None:
+    """``as_served``: what is loaded is frozen, no full collection in the block, and the
+    thresholds come back after it, also when a server's timer held them too."""
+    before = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    try:
+        with as_served():
+            assert gc.get_threshold() == (before[0], before[1], NEVER)
+            assert gc.get_freeze_count() > frozen
+
+            async def main() -> None:
+                server = FullCollections(asyncio.get_running_loop())
+                server.stop()
+                assert gc.get_threshold()[2] == NEVER  # the measurement still holds them
+
+            asyncio.run(main())
+        assert gc.get_threshold() == before
+    finally:
+        gc.unfreeze()
