@@ -18,7 +18,7 @@ from fastapi import Depends, Request
 from .errors import NotReadyError, UnauthorizedError
 from .lifecycle import Lifecycle
 from .metrics import Metrics
-from .protocol import ARRIVAL
+from .protocol import ARRIVAL, TRANSPORT
 from .service import ModelService
 from .settings import Settings
 
@@ -107,3 +107,14 @@ def disconnected(request: Request) -> Callable[[], Coroutine[Any, Any, Any]]:
             pass
 
     return wait
+
+
+def left(request: Request) -> Callable[[], bool]:
+    """Whether the client has left by now (its connection closed), without waiting: asks the
+    connection the HTTP protocol put in the scope (:mod:`serving.protocol`); never, where none
+    is (another ASGI server, the test client)."""
+    transport = request.scope.get(TRANSPORT)
+    if transport is None:
+        return lambda: False
+    closing: Callable[[], bool] = transport.is_closing
+    return closing

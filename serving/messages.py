@@ -26,6 +26,7 @@ class ClassifyRequest:
     tensor: np.ndarray | None = None  # or an already normalised FP32 [N, C, H, W] batch
     labels: Sequence[str] | None = None  # per image, for error messages (e.g. file names)
     gone: Callable[[], Coroutine[Any, Any, Any]] | None = None  # ends when the client leaves
+    left: Callable[[], bool] = lambda: False  # whether the client has left by now
 
 
 @dataclass(frozen=True)

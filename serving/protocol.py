@@ -31,6 +31,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 ARRIVAL = "exitwise.arrival"  # the scope key: time.monotonic() when the server first saw it
+TRANSPORT = "exitwise.transport"  # the scope key: the connection (closing once the client left)
 
 
 class LoopLag:
@@ -127,3 +128,4 @@ class StampedHttpToolsProtocol(HttpToolsProtocol):
         if self._sock is not None and (waited := kernel_waited_s(self._sock)) is not None:
             arrival = min(arrival, self._read_at - waited)
         self.scope[ARRIVAL] = arrival  # type: ignore[literal-required]
+        self.scope[TRANSPORT] = self.transport  # type: ignore[literal-required]

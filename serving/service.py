@@ -172,7 +172,8 @@ class ModelService:
                 decode_seconds = time.monotonic() - start
                 outcome = await self.engine.infer(ticket, images, arrival, request.gone)
         result = self._result(request, ticket, outcome, decode_seconds + outcome.decode_seconds)
-        if (deadline_s := request.params.deadline_s) is not None:
+        # Only answers a client is still there to get teach the margin (see Margin).
+        if (deadline_s := request.params.deadline_s) is not None and not request.left():
             self.margin.observe(deadline_s, time.monotonic() - request.arrived, ticket.late)
         self._observe(ticket.plan, result)
         return result

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..deps import arrival_of, authorize, disconnected, service_of
+from ..deps import arrival_of, authorize, disconnected, left, service_of
 from ..errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from ..messages import ClassifyRequest, ClassifyResult
 from ..params import merge_fields, parse_params
@@ -143,9 +143,15 @@ async def classify(request: Request) -> JSONResponse:
             "image files, or one image as the body with an image/* content type"
         )
     params = parse_params(merge_fields(request.query_params.multi_items(), form_fields))
-    gone = disconnected(request)
     result = await service.classify(
-        ClassifyRequest(started, params, encoded=blobs, labels=filenames, gone=gone)
+        ClassifyRequest(
+            started,
+            params,
+            encoded=blobs,
+            labels=filenames,
+            gone=disconnected(request),
+            left=left(request),
+        )
     )
     return JSONResponse(
         render(service.name, result, filenames),

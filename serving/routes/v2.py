@@ -31,6 +31,7 @@ from ..deps import (
     authorize,
     disconnected,
     get_lifecycle,
+    left,
     service_of,
 )
 from ..errors import BadRequestError, ModelNotFoundError, error_response
@@ -163,7 +164,9 @@ async def infer_model(request: Request, name: str, version: str | None) -> Respo
     if tensor.name == "input":
         if tensor.datatype != "FP32":
             raise BadRequestError(f"input 'input' must be FP32, not {tensor.datatype}")
-        classify = ClassifyRequest(started, params, tensor=values, gone=disconnected(request))
+        classify = ClassifyRequest(
+            started, params, tensor=values, gone=disconnected(request), left=left(request)
+        )
     elif tensor.name == "image":
         if tensor.datatype != "BYTES":
             raise BadRequestError(f"input 'image' must be BYTES, not {tensor.datatype}")
@@ -171,7 +174,9 @@ async def infer_model(request: Request, name: str, version: str | None) -> Respo
             raise BadRequestError(
                 f"input 'image' must have shape [N] or [N, 1], not {tensor.shape}"
             )
-        classify = ClassifyRequest(started, params, encoded=values, gone=disconnected(request))
+        classify = ClassifyRequest(
+            started, params, encoded=values, gone=disconnected(request), left=left(request)
+        )
     else:
         raise BadRequestError(
             f"unknown input {tensor.name!r}; inputs: 'input' (FP32), 'image' (BYTES)"

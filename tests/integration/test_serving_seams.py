@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from exitwise.models import State
 from serving.app import create_app
 from serving.loading import load_model
+from serving.protocol import TRANSPORT
 from serving.settings import Settings
 from tests.serving_helpers import Served, png, served_bundle
 
@@ -186,6 +187,44 @@ def test_answers_late_for_reasons_no_plan_sees_move_deadlines_earlier(served: Se
     # earlier due moment alone keeps it in time), and in time.
     assert all(e <= first_exit for e, _ in last), runs
     assert sum(s <= 0.100 for _, s in last) >= 4, runs
+
+
+class _Closed:
+    """A connection its client has closed."""
+
+    def is_closing(self) -> bool:
+        return True
+
+
+def test_answers_to_clients_that_left_do_not_teach_the_margin(served: Served) -> None:
+    # The late answers of the test above, to clients whose connections had closed by then (a
+    # balancer dropping its connections at once keeps the loop busy with the disconnects, and
+    # the answers late): nobody gets them, so they must not move the next requests' due moment.
+    settings = Settings(bundle=served.path)  # type: ignore[call-arg]
+    loaded = load_model(settings)
+    loaded.runner = SlowStages(loaded.runner, 0.02)
+    app = create_app(settings, registry=CollectorRegistry(), loaded=loaded)
+
+    async def closed_connections(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, TRANSPORT: _Closed()}
+        await app(scope, receive, send)
+
+    with TestClient(closed_connections) as client:
+        service = app.state.service
+        answer = service._result
+
+        def busy_loop_after_the_engine(*args: Any) -> Any:
+            time.sleep(0.025)
+            return answer(*args)
+
+        service._result = busy_loop_after_the_engine
+        params = {"max_exit": "4", "deadline_ms": "100", "top_k": "0"}
+        for _ in range(5):
+            r = client.post("/v1/classify", content=png(served.test.pixels[0]), params=params,
+                            headers={"content-type": "image/png"})  # fmt: skip
+            assert r.status_code == 200, r.text
+        assert client.get("/v1/model").json()["deadline_margin_ms"] == 1.0  # still its floor
 
 
 class GatedStages(SlowStages):

@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from starlette.requests import Request
 
-from serving import protocol
+from serving import deps, protocol
 from serving.protocol import ARRIVAL, LoopLag, StampedHttpToolsProtocol
 
 
@@ -140,3 +141,48 @@ def test_a_request_that_waited_in_the_kernel_is_stamped_when_it_came_in(
         server.should_exit = True
         thread.join(5)
     assert 0.12 <= age < 1.0  # it waited about 0.2 s in the kernel; the loop read it at once
+
+
+def test_a_handler_can_ask_whether_its_client_has_left() -> None:
+    # One request answered at once (its client is there), one whose client gives up while the
+    # handler still works on it: asked afterwards, the connection says the client has left.
+    seen: dict[str, bool] = {}
+    done = threading.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        left = deps.left(Request(scope, receive))
+        if scope["path"] == "/slow":
+            await asyncio.sleep(0.5)  # the client times out meanwhile
+            seen["slow"] = left()
+            done.set()
+        else:
+            seen["quick"] = left()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, http=StampedHttpToolsProtocol, lifespan="off", log_level="error")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.01)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        assert httpx.get(f"{url}/quick", timeout=5).text == "ok"
+        with pytest.raises(httpx.TimeoutException):
+            httpx.get(f"{url}/slow", timeout=0.1)
+        assert done.wait(5)
+    finally:
+        server.should_exit = True
+        thread.join(5)
+    assert seen == {"quick": False, "slow": True}
+
+
+def test_without_the_protocols_connection_the_client_never_counts_as_left() -> None:
+    assert deps.left(Request({"type": "http", "headers": []}))() is False
