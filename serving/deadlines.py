@@ -118,11 +118,6 @@ class Margin:
     answers (a 4x overload starting from the floor answered with twice the p99 in the runs
     that measured it).
 
-    The learned figure is slow to rise: 2 ms per late answer. The event loop's lag, which a
-    server going from calm into an overload builds up within a second, is measured directly
-    (how late a 5 ms timer runs) and added at admission, so the first requests of an overload
-    are planned with it before any answer has been late.
-
     Only answers a client is still connected to get are observed (``ModelService.classify``):
     when clients drop their connections at once, the loop's work on the disconnects makes the
     answers still in flight late, and those nobody receives say nothing about the next request.
@@ -154,12 +149,10 @@ class Margin:
         self._settle(busy=False)
         return self.seconds
 
-    def of(self, deadline_s: float, lag_s: float = 0.0) -> float:
-        """The margin a request with ``deadline_ms`` = ``deadline_s`` gets, with the event loop
-        running ``lag_s`` behind now (:data:`serving.protocol.LAG`): its answer will wait about
-        that long for the loop too, and the learned margin keeps only what that does not say."""
+    def of(self, deadline_s: float) -> float:
+        """The margin a request with ``deadline_ms`` = ``deadline_s`` gets."""
         self._settle(busy=True)
-        return max(self.floor_s, min(self.seconds + lag_s, self.room * deadline_s))
+        return max(self.floor_s, min(self.seconds, self.room * deadline_s))
 
     def observe(self, deadline_s: float, elapsed_s: float, late: bool) -> None:
         """A request with ``deadline_ms`` = ``deadline_s`` was answered ``elapsed_s`` after its

@@ -37,7 +37,6 @@ from .loading import LoadedModel
 from .messages import ClassifyRequest, ClassifyResult, Prediction
 from .metrics import Metrics
 from .params import RequestParams
-from .protocol import LAG
 from .settings import Settings
 from .threads import decode_threads
 from .timeouts import before
@@ -200,7 +199,7 @@ class ModelService:
             assert forecast is not None
             first_exit_s = self.engine.latency.floor(0, 1)
             deadlines.check(params.deadline_s, s.request_timeout_s, first_exit_s, params.timeout_s)
-            margin = self.margin.of(params.deadline_s, LAG.seconds)
+            margin = self.margin.of(params.deadline_s)
             deadline = deadlines.due(request.arrived, params.deadline_s, margin)
             limit, late = deadlines.admit(forecast, deadline, self._refusal(params, cheapest))
         top_k = self._top_k(params.top_k)

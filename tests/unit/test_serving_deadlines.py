@@ -476,10 +476,3 @@ def test_requests_that_did_not_get_the_whole_margin_count_only_when_in_time() ->
     margin.observe(0.050, 0.0496, late=False)
     assert margin.seconds > 0.010 - 2 * 0.002 * 0.005
     assert deadlines.due(100.0, 0.050, margin.of(0.050)) == pytest.approx(100.05 - margin.seconds)
-
-
-def test_the_event_loops_lag_adds_to_the_margin_within_a_share_of_the_deadline() -> None:
-    margin = deadlines.Margin()
-    assert margin.of(0.1, lag_s=0.03) == pytest.approx(0.001 + 0.03)
-    assert margin.of(0.1, lag_s=0.5) == pytest.approx(0.09)  # a tenth is left for the work
-    assert margin.of(0.1) == pytest.approx(0.001)  # the learned figure did not move
