@@ -163,7 +163,7 @@ def test_answers_late_for_reasons_no_plan_sees_move_deadlines_earlier(served: Se
         service._result = busy_loop_after_the_engine
         image = png(served.test.pixels[0])
         runs = []
-        for _ in range(45):
+        for _ in range(55):
             params = {"max_exit": "4", "deadline_ms": "100", "top_k": "0"}
             r = client.post("/v1/classify", content=image, params=params,
                             headers={"content-type": "image/png"})  # fmt: skip
@@ -181,12 +181,15 @@ def test_answers_late_for_reasons_no_plan_sees_move_deadlines_earlier(served: Se
     exported = re.search(r"^exitwise_deadline_margin_seconds (\S+)$", metrics, re.MULTILINE)
     assert exported is not None
     assert float(exported[1]) == pytest.approx(model["deadline_margin_ms"] / 1000, abs=1e-6)
-    last = runs[-5:]
+    last = runs[-15:]
     # No deeper exits than the first plan's (shallower where it had no slack: on a loaded
     # machine warm-up measures slower stages, and the first plan may stop early enough that an
-    # earlier due moment alone keeps it in time), and in time.
+    # earlier due moment alone keeps it in time), and in time. Not every one: on a machine
+    # busy with other tests a stage now and then takes longer than any plan saw (each such
+    # late answer is what raises the margin), so 12 of the last 15 (two of the last five
+    # were late once under `make test`).
     assert all(e <= first_exit for e, _ in last), runs
-    assert sum(s <= 0.100 for _, s in last) >= 4, runs
+    assert sum(s <= 0.100 for _, s in last) >= 12, runs
 
 
 class _Closed:
