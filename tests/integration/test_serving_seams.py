@@ -141,6 +141,27 @@ def test_a_client_that_goes_away_leaves_the_engine(served: Served) -> None:
     assert rows == [0, 0, 0, 0]  # nothing of it waits for a stage
 
 
+def _stages_of_20ms(served: Served) -> Any:
+    """The app over the bundle with every stage taking at least 20 ms."""
+    settings = Settings(bundle=served.path)  # type: ignore[call-arg]
+    loaded = load_model(settings)
+    loaded.runner = SlowStages(loaded.runner, 0.02)
+    return create_app(settings, registry=CollectorRegistry(), loaded=loaded)
+
+
+def _busy_loop_after_the_engine(app: Any) -> None:
+    """25 ms of event-loop work after the engine answers, before the answer is rendered: work
+    no plan sees (the started app's service)."""
+    service = app.state.service
+    answer = service._result
+
+    def busy(*args: Any) -> Any:
+        time.sleep(0.025)
+        return answer(*args)
+
+    service._result = busy
+
+
 def test_answers_late_for_reasons_no_plan_sees_move_deadlines_earlier(served: Served) -> None:
     # Stages of 20 ms, deadline_ms=100 and, after the engine answers, 25 ms of event-loop work
     # no plan sees. Planned by the deadline alone (a 1 ms margin), a request gets the exits that
@@ -148,19 +169,9 @@ def test_answers_late_for_reasons_no_plan_sees_move_deadlines_earlier(served: Se
     # long keep the premise on a loaded machine, where warm-up measures slower stages.) The learned
     # margin moves the due moment earlier, admission and the engine stop requests sooner, and
     # the answers come in time.
-    settings = Settings(bundle=served.path)  # type: ignore[call-arg]
-    loaded = load_model(settings)
-    loaded.runner = SlowStages(loaded.runner, 0.02)
-    app = create_app(settings, registry=CollectorRegistry(), loaded=loaded)
+    app = _stages_of_20ms(served)
     with TestClient(app) as client:
-        service = app.state.service
-        answer = service._result
-
-        def busy_loop_after_the_engine(*args: Any) -> Any:
-            time.sleep(0.025)
-            return answer(*args)
-
-        service._result = busy_loop_after_the_engine
+        _busy_loop_after_the_engine(app)
         image = png(served.test.pixels[0])
         runs = []
         for _ in range(55):
@@ -203,10 +214,7 @@ def test_answers_to_clients_that_left_do_not_teach_the_margin(served: Served) ->
     # The late answers of the test above, to clients whose connections had closed by then (a
     # balancer dropping its connections at once keeps the loop busy with the disconnects, and
     # the answers late): nobody gets them, so they must not move the next requests' due moment.
-    settings = Settings(bundle=served.path)  # type: ignore[call-arg]
-    loaded = load_model(settings)
-    loaded.runner = SlowStages(loaded.runner, 0.02)
-    app = create_app(settings, registry=CollectorRegistry(), loaded=loaded)
+    app = _stages_of_20ms(served)
 
     async def closed_connections(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -214,14 +222,7 @@ def test_answers_to_clients_that_left_do_not_teach_the_margin(served: Served) ->
         await app(scope, receive, send)
 
     with TestClient(closed_connections) as client:
-        service = app.state.service
-        answer = service._result
-
-        def busy_loop_after_the_engine(*args: Any) -> Any:
-            time.sleep(0.025)
-            return answer(*args)
-
-        service._result = busy_loop_after_the_engine
+        _busy_loop_after_the_engine(app)
         params = {"max_exit": "4", "deadline_ms": "100", "top_k": "0"}
         for _ in range(5):
             r = client.post("/v1/classify", content=png(served.test.pixels[0]), params=params,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -43,16 +45,9 @@ class _Fixed:
         pass
 
 
-def test_a_request_is_stamped_when_read_less_the_loop_lag(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(protocol, "LAG", _Fixed(0.25))
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        age = time.monotonic() - scope[ARRIVAL]
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": f"{age:.6f}".encode()})
-
+@contextlib.contextmanager
+def _serving(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn with the stamping protocol in a thread; its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(app, http=StampedHttpToolsProtocol, lifespan="off", log_level="error")
@@ -64,11 +59,24 @@ def test_a_request_is_stamped_when_read_less_the_loop_lag(monkeypatch: pytest.Mo
             if server.started:
                 break
             time.sleep(0.01)
-        port = sock.getsockname()[1]
-        age = float(httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(5)
+
+
+def test_a_request_is_stamped_when_read_less_the_loop_lag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "LAG", _Fixed(0.25))
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        age = time.monotonic() - scope[ARRIVAL]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": f"{age:.6f}".encode()})
+
+    with _serving(app) as url:
+        age = float(httpx.get(f"{url}/", timeout=5).text)
     assert 0.25 <= age < 1.0
 
 
@@ -120,26 +128,12 @@ def test_a_request_that_waited_in_the_kernel_is_stamped_when_it_came_in(
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": f"{age:.6f}".encode()})
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, http=StampedHttpToolsProtocol, lifespan="off", log_level="error")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.01)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with _serving(app) as url:
         blocker = threading.Thread(target=httpx.get, args=(f"{url}/block",), daemon=True)
         blocker.start()
         time.sleep(0.1)  # the loop is in /block now
         age = float(httpx.get(f"{url}/age", timeout=5).text)
         blocker.join(5)
-    finally:
-        server.should_exit = True
-        thread.join(5)
     assert 0.12 <= age < 1.0  # it waited about 0.2 s in the kernel; the loop read it at once
 
 
@@ -162,25 +156,11 @@ def test_a_handler_can_ask_whether_its_client_has_left() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, http=StampedHttpToolsProtocol, lifespan="off", log_level="error")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.01)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with _serving(app) as url:
         assert httpx.get(f"{url}/quick", timeout=5).text == "ok"
         with pytest.raises(httpx.TimeoutException):
             httpx.get(f"{url}/slow", timeout=0.1)
         assert done.wait(5)
-    finally:
-        server.should_exit = True
-        thread.join(5)
     assert seen == {"quick": False, "slow": True}
 
 
