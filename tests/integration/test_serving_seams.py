@@ -141,11 +141,11 @@ def test_a_client_that_goes_away_leaves_the_engine(served: Served) -> None:
     assert rows == [0, 0, 0, 0]  # nothing of it waits for a stage
 
 
-def _stages_of_20ms(served: Served) -> Any:
-    """The app over the bundle with every stage taking at least 20 ms."""
+def _stages_of_30ms(served: Served) -> Any:
+    """The app over the bundle with every stage taking at least 30 ms."""
     settings = Settings(bundle=served.path)  # type: ignore[call-arg]
     loaded = load_model(settings)
-    loaded.runner = SlowStages(loaded.runner, 0.02)
+    loaded.runner = SlowStages(loaded.runner, 0.03)
     return create_app(settings, registry=CollectorRegistry(), loaded=loaded)
 
 
@@ -163,19 +163,20 @@ def _busy_loop_after_the_engine(app: Any) -> None:
 
 
 def test_answers_late_for_reasons_no_plan_sees_move_deadlines_earlier(served: Served) -> None:
-    # Stages of 20 ms, deadline_ms=100 and, after the engine answers, 25 ms of event-loop work
+    # Stages of 30 ms, deadline_ms=120 and, after the engine answers, 25 ms of event-loop work
     # no plan sees. Planned by the deadline alone (a 1 ms margin), a request gets the exits that
-    # finish by 99 ms and is ready 25 ms (and the test client's hops) later: late. (Sleeps this
-    # long keep the premise on a loaded machine, where warm-up measures slower stages.) The learned
-    # margin moves the due moment earlier, admission and the engine stop requests sooner, and
-    # the answers come in time.
-    app = _stages_of_20ms(served)
+    # finish by 119 ms (3 or 4) and is ready 25 ms (and the server's own hops) later: late. The
+    # learned margin moves the due moment earlier until admission and the engine stop requests
+    # at exit 2, ready by about 85 ms: in time with room for a machine busy with other tests
+    # (with exit 3 the one in-time exit, 5 ms to spare, a third of the last answers were late
+    # once in CI).
+    app = _stages_of_30ms(served)
     with TestClient(app) as client:
         _busy_loop_after_the_engine(app)
         image = png(served.test.pixels[0])
         runs = []
         for _ in range(55):
-            params = {"max_exit": "4", "deadline_ms": "100", "top_k": "0"}
+            params = {"max_exit": "4", "deadline_ms": "120", "top_k": "0"}
             r = client.post("/v1/classify", content=image, params=params,
                             headers={"content-type": "image/png"})  # fmt: skip
             assert r.status_code == 200, r.text
@@ -187,20 +188,18 @@ def test_answers_late_for_reasons_no_plan_sees_move_deadlines_earlier(served: Se
         model = client.get("/v1/model").json()
         metrics = client.get("/metrics").text
     first_exit, first_seconds = runs[0]
-    assert first_seconds > 0.100  # planned without a margin: late
+    assert first_exit >= 3 and first_seconds > 0.120  # planned without a margin: late
     assert model["deadline_margin_ms"] > 5
     exported = re.search(r"^exitwise_deadline_margin_seconds (\S+)$", metrics, re.MULTILINE)
     assert exported is not None
     assert float(exported[1]) == pytest.approx(model["deadline_margin_ms"] / 1000, abs=1e-6)
     last = runs[-15:]
-    # No deeper exits than the first plan's (shallower where it had no slack: on a loaded
-    # machine warm-up measures slower stages, and the first plan may stop early enough that an
-    # earlier due moment alone keeps it in time), and in time. Not every one: on a machine
-    # busy with other tests a stage now and then takes longer than any plan saw (each such
-    # late answer is what raises the margin), so 12 of the last 15 (two of the last five
-    # were late once under `make test`).
+    # No deeper exits than the first plan's, and in time. Not every one: the margin comes down a
+    # little with each answer in time, so now and then it dips under what exit 3 needs and one
+    # answer is late again (one in 15-20 here); and on a machine busy with other tests a stage
+    # now and then takes longer than any plan saw. So 12 of the last 15.
     assert all(e <= first_exit for e, _ in last), runs
-    assert sum(s <= 0.100 for _, s in last) >= 12, runs
+    assert sum(s <= 0.120 for _, s in last) >= 12, runs
 
 
 class _Closed:
@@ -214,7 +213,7 @@ def test_answers_to_clients_that_left_do_not_teach_the_margin(served: Served) ->
     # The late answers of the test above, to clients whose connections had closed by then (a
     # balancer dropping its connections at once keeps the loop busy with the disconnects, and
     # the answers late): nobody gets them, so they must not move the next requests' due moment.
-    app = _stages_of_20ms(served)
+    app = _stages_of_30ms(served)
 
     async def closed_connections(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -223,7 +222,7 @@ def test_answers_to_clients_that_left_do_not_teach_the_margin(served: Served) ->
 
     with TestClient(closed_connections) as client:
         _busy_loop_after_the_engine(app)
-        params = {"max_exit": "4", "deadline_ms": "100", "top_k": "0"}
+        params = {"max_exit": "4", "deadline_ms": "120", "top_k": "0"}
         for _ in range(5):
             r = client.post("/v1/classify", content=png(served.test.pixels[0]), params=params,
                             headers={"content-type": "image/png"})  # fmt: skip
