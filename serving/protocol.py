@@ -1,4 +1,5 @@
-"""The moment the server first sees a request: uvicorn's HTTP protocol with a timestamp.
+"""The server's HTTP protocol: uvicorn's, with each request's arrival stamped, and each
+response sent in one write (:class:`CorkedTransport`).
 
 ``deadline_ms`` counts from the request's arrival. The protocol stamps it in the ASGI scope
 (``scope["exitwise.arrival"]``, ``time.monotonic()``) as the event loop begins to parse it; the
@@ -107,13 +108,45 @@ def kernel_waited_s(sock: Any) -> float | None:
         return None
 
 
+class CorkedTransport:
+    """A connection's transport that sends a response in one write. uvicorn writes a
+    response's head and its body in two calls: two system calls and two TCP segments for every
+    answer, on a core that under load has no time to spare (closed loop on one core, refusals,
+    503s with a small body, came 20-28 % faster with them joined). The protocol flushes when a
+    response is complete; writes that no complete response follows (a streamed body's chunks,
+    the interim 100 Continue) go out when the event loop's step ends, and a close sends what
+    waits first. Everything else is the transport's own."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._loop = transport, loop
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._parts:
+            self._loop.call_soon(self.flush)
+        self._parts.append(data)
+
+    def flush(self) -> None:
+        if self._parts:
+            data = b"".join(self._parts) if len(self._parts) > 1 else self._parts[0]
+            self._parts = []
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class StampedHttpToolsProtocol(HttpToolsProtocol):
     _read_at = 0.0
     _sock: Any = None  # the connection's socket while the kernel can say when data came in
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         LAG.watch(self.loop)
-        super().connection_made(transport)
+        super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[arg-type]
         with contextlib.suppress(Exception):  # a transport without a socket: the loop's figure
             sock = transport.get_extra_info("socket")
             self._sock = sock if kernel_waited_s(sock) is not None else None
@@ -121,6 +154,10 @@ class StampedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         self._read_at = time.monotonic()
         super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        self.transport.flush()  # type: ignore[attr-defined]
+        super().on_response_complete()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

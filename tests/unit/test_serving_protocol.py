@@ -166,3 +166,86 @@ def test_a_handler_can_ask_whether_its_client_has_left() -> None:
 
 def test_without_the_protocols_connection_the_client_never_counts_as_left() -> None:
     assert deps.left(Request({"type": "http", "headers": []}))() is False
+
+
+class _Recorder:
+    """A transport that records what is written to it."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name, default)
+
+
+def test_the_corked_transport_sends_what_waits_as_one_write() -> None:
+    async def main() -> None:
+        inner = _Recorder()
+        corked = protocol.CorkedTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+        corked.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        corked.write(b"body")
+        assert inner.writes == []
+        corked.flush()  # the response is complete
+        assert inner.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+        corked.write(b"chunk")  # no complete response follows: out when the loop's step ends
+        await asyncio.sleep(0)
+        assert inner.writes[-1] == b"chunk"
+        corked.write(b"last")
+        corked.close()  # what waits goes first
+        assert inner.writes[-1] == b"last" and inner.closed
+        assert corked.is_closing() and corked.get_extra_info("closed") is True  # the transport's
+
+    asyncio.run(main())
+
+
+class _Counting:
+    """The connection's transport, counting the writes that reach it."""
+
+    def __init__(self, transport: Any, writes: list[bytes]) -> None:
+        self._transport, self._writes = transport, writes
+
+    def write(self, data: bytes) -> None:
+        self._writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def test_each_response_reaches_the_socket_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A plain answer, a streamed one, on one kept-alive connection: each whole response in one
+    # write (uvicorn writes the head and the body apart), the streamed one a write per step.
+    writes: list[bytes] = []
+    corked_init = protocol.CorkedTransport.__init__
+
+    def counted(self: Any, transport: Any, loop: Any) -> None:
+        corked_init(self, _Counting(transport, writes), loop)
+
+    monkeypatch.setattr(protocol.CorkedTransport, "__init__", counted)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if scope["path"] == "/stream":
+            for part in (b"a", b"b"):
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+                await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with _serving(app) as url, httpx.Client(base_url=url, timeout=5) as client:
+        assert client.get("/plain").text == "ok"
+        assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200") and b"ok" in writes[0]
+        assert client.get("/stream").text == "abok"
+        assert client.get("/plain").text == "ok"
+    assert len(writes) == 1 + 3 + 1  # head with "a", "b", then "ok" and the end; one more answer
