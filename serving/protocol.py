@@ -130,7 +130,8 @@ class CorkedTransport:
         if self._parts:
             data = b"".join(self._parts) if len(self._parts) > 1 else self._parts[0]
             self._parts = []
-            self._transport.write(data)
+            if not self._transport.is_closing():  # the client left meanwhile: nobody to send to
+                self._transport.write(data)
 
     def close(self) -> None:
         self.flush()

@@ -204,6 +204,9 @@ def test_the_corked_transport_sends_what_waits_as_one_write() -> None:
         corked.close()  # what waits goes first
         assert inner.writes[-1] == b"last" and inner.closed
         assert corked.is_closing() and corked.get_extra_info("closed") is True  # the transport's
+        corked.write(b"late")  # the connection is gone by the end of the step: nothing is sent
+        await asyncio.sleep(0)
+        assert inner.writes[-1] == b"last"
 
     asyncio.run(main())
 
