@@ -74,10 +74,14 @@ def test_bench_engine(served: Served, tmp_path: Path, capsys: pytest.CaptureFixt
     assert rows[0]["mflops_efficiency"] == 1.0 and rows[0]["exit_histogram"]["4"] == 8
     assert rows[1]["mean_mflops"] < rows[0]["mean_mflops"]
     assert set(result["oracle_seconds_per_image"]) == {"1", "16"}
-    # The engine over stages that cost nothing, one image at a time: all the stages cost more
-    # than exit 1 alone.
+    # The engine over stages that cost nothing, one image at a time: both figures, and the
+    # stage figure their difference over the three stages beyond the first. (Which is larger
+    # is a timing, for the benchmark to show: 8 images on a machine busy with other tests had
+    # exit 1 at 781 us and all stages at 284 us once.)
     alone = result["engine_alone"]
-    assert 0 < alone["exit_1_us"] < alone["last_exit_us"] and alone["per_stage_us"] > 0
+    assert alone["exit_1_us"] > 0 and alone["last_exit_us"] > 0
+    spread = alone["last_exit_us"] - alone["exit_1_us"]
+    assert alone["per_stage_us"] == pytest.approx(spread / 3)
     assert "| batch | workload |" in capsys.readouterr().out
     table = (tmp_path / "engine.md").read_text()
     assert table.startswith("| batch |") and "The engine alone (no network), batch 1:" in table
