@@ -110,7 +110,8 @@ def open_row(
 ) -> dict[str, Any]:
     """One open-loop run's figures: rates, client latency (every answer, and the answered ones
     without the 503s and other refusals, as upper bounds), shares within D, D + 2 and D + 5 ms
-    of the answered, and what the server did."""
+    of the answered, what the server did, and the cores it used (``process_cores``, of which
+    ``engine_cores`` its engine worker)."""
     if run.latency is None or run.sent is None:
         raise ValueError("an open-loop run (write_script with a rate) is needed")
     every = run.latency
@@ -141,6 +142,11 @@ def open_row(
         "degraded": did["degraded"],
         "mean_mflops": did["mean_mflops"] if did["images"] else None,
         "accuracy_estimate": accuracy_estimate(info, did),
+        # Cores' worth of CPU over the run: the server's, and its engine worker's part of it.
+        **{
+            f"{name}_cores": None if cpu is None or not secs else cpu / secs
+            for name, cpu in did["cpu_s"].items()
+        },
     }
     if deadline_ms is not None:
         good = answered.count_within(deadline_ms)

@@ -31,6 +31,11 @@ def _refused_cell(total: int, by: dict[str, int]) -> str:
     return f"{total} ({', '.join(f'{reason} {n}' for reason, n in sorted(by.items()))})"
 
 
+def _cores_cell(server: float | None, engine: float | None) -> str:
+    """Cores' worth of CPU over a run: the server's, and its engine worker's part."""
+    return f"{ms_cell(server, 2)} / {ms_cell(engine, 2)}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     from .tables import markdown_table
 
@@ -39,7 +44,7 @@ def markdown(result: dict[str, Any]) -> str:
         "offered (asked / sent per s)", "degrade", "policy", "answered/s", "goodput/s",
         "x cheapest", "p50 ms", "p99 ms", "p99.9 ms", f"in time (<= {d:g} ms)",
         f"answered <= {d + 5:g} ms", "503s", "stopped: confident / cap / deadline",
-        "mean MFLOPs", "accuracy (est.)",
+        "mean MFLOPs", "accuracy (est.)", "cores: server / engine",
     ]  # fmt: skip
     cells = [
         [
@@ -58,6 +63,7 @@ def markdown(result: dict[str, Any]) -> str:
             stops_cell(r["stops"]),
             ms_cell(r["mean_mflops"], 2),
             ms_cell(r["accuracy_estimate"]),
+            _cores_cell(r.get("process_cores"), r.get("engine_cores")),
         ]
         for r in result["rows"]
     ]
@@ -68,7 +74,7 @@ def markdown(result: dict[str, Any]) -> str:
         + ("" if cheap is None else f", {result['cheapest_point']} {cheap:.0f} requests/s")
         + ". Latencies are the client's, of the answered requests (503s left out)."
     )
-    table = markdown_table(header, cells, "lllrrrrrrrrrlrr")
+    table = markdown_table(header, cells, "lllrrrrrrrrrlrrr")
     if result.get("stopped"):
         table += f"\n\nStopped: the server did not settle {result['stopped']}."
     return note + "\n\n" + table

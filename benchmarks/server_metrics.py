@@ -32,7 +32,7 @@ def scrape(
 def parse_metrics(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("exitwise_"):
+        if line.startswith(("exitwise_", "process_cpu_seconds_total ")):
             key, _, value = line.rpartition(" ")
             out[key] = float(value)
     return out
@@ -53,7 +53,7 @@ def _classify_codes(samples: dict[str, float]) -> dict[str, float]:
 def served(before: dict[str, float], after: dict[str, float], num_exits: int) -> dict[str, Any]:
     """What the server did between two scrapes: images per exit, MFLOPs, why the images
     stopped, answers by status, why it refused requests (503s), images served at a cheaper
-    point than asked."""
+    point than asked, CPU seconds (the process's, the engine worker's)."""
     exits = {
         str(k): int(
             after.get(f'exitwise_exits_total{{exit="{k}"}}', 0)
@@ -82,6 +82,14 @@ def served(before: dict[str, float], after: dict[str, float], num_exits: int) ->
         for key, value in after.items()
         if key.startswith("exitwise_refused_total{")
     }
+    # CPU seconds of the whole server and of its engine worker (None where not exported).
+    cpu = {
+        name: after[key] - before.get(key, 0.0) if key in after else None
+        for name, key in (
+            ("process", "process_cpu_seconds_total"),
+            ("engine", "exitwise_engine_cpu_seconds_total"),
+        )
+    }
     return {
         "exit_histogram": {k: v for k, v in exits.items() if v},
         "images": images,
@@ -90,6 +98,7 @@ def served(before: dict[str, float], after: dict[str, float], num_exits: int) ->
         "degraded": {k: v for k, v in degraded.items() if v},
         "stops": {k: v for k, v in sorted(stops.items()) if v},
         "refused": {k: v for k, v in sorted(refused.items()) if v},
+        "cpu_s": cpu,
     }
 
 

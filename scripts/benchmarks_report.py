@@ -273,7 +273,11 @@ SECTIONS: list[tuple[str, str, str, str]] = [
         "over the cheapest point's closed-loop capacity; *503s* says why the server refused "
         "them (`exitwise_refused_total`: `queue_full`, `deadline_shed` at degradation's "
         "cheapest point, `deadline_strict`); accuracy is estimated from the "
-        "calibrated test accuracy of what served each answer. The figure's right panel is the "
+        "calibrated test accuracy of what served each answer. *Cores* is the server's CPU time "
+        "over the run's (`process_cpu_seconds_total`) and its engine worker's part "
+        "(`exitwise_engine_cpu_seconds_total`): on one saturated core, what the engine does not "
+        "use goes to the rest of the server, its event loop (HTTP, admission, refusals) above "
+        "all. The figure's right panel is the "
         "degradation level (`exitwise_degradation_level`, sampled every 0.25 s) over each run "
         "with degradation on. ![overload](benchmarks/overload.png)",
     ),

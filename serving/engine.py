@@ -113,8 +113,12 @@ class Engine:
         self._idle = self._stopping = False
         self._incoming = 0
         self._thread: threading.Thread | None = None
+        # The worker's CPU seconds so far, as of its last batch: with the process's, /metrics
+        # shows how one core is shared between the engine and the event loop.
+        self.cpu_seconds = 0.0
         if metrics is not None:
             metrics.watch_queues(self.queue_rows)
+            metrics.watch_engine_cpu(lambda: self.cpu_seconds)
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -281,6 +285,7 @@ class Engine:
                 except Exception:  # a bug in the bookkeeping: keep serving the others
                     log.exception("stage %d: a batch was left unfinished", step[0] + 1)
                 self._running = None
+                self.cpu_seconds = time.thread_time()
 
     def _next(self) -> tuple[int, list[Rows]] | None:
         """The stage to run and its rows; ``None`` once stopping and nothing is left."""

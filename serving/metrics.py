@@ -22,6 +22,9 @@ Names (prefix ``exitwise_``; histograms in seconds; labels kept low-cardinality)
 - ``deadline_margin_seconds``: how long before its ``deadline_ms`` an answer is due now.
 - ``gc_pause_seconds{generation}``: the garbage collector's pauses, which stop the whole process
   (the event loop and the engine's worker alike).
+- ``engine_cpu_seconds_total``: CPU time of the engine's worker thread (as of its last batch);
+  with the standard ``process_cpu_seconds_total`` (Linux), how the server's CPU is shared
+  between the engine and everything else, the event loop's HTTP work above all.
 - ``model_info{model,backend,device,provider}``: 1, labels describe what is served.
 
 Series for every exit and stage exist from the start (at 0), so dashboards see them at once.
@@ -33,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -60,6 +63,8 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        # The standard process_* series (CPU seconds, resident memory, open files; Linux).
+        ProcessCollector(registry=registry)
         # Per-exit and per-stage children, bound once in describe_model (a labels() lookup on
         # every stage batch would cost more than the update itself).
         self._exits: list[Counter] = []
@@ -242,6 +247,10 @@ class Metrics:
         request pays nothing for them)."""
         self.registry.register(_ControlCollector(control))
 
+    def watch_engine_cpu(self, seconds: Callable[[], float]) -> None:
+        """The engine worker's CPU seconds, read from ``seconds`` when Prometheus scrapes."""
+        self.registry.register(_EngineCpuCollector(seconds))
+
     def watch_queues(self, rows: Callable[[], list[int]]) -> None:
         """The queue depths, read from ``rows`` (rows waiting in front of each stage) when
         Prometheus scrapes: the engine pays nothing per queue operation."""
@@ -266,6 +275,18 @@ def _observe_many(histogram: Histogram, value: float, count: int) -> None:
         if value <= bound:
             buckets[i].inc(count)
             break
+
+
+class _EngineCpuCollector(Collector):
+    def __init__(self, seconds: Callable[[], float]) -> None:
+        self.seconds = seconds
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "exitwise_engine_cpu_seconds",
+            "CPU time of the engine's worker thread, as of its last stage batch.",
+            value=self.seconds(),
+        )
 
 
 class _ControlCollector(Collector):

@@ -150,6 +150,8 @@ def test_overload_scenario_runs_degradation_off_and_on_then_strict(
             assert r["answered_p50_ms"] <= r["answered_p99_ms"] <= r["answered_max_ms"]
         # The server's counts agree with wrk's, up to the requests in flight when wrk stopped.
         assert r["refused"] <= sum(v for k, v in r["statuses"].items() if k != "200")
+        # The server's CPU over the run, and the engine worker's part of it (two cores here).
+        assert 0 < r["process_cores"] <= 2.5 and 0 < r["engine_cores"] <= r["process_cores"]
         # The degradation level was sampled through each run.
         series = r["timeline"]
         assert len(series["t"]) >= 2 and len(series["level"]) == len(series["t"])

@@ -32,6 +32,7 @@ def _did(hist: dict[str, int], degraded: dict[str, int], **more: Any) -> dict[st
         "statuses": more.get("statuses", {}),
         "stops": more.get("stops", {}),
         "mean_mflops": 2.0,
+        "cpu_s": more.get("cpu_s", {"process": 1.9, "engine": 0.8}),
     }
 
 
@@ -78,6 +79,14 @@ def test_a_row_counts_goodput_from_the_answered_and_leaves_the_fast_refusals_out
     assert row["p50_ms"] == 50.0 and row["answered_p50_ms"] == 50.0
     assert row["answered_p99_ms"] == 120.0 and row["max_ms"] == 120.0
     assert row["stops"] == {"cap": 80} and row["accuracy_estimate"] == pytest.approx(90.0)
+    # 1.9 s of the server's CPU in 2 s, 0.8 s of it the engine worker's.
+    assert row["process_cores"] == pytest.approx(0.95) and row["engine_cores"] == 0.4
+    unknown = _did({"3": 80}, {}, cpu_s={"process": None, "engine": None})  # another server
+    other = open_row(
+        _run(lat, 20, sent=104), unknown, INFO, offered_per_s=50.0, connections=63,
+        deadline_ms=100,
+    )  # fmt: skip
+    assert other["process_cores"] is None and other["engine_cores"] is None
     # Without a deadline: no shares, no goodput.
     bare = open_row(
         _run(lat, 20, sent=100), did, INFO, offered_per_s=50.0, connections=63, deadline_ms=None
@@ -126,6 +135,7 @@ def test_the_overload_table_and_figure(tmp_path: Path) -> None:
     assert len(lines) == 1 + len(result["rows"])
     assert "| 2x (100 / 100) | on | strict |" in table and "Stopped" not in table
     assert "| 30 (deadline_strict 30) |" in table  # the 503s, and why the server refused them
+    assert lines[0].endswith("| cores: server / engine |") and "| 0.95 / 0.40 |" in table
     result["stopped"] = "before 4x, degrade True, late: 503 ..."
     assert overload_report.markdown(result).endswith(
         "Stopped: the server did not settle before 4x, degrade True, late: 503 ...."

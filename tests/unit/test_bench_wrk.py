@@ -120,6 +120,8 @@ exitwise_refused_total{reason="deadline_shed"} 8.0
 exitwise_refused_total{reason="not_ready"} 0.0
 exitwise_stage_queue_depth{stage="1"} 5.0
 exitwise_stage_queue_depth{stage="2"} 3.0
+process_cpu_seconds_total 12.5
+exitwise_engine_cpu_seconds_total 7.25
 """
 
 
@@ -128,9 +130,10 @@ def test_metrics_deltas_and_the_load_point() -> None:
     before = parse_metrics(
         'exitwise_requests_total{code="200",route="/v1/classify"} 40.0\n'
         'exitwise_exits_total{exit="4"} 40.0\nexitwise_mflops_per_image_sum 480.0\n'
-        'exitwise_stops_total{reason="cap"} 40.0\n'
+        'exitwise_stops_total{reason="cap"} 40.0\nprocess_cpu_seconds_total 10.0\n'
     )
     did = served(before, after, 4)
+    assert did["cpu_s"] == {"process": 2.5, "engine": 7.25}  # the engine's first scrape: from 0
     assert did["exit_histogram"] == {"1": 30, "4": 20} and did["images"] == 50
     assert did["mean_mflops"] == pytest.approx(320 / 50)
     assert did["statuses"] == {"200": 50, "503": 12}
@@ -140,3 +143,4 @@ def test_metrics_deltas_and_the_load_point() -> None:
     assert load_point(after) == (2.0, 20.0, 12.0, 8.0)
     assert load_point({}) == (0.0, 0.0, 0.0, 0.0)
     assert math.isnan(served({}, {}, 2)["mean_mflops"])
+    assert served({}, {}, 2)["cpu_s"] == {"process": None, "engine": None}  # not exported

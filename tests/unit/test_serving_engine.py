@@ -278,6 +278,46 @@ def test_metrics_follow_the_batches() -> None:
     )
 
 
+class BusyRunner(FakeRunner):
+    """The fake runner with every stage spending ``seconds`` of CPU (not sleeping)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def run_stage(self, index: int, state: State) -> tuple[State, torch.Tensor]:
+        end = time.thread_time() + self.seconds
+        while time.thread_time() < end:
+            pass
+        return super().run_stage(index, state)
+
+
+def test_metrics_show_the_engine_workers_cpu_time_beside_the_process() -> None:
+    # Stages that burn 30 ms of the worker's CPU, and 0.3 s of the event loop's thread: the
+    # worker's counter has its own 30 ms a stage (not the loop's), the process's has both.
+    metrics = Metrics(CollectorRegistry())
+    get = metrics.registry.get_sample_value
+    process_before = get("process_cpu_seconds_total")
+
+    async def main() -> None:
+        engine = Engine(BusyRunner(0.03), exit_mflops=[1, 2, 3, 4], metrics=metrics)
+        engine.start()
+        try:
+            assert get("exitwise_engine_cpu_seconds_total") == 0.0
+            await engine.infer(ticket(_plan([math.inf] * 3)), _images(2))  # all 4 stages
+            end = time.thread_time() + 0.3
+            while time.thread_time() < end:
+                pass
+        finally:
+            engine.stop()
+
+    _run(main())
+    engine_s = get("exitwise_engine_cpu_seconds_total")
+    assert 4 * 0.03 <= engine_s < 0.3
+    if process_before is not None:  # Linux: /proc
+        assert get("process_cpu_seconds_total") - process_before >= engine_s + 0.3 - 0.02
+
+
 def test_survivors_of_several_batches_run_the_next_stage_together() -> None:
     # Three requests of 4 images queued before the worker starts, batches of 4: stage 1 runs
     # twice before stage 2 has a full batch, so stage 2's first batch mixes two stage-1 batches.
