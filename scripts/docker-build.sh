@@ -80,6 +80,7 @@ EOF
   if [[ ! -d "$wheelhouse" || ! -f "$stamp" || "$(cat "$stamp")" != "$key" ]]; then
     log "filling $wheelhouse (torch $torch_version${torch_index:+ from $torch_index}) ..."
     rm -rf "$wheelhouse" "$stamp"
+    mkdir -p "$(dirname "$wheelhouse")"  # build/ itself is missing from a fresh clone
     PYTHON="$python" TORCH_VERSION="$torch_version" TORCH_INDEX_URL="$torch_index" \
       scripts/install.sh --wheelhouse "$wheelhouse" "$extras" >"build/wheelhouse-$variant.log" 2>&1 \
       || { tail -n 20 "build/wheelhouse-$variant.log" >&2; log "filling $wheelhouse failed"; exit 1; }
