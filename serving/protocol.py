@@ -128,7 +128,7 @@ class CorkedTransport:
 
     def flush(self) -> None:
         if self._parts:
-            data = b"".join(self._parts) if len(self._parts) > 1 else self._parts[0]
+            data = b"".join(self._parts)  # one part: that part itself, not a copy
             self._parts = []
             if not self._transport.is_closing():  # the client left meanwhile: nobody to send to
                 self._transport.write(data)
