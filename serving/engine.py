@@ -13,8 +13,9 @@ A request's life here:
   with each row's thresholds and caps, who stops.
 - **Answer**: stopping rows are answered in their slots; the survivors join the next stage's
   queue to wait for the survivors of other batches, or run on at once when they have the engine
-  to themselves. A request completes with its last image; the futures of all the requests a
-  batch completed are resolved with one call into their event loop.
+  to themselves. A request completes with its last image; the requests a batch completed are
+  resolved with one call into their event loop, which resumes their handlers in place
+  (:class:`~serving.jobs.Answer`).
 
 A request whose client went away, that timed out or failed leaves every queue at once; its rows
 still running are dropped when they come back.
@@ -44,7 +45,7 @@ from exitwise.runtime import StageRunner, judge_stage, run_early_exit, top_k_of
 
 from . import deadlines
 from .errors import ClientGoneError, DeadlineExceededError, NotReadyError, QueueFullError
-from .jobs import CAP, CONFIDENT, DEADLINE, Job, Rows, Slots, Ticket, join
+from .jobs import CAP, CONFIDENT, DEADLINE, Answer, Job, Rows, Slots, Ticket, join
 from .latency import LatencyModel
 from .metrics import Metrics
 from .scheduler import EMPTY, Idle, QueueView, Run, pick
@@ -217,7 +218,7 @@ class Engine:
             raise ValueError("this engine was built without a decoder for encoded images")
         n = len(blobs) if blobs is not None else int(images.shape[0])  # type: ignore[union-attr]
         loop = asyncio.get_running_loop()
-        job = Job(ticket, 0, n, loop, loop.create_future(), remaining=n)
+        job = Job(ticket, 0, n, loop, Answer(loop=loop), remaining=n)
         job.labels = images.labels if isinstance(images, Encoded) else None
         job.enqueued = time.monotonic()
         with self._cond:
@@ -571,13 +572,10 @@ class Engine:
 
 
 def _resolve(jobs: list[Job]) -> None:
+    """On the requests' loop: each waiting handler resumes here (:class:`Answer`)."""
     for job in jobs:
-        if job.future.done():
-            continue
-        if isinstance(job.result, BaseException):
-            job.future.set_exception(job.result)
-        elif job.result is not None:
-            job.future.set_result(job.result)
+        if not job.future.done() and job.result is not None:
+            job.future.deliver(job.result)
 
 
 def _tally(ids: np.ndarray) -> Iterable[tuple[int, int]]:
