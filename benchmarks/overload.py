@@ -33,6 +33,7 @@ from urllib.parse import urlencode
 import httpx
 import numpy as np
 
+from . import tcp
 from .errors import BenchError
 from .overload_report import ms_cell
 from .server_metrics import MetricsSampler, load_point, scrape, served
@@ -110,8 +111,9 @@ def open_row(
 ) -> dict[str, Any]:
     """One open-loop run's figures: rates, client latency (every answer, and the answered ones
     without the 503s and other refusals, as upper bounds), shares within D, D + 2 and D + 5 ms
-    of the answered, what the server did, and the cores it used (``process_cores``, of which
-    ``engine_cores`` its engine worker)."""
+    of the answered, what the server did, the cores it used (``process_cores``, of which
+    ``engine_cores`` its engine worker), and the host's TCP drops at the listening socket and
+    retransmission timeouts (:mod:`benchmarks.tcp`; None where not measured)."""
     if run.latency is None or run.sent is None:
         raise ValueError("an open-loop run (write_script with a rate) is needed")
     every = run.latency
@@ -147,6 +149,8 @@ def open_row(
             f"{name}_cores": None if cpu is None or not secs else cpu / secs
             for name, cpu in did["cpu_s"].items()
         },
+        **tcp.delta(None, None),
+        **(did.get("kernel") or {}),
     }
     if deadline_ms is not None:
         good = answered.count_within(deadline_ms)
@@ -233,7 +237,7 @@ def run_open(
         connections=connections,
         seed=seed,
     )
-    before = scrape(url, headers)
+    before, kernel = scrape(url, headers), tcp.read()
     sampler = MetricsSampler(url, headers) if sample else None
     if sampler is not None:
         with sampler:
@@ -241,6 +245,7 @@ def run_open(
     else:
         run = run_wrk(url, script, connections=connections, duration_s=duration_s, cpus=cpus)
     did = served(before, scrape(url, headers), num_exits)
+    did["kernel"] = tcp.delta(kernel, tcp.read())  # the host's, not the server's (benchmarks.tcp)
     return run, did, connections, None if sampler is None else sampler.series()
 
 

@@ -44,7 +44,7 @@ def markdown(result: dict[str, Any]) -> str:
         "offered (asked / sent per s)", "degrade", "policy", "answered/s", "goodput/s",
         "x cheapest", "p50 ms", "p99 ms", "p99.9 ms", f"in time (<= {d:g} ms)",
         f"answered <= {d + 5:g} ms", "503s", "stopped: confident / cap / deadline",
-        "mean MFLOPs", "accuracy (est.)", "cores: server / engine",
+        "mean MFLOPs", "accuracy (est.)", "cores: server / engine", "listen drops",
     ]  # fmt: skip
     cells = [
         [
@@ -64,6 +64,7 @@ def markdown(result: dict[str, Any]) -> str:
             ms_cell(r["mean_mflops"], 2),
             ms_cell(r["accuracy_estimate"]),
             _cores_cell(r.get("process_cores"), r.get("engine_cores")),
+            "-" if r.get("listen_drops") is None else str(r["listen_drops"]),
         ]
         for r in result["rows"]
     ]
@@ -74,7 +75,7 @@ def markdown(result: dict[str, Any]) -> str:
         + ("" if cheap is None else f", {result['cheapest_point']} {cheap:.0f} requests/s")
         + ". Latencies are the client's, of the answered requests (503s left out)."
     )
-    table = markdown_table(header, cells, "lllrrrrrrrrrlrrr")
+    table = markdown_table(header, cells, "lllrrrrrrrrrlrrrr")
     if result.get("stopped"):
         table += f"\n\nStopped: the server did not settle {result['stopped']}."
     return note + "\n\n" + table

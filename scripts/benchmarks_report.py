@@ -277,9 +277,12 @@ SECTIONS: list[tuple[str, str, str, str]] = [
         "over the run's (`process_cpu_seconds_total`) and its engine worker's part "
         "(`exitwise_engine_cpu_seconds_total`): on one saturated core, what the engine does not "
         "use goes to the rest of the server, its event loop (HTTP, admission, refusals) above "
-        "all. The figure's right panel is the "
-        "degradation level (`exitwise_degradation_level`, sampled every 0.25 s) over each run "
-        "with degradation on. ![overload](benchmarks/overload.png)",
+        "all. *Listen drops* is the host's count of connections the kernel dropped at a "
+        "listening socket during the run (`ListenDrops` in /proc/net/netstat; its accept queue "
+        "full): such a client retries only after a retransmission timeout (0.2 s to seconds), a "
+        "wait the server never sees and the client's latency includes. The figure's right panel "
+        "is the degradation level (`exitwise_degradation_level`, sampled every 0.25 s) over each "
+        "run with degradation on. ![overload](benchmarks/overload.png)",
     ),
     (
         "deadlines",

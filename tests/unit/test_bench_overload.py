@@ -87,6 +87,13 @@ def test_a_row_counts_goodput_from_the_answered_and_leaves_the_fast_refusals_out
         deadline_ms=100,
     )  # fmt: skip
     assert other["process_cores"] is None and other["engine_cores"] is None
+    # The host's TCP counters over the run, where measured (None where not).
+    assert row["listen_drops"] is None and row["tcp_timeouts"] is None
+    did["kernel"] = {"listen_drops": 12, "tcp_timeouts": 3}
+    counted = open_row(
+        _run(lat, 20, sent=104), did, INFO, offered_per_s=50.0, connections=63, deadline_ms=100
+    )
+    assert counted["listen_drops"] == 12 and counted["tcp_timeouts"] == 3
     # Without a deadline: no shares, no goodput.
     bare = open_row(
         _run(lat, 20, sent=100), did, INFO, offered_per_s=50.0, connections=63, deadline_ms=None
@@ -107,6 +114,7 @@ def _overload_result() -> dict[str, Any]:
         lat = [0.4] * refused + [40.0 * m] * (100 - refused)
         did = _did({"1": 50, "3": 50 - refused}, {"cheap": 10} if degrade else {},
                    statuses={"200": 100 - refused, "503": refused})  # fmt: skip
+        did["kernel"] = {"listen_drops": 7 if policy == "strict" else 0, "tcp_timeouts": 2}
         row = {
             "multiple": m, "degrade": degrade, "policy": policy,
             **open_row(_run(lat, refused, sent=round(100 * m)), did, INFO,
@@ -135,7 +143,8 @@ def test_the_overload_table_and_figure(tmp_path: Path) -> None:
     assert len(lines) == 1 + len(result["rows"])
     assert "| 2x (100 / 100) | on | strict |" in table and "Stopped" not in table
     assert "| 30 (deadline_strict 30) |" in table  # the 503s, and why the server refused them
-    assert lines[0].endswith("| cores: server / engine |") and "| 0.95 / 0.40 |" in table
+    assert "| cores: server / engine | listen drops |" in lines[0] and "| 0.95 / 0.40 |" in table
+    assert lines[-1].endswith("| 0.95 / 0.40 | 7 |")  # the host's drops in the strict run
     result["stopped"] = "before 4x, degrade True, late: 503 ..."
     assert overload_report.markdown(result).endswith(
         "Stopped: the server did not settle before 4x, degrade True, late: 503 ...."
