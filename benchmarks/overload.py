@@ -149,8 +149,7 @@ def open_row(
             f"{name}_cores": None if cpu is None or not secs else cpu / secs
             for name, cpu in did["cpu_s"].items()
         },
-        **tcp.delta(None, None),
-        **(did.get("kernel") or {}),
+        **(did.get("kernel") or tcp.delta(None, None)),  # None: not measured
     }
     if deadline_ms is not None:
         good = answered.count_within(deadline_ms)
