@@ -60,6 +60,41 @@ def test_the_estimates_come_home_after_an_overload_whatever_size_runs_then() -> 
     assert m.per_row_full[0] == pytest.approx(0.0001, rel=0.02)
 
 
+class StallingRunner(FakeRunner):
+    """Its first ``stalled`` stage calls take 20 ms each: another process held the core."""
+
+    def __init__(self, stalled: int) -> None:
+        super().__init__()
+        self.stalled = stalled
+
+    def run_stage(self, index: int, state: State) -> tuple[State, torch.Tensor]:
+        if len(self.calls) < self.stalled:
+            time.sleep(0.020)
+        return super().run_stage(index, state)
+
+
+def test_a_stall_during_warm_up_spoils_one_repeat_not_the_floor() -> None:
+    # The stall covers the first two timings of every stage at batch 1. Timed back to back per
+    # size, both repeats of batch 1 fell in it, and a 20 ms deadline was refused up front as
+    # shorter than exit 1.
+    m = LatencyModel(K, 8)
+    m.measure(StallingRunner(stalled=2 * K), (1, 1, K))
+    assert all(m.floor(stage, 1) < 0.010 for stage in range(K))
+
+
+def test_a_batch_faster_than_warm_up_lowers_the_floor() -> None:
+    m = LatencyModel(1, 8)
+    for n in m.buckets:
+        m.set(0, n, 0.060)  # warm-up on a machine busy with something else
+    m.observe(0, 3, 0.0002)  # three rows are not the four-row bucket's evidence
+    assert m.floor(0, 4) == pytest.approx(0.060)
+    m.observe(0, 1, 0.0002)
+    assert m.floor(0, 1) == pytest.approx(0.0002)
+    m.observe(0, 1, 0.0005)  # slower again: the pace moves, the floor stays
+    assert m.floor(0, 1) == pytest.approx(0.0002)
+    deadlines.check(0.020, timeout_s=30, first_exit_s=m.floor(0, 1))
+
+
 NEVER = _plan([math.inf] * (K - 1))  # nobody is confident: only caps and deadlines stop them
 
 
