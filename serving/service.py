@@ -75,6 +75,7 @@ class ModelService:
             len(loaded.resolver.points), s.degrade_queue_ms / 1000, hold_s=s.degrade_hold_ms / 1000
         )
         self.margin = deadlines.Margin()
+        self.overload = deadlines.Overload(s.degrade_shed_after_ms / 1000)
         self.engine = Engine(
             loaded.runner,
             exit_mflops=self.exit_mflops,
@@ -201,20 +202,24 @@ class ModelService:
             deadlines.check(params.deadline_s, s.request_timeout_s, first_exit_s, params.timeout_s)
             margin = self.margin.of(params.deadline_s)
             deadline = deadlines.due(request.arrived, params.deadline_s, margin)
-            limit, late = deadlines.admit(forecast, deadline, self._refusal(params, cheapest))
+            shed = cheapest and self.overload.standing()
+            limit, late = deadlines.admit(forecast, deadline, self._refusal(params, shed))
+            if degrade and self.degrader.max_level:
+                self.overload.saw(late and cheapest)
         top_k = self._top_k(params.top_k)
         expires = self._expires(request.arrived, params.timeout_s)
         return Ticket(plan, top_k, request.arrived, expires, deadline, limit, late)
 
     @staticmethod
-    def _refusal(params: RequestParams, cheapest: bool) -> deadlines.Refusal | None:
+    def _refusal(params: RequestParams, shed: bool) -> deadlines.Refusal | None:
         """Why a request whose deadline not even exit 1 can meet is refused (503), or None: it
-        is answered late. Strict asks for the refusal. Degradation refuses it once the cheapest
-        point is in force (degrade before shedding): the server is overloaded past what it can
-        cheapen, and a late answer would only make the requests behind it late as well."""
+        is answered late. Strict asks for the refusal. Degradation refuses it (``shed``) once the
+        cheapest point is in force and the overload has stood (degrade before shedding,
+        :class:`~serving.deadlines.Overload`): the server is overloaded past what it can cheapen,
+        and a late answer would only make the requests behind it late as well."""
         if params.deadline_policy == "strict":
             return deadlines.STRICT
-        if cheapest:
+        if shed:
             return deadlines.SHED
         return None
 
@@ -343,6 +348,7 @@ class ModelService:
                 "level": self.degrader.current(),
                 "queue_ms": s.degrade_queue_ms,
                 "hold_ms": round(self.degrader.hold_s * 1000, 3),
+                "shed_after_ms": s.degrade_shed_after_ms,
             },
             "budget_control": {
                 "enabled": self.control.enabled,

@@ -108,6 +108,14 @@ class Settings(BaseSettings):
         description="How long the pressure must stay low before the level comes down a point; "
         "doubled (up to 8x) after a step down the load undoes within it.",
     )
+    degrade_shed_after_ms: float = Field(
+        default=100.0,
+        ge=0,
+        le=60_000,
+        description="Time constant of the share of deadline admissions at the cheapest point "
+        "forecast past their deadline; above one half, such requests are refused (503) rather "
+        "than answered late, and a shorter burst is answered late (0: refused at once).",
+    )
 
     # --- limits ----------------------------------------------------------------------------------
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)

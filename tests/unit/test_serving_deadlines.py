@@ -511,3 +511,36 @@ def test_requests_that_did_not_get_the_whole_margin_count_only_when_in_time() ->
     margin.observe(0.050, 0.0496, late=False)
     assert margin.seconds > 0.010 - 2 * 0.002 * 0.005
     assert deadlines.due(100.0, 0.050, margin.of(0.050)) == pytest.approx(100.05 - margin.seconds)
+
+
+def test_a_burst_of_late_forecasts_is_answered_late_and_a_standing_one_is_shed() -> None:
+    now = [0.0]
+    gate = deadlines.Overload(0.1, clock=lambda: now[0])
+    assert not gate.standing()  # nothing late seen yet
+    for i in range(10):  # a step in load: 10 late forecasts within 5 ms, then in time again
+        now[0] = 1.0 + i * 0.0005
+        gate.saw(True)
+    gate.saw(False)
+    assert not gate.standing()  # a burst: answered late
+    now[0] = 2.0
+    assert not gate.standing()
+    # A standing overload: three forecasts in four late, those in time scattered among them.
+    for i in range(400):
+        now[0] = 2.0 + i * 0.0005
+        gate.saw(i % 4 != 0)
+        if now[0] < 2.05:
+            assert not gate.standing()  # not yet the interval's worth
+    assert gate.standing()
+    for i in range(200):  # the overload is over: forecasts in time
+        now[0] = 2.2 + i * 0.0005
+        gate.saw(False)
+    assert not gate.standing()
+    # One late forecast after a pause is no overload either: it counts from when it was seen.
+    now[0] = 10.0
+    gate.saw(True)
+    assert not gate.standing()
+    now[0] = 10.1  # ... but one held for the interval, with nothing in time since, is
+    assert gate.standing()
+    assert deadlines.Overload(0.0).standing()  # 0: shed at once, as before the gate
+    with pytest.raises(ValueError):
+        deadlines.Overload(-1.0)
