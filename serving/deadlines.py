@@ -14,10 +14,10 @@ early, and by refusing only what cannot be helped:
   fill, and the per-stage latency model. The
   request gets the deepest exit that finishes in time as a cap. If not even exit 1 does, the
   default policy answers from exit 1, late, and says so (behind the requests still in time);
-  ``deadline_policy=strict`` refuses at once (503 with ``Retry-After``) so the client can go
-  elsewhere, and so does a degradable request while degradation is at its cheapest point and
-  the overload has stood (:class:`Overload`; the service decides which: shedding comes after
-  degrading).
+  ``deadline_policy=strict`` refuses at once (:func:`refused`: 503 with ``Retry-After``) so
+  the client can go elsewhere, and so does a degradable request while degradation is at its
+  cheapest point and the overload has stood (:class:`Overload`; the service decides which:
+  shedding comes after degrading).
 - **In the engine**: a stage's batch takes the rows with the earliest deadlines first
   (:func:`order`), smaller when a full batch would end too late (:func:`batch_limit`); rows that
   can no longer finish their next stage in time, waiting or just out of a stage, are answered
@@ -232,23 +232,24 @@ def due(arrived: float, deadline_s: float, margin_s: float) -> float:
     return arrived + deadline_s - margin_s
 
 
-def admit(forecast: Forecast, deadline: float, refuse: Refusal | None) -> tuple[int, bool]:
+def admit(forecast: Forecast, deadline: float) -> tuple[int, bool]:
     """``(deepest exit that finishes by deadline, late)``; late: not even exit 1 does, and the
-    request is answered from it anyway. With ``refuse`` (:data:`STRICT`, or :data:`SHED`: an
-    overload past the cheapest point) such a request gets :class:`DeadlineUnmeetableError`
-    instead."""
-    finish = forecast.finish()
-    fits = np.flatnonzero(finish <= deadline)
+    request is answered from it, unless it is refused (:func:`refused`)."""
+    fits = np.flatnonzero(forecast.finish() <= deadline)
     if len(fits):
         return int(fits[-1]), False
-    if refuse is not None:
-        raise DeadlineUnmeetableError(
-            f"deadline_ms cannot be met: exit 1 would answer in about "
-            f"{(finish[0] - forecast.now) * 1000:.0f} ms from now ({refuse.why})",
-            forecast.wait,
-            refuse.reason,
-        )
     return 0, True
+
+
+def refused(forecast: Forecast, refusal: Refusal) -> DeadlineUnmeetableError:
+    """The 503 for a request that not even exit 1 can serve in time and ``refusal`` (strict, or
+    shedding: an overload past the cheapest point) refuses."""
+    return DeadlineUnmeetableError(
+        f"deadline_ms cannot be met: exit 1 would answer in about "
+        f"{(forecast.finish()[0] - forecast.now) * 1000:.0f} ms from now ({refusal.why})",
+        forecast.wait,
+        refusal.reason,
+    )
 
 
 def late(deadlines: np.ndarray, finish: float) -> np.ndarray:

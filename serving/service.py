@@ -202,10 +202,12 @@ class ModelService:
             deadlines.check(params.deadline_s, s.request_timeout_s, first_exit_s, params.timeout_s)
             margin = self.margin.of(params.deadline_s)
             deadline = deadlines.due(request.arrived, params.deadline_s, margin)
-            shed = cheapest and self.overload.standing()
-            limit, late = deadlines.admit(forecast, deadline, self._refusal(params, shed))
-            if degrade and self.degrader.max_level:
+            limit, late = deadlines.admit(forecast, deadline)
+            if degrade and self.degrader.max_level:  # every forecast, those refused below too
                 self.overload.saw(late and cheapest)
+            shed = cheapest and self.overload.standing()
+            if late and (refusal := self._refusal(params, shed)) is not None:
+                raise deadlines.refused(forecast, refusal)
         top_k = self._top_k(params.top_k)
         expires = self._expires(request.arrived, params.timeout_s)
         return Ticket(plan, top_k, request.arrived, expires, deadline, limit, late)

@@ -387,13 +387,14 @@ def test_a_deadline_past_the_clients_own_timeout_is_422(served: Served) -> None:
 
 
 def test_a_strict_deadline_counts_every_batch_a_big_request_fills(served: Served) -> None:
-    # Stages of 40 ms, batches of 4, deadline_ms=60 with deadline_policy=strict. One image
-    # makes exit 1 in time. Eight fill two stage-1 batches, 80 ms: forecast as one image they
-    # were admitted and answered late; counted by their batches they get the 503 at once.
+    # Stages of 50 ms, batches of 4, deadline_ms=90 with deadline_policy=strict. One image
+    # makes exit 1 in time (with 40 ms to spare: a test worker beside this one slows the
+    # request's HTTP work down). Eight fill two stage-1 batches, 100 ms: forecast as one image
+    # they were admitted and answered late; counted by their batches they get the 503 at once.
     settings = Settings(bundle=served.path, max_batch_size=4, max_images_per_request=8)  # type: ignore[call-arg]
     loaded = load_model(settings)
-    loaded.runner = SlowStages(loaded.runner, 0.04)
-    data = {"deadline_ms": "60", "deadline_policy": "strict", "degrade": "false"}
+    loaded.runner = SlowStages(loaded.runner, 0.05)
+    data = {"deadline_ms": "90", "deadline_policy": "strict", "degrade": "false"}
     with TestClient(create_app(settings, registry=CollectorRegistry(), loaded=loaded)) as client:
 
         def post(n: int) -> Any:

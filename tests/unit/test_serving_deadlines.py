@@ -339,15 +339,16 @@ def _forecast(wait: float, stages: list[float]) -> deadlines.Forecast:
 
 def test_admission_gives_the_deepest_exit_that_finishes_in_time() -> None:
     f = _forecast(0.010, [0.002, 0.003, 0.004, 0.005])  # exits done at +12, 15, 19, 24 ms
-    assert deadlines.admit(f, 100.020, refuse=None) == (2, False)
-    assert deadlines.admit(f, 100.030, refuse=deadlines.STRICT) == (3, False)
-    assert deadlines.admit(f, 100.012, refuse=None) == (0, False)
+    assert deadlines.admit(f, 100.020) == (2, False)
+    assert deadlines.admit(f, 100.030) == (3, False)
+    assert deadlines.admit(f, 100.012) == (0, False)
     # Not even exit 1: the default answers from it anyway (late, and says so); strict refuses.
-    assert deadlines.admit(f, 100.011, refuse=None) == (0, True)
-    with pytest.raises(DeadlineUnmeetableError) as refused:
-        deadlines.admit(_forecast(2.5, [0.002] * 4), 100.011, refuse=deadlines.STRICT)
-    assert refused.value.response_headers() == {"Retry-After": "3"}
-    assert refused.value.refusal == "deadline_strict"
+    assert deadlines.admit(f, 100.011) == (0, True)
+    refused = deadlines.refused(_forecast(2.5, [0.002] * 4), deadlines.STRICT)
+    assert isinstance(refused, DeadlineUnmeetableError)
+    assert refused.response_headers() == {"Retry-After": "3"}
+    assert refused.refusal == "deadline_strict"
+    assert "exit 1 would answer in about 2502 ms" in str(refused)
 
 
 def test_deadlines_known_to_be_impossible_up_front_are_refused() -> None:
@@ -391,10 +392,9 @@ def test_a_request_of_many_images_is_forecast_by_all_its_batches() -> None:
     np.testing.assert_allclose(three.stage, [0.004] * K)  # one batch holds them all
     np.testing.assert_allclose(eight.stage, [0.008] * K)
     deadline = one.now + 0.006
-    assert deadlines.admit(one, deadline, deadlines.STRICT) == (0, False)
-    with pytest.raises(DeadlineUnmeetableError):
-        deadlines.admit(eight, deadline, deadlines.STRICT)
-    assert deadlines.admit(eight, eight.now + 0.017, None) == (1, False)  # its own clock
+    assert deadlines.admit(one, deadline) == (0, False)
+    assert deadlines.admit(eight, deadline) == (0, True)  # late: strict refuses it
+    assert deadlines.admit(eight, eight.now + 0.017) == (1, False)  # its own clock
 
 
 def _point(name: str, mflops: float) -> OperatingPoint:
