@@ -52,6 +52,9 @@ class LatencyModel:
         # a bucket's floor changes.
         self._table = [[0.0] * (max_batch + 1) for _ in range(num_stages)]
         self.pace = [1.0] * num_stages
+        # The fastest batch served by stage and bucket, for batches of exactly a bucket's size:
+        # with warm-up's figure, the least a stage has been seen to take (:meth:`floor`).
+        self._fastest = [[math.inf] * len(self.buckets) for _ in range(num_stages)]
         # Seconds per row of a full batch, by stage (0.0: not measured): the admission
         # forecast's unit of queued work, read for every request.
         self.per_row_full = [0.0] * num_stages
@@ -64,8 +67,7 @@ class LatencyModel:
         """Time every stage at every bucket's batch size (the best of ``repeats``). The repeats
         are passes over all the sizes, not back to back per size: a stall on a shared machine
         (another process taking the core for tens of milliseconds) then spoils one repeat of a
-        size, not all of them. A floor warm-up still got wrong comes down with the first faster
-        batch served (:meth:`observe`)."""
+        size, not all of them."""
         best = [[math.inf] * runner.num_exits for _ in self.buckets]
         for _ in range(repeats):
             for n, times in zip(self.buckets, best, strict=True):
@@ -89,15 +91,10 @@ class LatencyModel:
         if rows < 1 or not math.isfinite(seconds) or seconds < 0:
             return
         floor, i = self._floor[stage], self._bucket(rows)
+        if rows == self.buckets[i] and seconds < self._fastest[stage][i]:
+            self._fastest[stage][i] = seconds
         if math.isnan(floor[i]):
             floor[i] = seconds / self.pace[stage]
-            self._rebuild(stage)
-        elif rows == self.buckets[i] and seconds < floor[i]:
-            # Faster than the idle device's figure: warm-up was slowed down (a shared machine),
-            # and a deadline it calls impossible up front may not be (a 422 for 20 ms, with exit
-            # 1 at a fifth of a millisecond, once in CI). An upper bound on the idle time, so
-            # taken as it is, not divided by the pace.
-            floor[i] = seconds
             self._rebuild(stage)
         elif (base := self.floor_estimate(stage, rows)) > 0:
             self.pace[stage] += self.alpha * (seconds / base - self.pace[stage])
@@ -127,9 +124,17 @@ class LatencyModel:
         self.per_row_full[stage] = self.estimate(stage, self.buckets[-1]) / self.buckets[-1]
 
     def floor(self, stage: int, rows: int) -> float:
-        """What warm-up measured for ``rows`` rows at ``stage`` (0.0: not measured)."""
-        value = self._floor[stage][self._bucket(rows)]
-        return 0.0 if math.isnan(value) else value
+        """The least ``rows`` rows at ``stage`` have taken: warm-up's figure, or a batch of that
+        bucket's size served faster since (0.0: not measured). On a machine shared with other
+        work, a stall during warm-up once spoiled both back-to-back timings of batch 1 (59 ms
+        for a stage of a fifth of a millisecond), and a 20 ms deadline was refused up front as
+        shorter than exit 1. The forecasts keep warm-up's shape: a fastest batch is a record
+        low of thousands, below what a batch takes, and lowering one bucket's floor by it skews
+        the one pace all sizes share."""
+        i = self._bucket(rows)
+        warm, fastest = self._floor[stage][i], self._fastest[stage][i]
+        value = fastest if math.isnan(warm) else min(warm, fastest)
+        return value if math.isfinite(value) else 0.0
 
     def floor_estimate(self, stage: int, rows: int) -> float:
         """Seconds for a batch of ``rows`` at ``stage`` on the idle device (0.0 with nothing

@@ -82,7 +82,7 @@ def test_a_stall_during_warm_up_spoils_one_repeat_not_the_floor() -> None:
     assert all(m.floor(stage, 1) < 0.010 for stage in range(K))
 
 
-def test_a_batch_faster_than_warm_up_lowers_the_floor() -> None:
+def test_a_batch_faster_than_warm_up_lowers_the_first_exit_floor() -> None:
     m = LatencyModel(1, 8)
     for n in m.buckets:
         m.set(0, n, 0.060)  # warm-up on a machine busy with something else
@@ -93,6 +93,9 @@ def test_a_batch_faster_than_warm_up_lowers_the_floor() -> None:
     m.observe(0, 1, 0.0005)  # slower again: the pace moves, the floor stays
     assert m.floor(0, 1) == pytest.approx(0.0002)
     deadlines.check(0.020, timeout_s=30, first_exit_s=m.floor(0, 1))
+    # The forecasts keep warm-up's shape; the pace alone brings them down to what runs now.
+    assert m.floor_estimate(0, 1) == pytest.approx(0.060)
+    assert m.estimate(0, 1) == pytest.approx(0.060 * m.pace[0]) and m.pace[0] < 1
 
 
 NEVER = _plan([math.inf] * (K - 1))  # nobody is confident: only caps and deadlines stop them
