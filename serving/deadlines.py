@@ -80,13 +80,13 @@ class Overload:
     drains). A step in load is such a burst: the work admitted at dearer points before the
     degrader reached the cheapest one is still queued, and for a few milliseconds new requests
     are forecast late although the cheapest point serves the load. Refused at once, they were
-    the only 503s of a 2x overload (all in its first quarter second); answered late, they cost a
-    few late answers. A load past what the cheapest point can serve keeps most forecasts late,
-    and is shed after about the interval. A mean, not a run of late forecasts since the last one
-    in time: under a 4x overload about a third of the requests, those the event loop took up
-    soon enough, were still forecast in time, and a run broken by each of them let a third to
-    half of the answers through late. With ``interval_s`` 0 every such forecast is refused at
-    once."""
+    most of a 2x overload's 503s (all 29 in its first quarter second, in the docs run before
+    this gate); answered late, they cost a few late answers. A load past what the cheapest
+    point can serve keeps most forecasts late, and is shed after about the interval. A mean,
+    not a run of late forecasts since the last one in time: under a 4x overload about a third
+    of the requests, those the event loop took up soon enough, were still forecast in time, and
+    a run broken by each of them let a third to half of the answers through late. With
+    ``interval_s`` 0 every such forecast is refused at once."""
 
     def __init__(
         self, interval_s: float = 0.1, clock: Callable[[], float] = time.monotonic
