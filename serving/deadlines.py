@@ -13,11 +13,11 @@ early, and by refusing only what cannot be helped:
   request's images would be done, given the work queued ahead of it, the batches its own images
   fill, and the per-stage latency model. The
   request gets the deepest exit that finishes in time as a cap. If not even exit 1 does, the
-  default policy answers from exit 1, late, and says so (behind the requests still in time);
-  ``deadline_policy=strict`` refuses at once (:func:`refused`: 503 with ``Retry-After``) so
-  the client can go elsewhere, and so does a degradable request while degradation is at its
-  cheapest point and the overload has stood (:class:`Overload`; the service decides which:
-  shedding comes after degrading).
+  default policy answers from exit 1, late, and says so (behind the requests still in time, up
+  to those due one deadline after its own: :func:`behind`); ``deadline_policy=strict``
+  refuses at once (:func:`refused`: 503 with ``Retry-After``) so the client can go elsewhere,
+  and so does a degradable request while degradation is at its cheapest point and the overload
+  has stood (:class:`Overload`; the service decides which: shedding comes after degrading).
 - **In the engine**: a stage's batch takes the rows with the earliest deadlines first
   (:func:`order`), smaller when a full batch would end too late (:func:`batch_limit`); rows that
   can no longer finish their next stage in time, waiting or just out of a stage, are answered
@@ -255,6 +255,15 @@ def refused(forecast: Forecast, refusal: Refusal) -> DeadlineUnmeetableError:
 def late(deadlines: np.ndarray, finish: float) -> np.ndarray:
     """Which rows would miss their deadline if their next stage ended at ``finish``."""
     return deadlines < finish
+
+
+def behind(arrived: float, deadline: float) -> float:
+    """Where a request admitted late (``deadline``: its due moment) stands in the deadline
+    order (:func:`order`): as if due one deadline after its own. Its deadline is lost whatever
+    happens, so it goes behind the requests still in time (first, it made them late too), but
+    not behind all of them: under a standing load of requests in time it waited until the load
+    ended (in a 4x overload run, nine answers 9 s after their arrival)."""
+    return deadline + (deadline - arrived)
 
 
 def order(deadlines: np.ndarray, limit: int) -> np.ndarray:

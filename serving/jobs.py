@@ -27,6 +27,7 @@ import torch
 
 from exitwise.models import State, select_rows
 
+from . import deadlines
 from .budget.resolve import ExitPlan
 from .errors import QueueFullError
 
@@ -194,9 +195,9 @@ class Slots:
         self.cap[start:end] = (
             plan.max_index if ticket.limit is None else min(plan.max_index, ticket.limit)
         )
-        # A request admitted late is lost to its deadline whatever happens: it must not go
-        # first in the deadline order and make the requests still in time late too.
-        deadline = math.inf if ticket.late else ticket.deadline
+        deadline = ticket.deadline
+        if ticket.late:  # lost to its deadline: behind those in time (deadlines.behind)
+            deadline = deadlines.behind(ticket.arrived, deadline)
         self.deadline[start:end] = deadline
         self.timed += n * math.isfinite(deadline)
         self.topped += n * (ticket.top_k > 0)

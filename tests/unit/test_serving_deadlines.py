@@ -316,8 +316,8 @@ def test_a_request_admitted_late_does_not_go_before_one_still_in_time() -> None:
     _timed(engine)
     for n in engine.latency.buckets:  # stage 1: one row fits in 0.1 s, two or more do not
         engine.latency.set(0, n, 0.05 if n == 1 else 0.5)
-    now = time.monotonic()
-    lost = Ticket(NEVER, 0, now - 0.2, now + 30, now - 0.1, limit=0, late=True)
+    now = time.monotonic()  # the lost one has 0.05 s left of 0.1, but exit 1 is forecast later
+    lost = Ticket(NEVER, 0, now - 0.05, now + 30, now + 0.05, limit=0, late=True)
     marked = torch.full((1, 1, 1, K), 7.0)
 
     async def main() -> tuple[Outcome, Outcome]:
@@ -334,6 +334,40 @@ def test_a_request_admitted_late_does_not_go_before_one_still_in_time() -> None:
     assert len(first) == 1 and (first == 7.0).all()
     assert late.exit.tolist() == [0] and late.reasons() == ["deadline"]
     assert engine.slots.timed == 0
+
+
+def test_a_request_admitted_late_waits_at_most_one_deadline_more_behind_those_in_time() -> None:
+    # A request admitted late, now one deadline (10 ms) past its own, waits with eight still in
+    # time (1 s left each) for stage-1 batches of two. It runs in the first batch: it goes
+    # behind the requests in time only up to those due one deadline after its own. (Behind all
+    # of them, a standing load of requests in time kept it waiting until the load ended: the
+    # second-long tail of a 4x overload run.)
+    runner = GatedRunner(slow=0.0)
+    engine = Engine(
+        runner, exit_mflops=[1, 2, 3, 4], max_batch_size=2, max_wait_s=0, max_stage_wait_s=10
+    )
+    _timed(engine)
+    now = time.monotonic()
+    lost = Ticket(NEVER, 0, now - 0.02, now + 30, now - 0.01, limit=0, late=True)
+    marked = torch.full((1, 1, 1, K), 7.0)
+
+    async def main() -> None:
+        engine.start()
+        try:
+            blocker = engine.submit(ticket(NEVER), _images(1, 9))
+            await asyncio.to_thread(runner.inside.wait, 5)
+            late = engine.submit(lost, marked)
+            timely = [engine.submit(ticket(NEVER, deadline=1.0), _images(1, s)) for s in range(8)]
+            runner.gate.set()
+            await blocker.future, await late.future
+            for job in timely:
+                await job.future
+        finally:
+            engine.stop()
+
+    asyncio.run(main())
+    firsts = [b for (stage, _), b in zip(runner.calls, runner.batches, strict=True) if stage == 0]
+    assert (firsts[1] == 7.0).any(), [b[:, 0].tolist() for b in firsts]
 
 
 def _forecast(wait: float, stages: list[float]) -> deadlines.Forecast:
