@@ -179,35 +179,11 @@ class ModelService:
         self._observe(ticket.plan, result)
         return result
 
-    def screen(self, params: RequestParams, arrived: float) -> None:
-        """Refuse a one-image request with a ``deadline_ms`` before its body is read, when
-        admission would refuse it now (strict, or shedding: see :meth:`_admit`). Under overload
-        the event loop's time per refusal decides how much of the core is left for the answers:
-        on one core a refusal cost 145 us after the body was read, 62 us before. A request it
-        lets through is admitted once its body has been read, with the forecast of then."""
-        if params.deadline_s is not None:
-            self._decide(params, arrived, 1)
-
     def _admit(self, request: ClassifyRequest, images: int) -> Ticket:
         """What the request gets: its budget's plan (a cheaper point while the forecast wait is
         long, if it allows) with budget control's thresholds, top-k, its timeout, and with a
         deadline_ms the deepest exit forecast to finish in time."""
-        params = request.params
-        plan, deadline, limit, late = self._decide(params, request.arrived, images)
-        plan = self.control.plan(plan, params.budget_control)
-        top_k = self._top_k(params.top_k)
-        expires = self._expires(request.arrived, params.timeout_s)
-        return Ticket(plan, top_k, request.arrived, expires, deadline, limit, late)
-
-    def _decide(
-        self, params: RequestParams, arrived: float, images: int
-    ) -> tuple[ExitPlan, float, int | None, bool]:
-        """Admission's decision for ``images`` images arriving at ``arrived``: the plan (its
-        budget's, or a cheaper point while the forecast wait is long, if it allows), and with a
-        deadline_ms its due moment, the deepest exit forecast to finish by then and whether not
-        even exit 1 is (late), or a refusal (raised). Budget control's thresholds come after:
-        :meth:`screen` decides too, and must not take a turn of the controller's rows."""
-        s = self.settings
+        params, s = request.params, self.settings
         plan = self.resolver.resolve(params.budget_mflops, params.max_exit)
         degrade = params.degrade if params.degrade is not None else s.degrade
         forecast, cheapest = None, False
@@ -218,20 +194,23 @@ class ModelService:
             level = self.degrader.level(forecast.wait, fill)
             plan = self.resolver.degrade(plan, level)
             cheapest = level == self.degrader.max_level
+        plan = self.control.plan(plan, params.budget_control)
         deadline, limit, late = math.inf, None, False
         if params.deadline_s is not None:
             assert forecast is not None
             first_exit_s = self.engine.latency.floor(0, 1)
             deadlines.check(params.deadline_s, s.request_timeout_s, first_exit_s, params.timeout_s)
             margin = self.margin.of(params.deadline_s)
-            deadline = deadlines.due(arrived, params.deadline_s, margin)
+            deadline = deadlines.due(request.arrived, params.deadline_s, margin)
             limit, late = deadlines.admit(forecast, deadline)
             if degrade and self.degrader.max_level:  # every forecast, those refused below too
                 self.overload.saw(late and cheapest)
             shed = cheapest and self.overload.standing()
             if late and (refusal := self._refusal(params, shed)) is not None:
                 raise deadlines.refused(forecast, refusal)
-        return plan, deadline, limit, late
+        top_k = self._top_k(params.top_k)
+        expires = self._expires(request.arrived, params.timeout_s)
+        return Ticket(plan, top_k, request.arrived, expires, deadline, limit, late)
 
     @staticmethod
     def _refusal(params: RequestParams, shed: bool) -> deadlines.Refusal | None:

@@ -127,6 +127,7 @@ async def classify(request: Request) -> JSONResponse:
     service = service_of(request)
     service.check_room()
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    form_fields: list[tuple[str, str]] = []
     filenames: list[str] | None = None
     reading = "reading the request body"
     if media == "multipart/form-data":
@@ -134,17 +135,14 @@ async def classify(request: Request) -> JSONResponse:
         blobs, filenames, form_fields = await service.receive(
             _read_multipart(request, limit), started, reading
         )
-        params = parse_params(merge_fields(request.query_params.multi_items(), form_fields))
     elif media.startswith("image/") or media == "application/octet-stream":
-        # One image, its parameters all in the query: a refusal needs no body.
-        params = parse_params(merge_fields(request.query_params.multi_items(), ()))
-        service.screen(params, started)
         blobs = [await service.receive(request.body(), started, reading)]
     else:
         raise UnsupportedMediaTypeError(
             f"unsupported content type {media or '(none)'!r}: send multipart/form-data with "
             "image files, or one image as the body with an image/* content type"
         )
+    params = parse_params(merge_fields(request.query_params.multi_items(), form_fields))
     result = await service.classify(
         ClassifyRequest(
             started,

@@ -76,52 +76,6 @@ def test_images_a_deadline_stops_do_not_steer_budget_control(served: Served) -> 
     assert reasons.count("deadline") > len(reasons) / 2
 
 
-async def _post_raw(
-    app: Any, query: Any, body: bytes, receive: Any, during: Any
-) -> tuple[int, float, list[int]]:
-    """POST ``body`` as ``image/png`` to ``/v1/classify?`` ``query(service)`` on the started
-    ``app`` at the ASGI level, with the request's ``receive``; ``during()`` runs while it is in
-    flight. The status, the seconds it took, and the engine's queued rows after it."""
-    lifespan: asyncio.Queue[Any] = asyncio.Queue()
-    sent: list[Any] = []
-
-    async def lifespan_receive() -> Any:
-        return await lifespan.get()
-
-    async def lifespan_send(message: Any) -> None:
-        sent.append(message)
-
-    await lifespan.put({"type": "lifespan.startup"})
-    life = asyncio.ensure_future(app({"type": "lifespan"}, lifespan_receive, lifespan_send))
-    while not sent:
-        await asyncio.sleep(0.01)
-    service = app.state.service
-    responses: list[Any] = []
-
-    async def send(message: Any) -> None:
-        responses.append(message)
-
-    scope = {
-        "type": "http", "method": "POST", "path": "/v1/classify", "raw_path": b"/v1/classify",
-        "query_string": query(service), "root_path": "", "scheme": "http",
-        "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "http_version": "1.1",
-    }  # fmt: skip
-    start = time.monotonic()
-    request = asyncio.ensure_future(app(scope, receive, send))
-    try:
-        await during()
-        await asyncio.wait_for(request, 5)
-        elapsed = time.monotonic() - start
-    finally:
-        request.cancel()
-        rows = service.engine.queue_rows()
-        await lifespan.put({"type": "lifespan.shutdown"})
-        await life
-    status = next(m["status"] for m in responses if m["type"] == "http.response.start")
-    return status, elapsed, rows
-
-
 def test_a_client_that_goes_away_leaves_the_engine(served: Served) -> None:
     # The request's task is not cancelled when its client disconnects (uvicorn does not do it);
     # the server notices the disconnect while it waits for the engine and drops the request's
@@ -131,57 +85,60 @@ def test_a_client_that_goes_away_leaves_the_engine(served: Served) -> None:
     loaded.runner = SlowStages(loaded.runner, 0.05)
     app = create_app(settings, registry=CollectorRegistry(), loaded=loaded)
     body = png(served.test.pixels[0])
-    gone = asyncio.Event()
-    first = True
 
-    async def receive() -> Any:
-        nonlocal first
-        if first:
-            first = False
-            return {"type": "http.request", "body": body, "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
+    async def main() -> tuple[int, float, list[int]]:
+        lifespan: asyncio.Queue[Any] = asyncio.Queue()
+        sent: list[Any] = []
 
-    async def during() -> None:
+        async def lifespan_receive() -> Any:
+            return await lifespan.get()
+
+        async def lifespan_send(message: Any) -> None:
+            sent.append(message)
+
+        await lifespan.put({"type": "lifespan.startup"})
+        life = asyncio.ensure_future(app({"type": "lifespan"}, lifespan_receive, lifespan_send))
+        while not sent:
+            await asyncio.sleep(0.01)
+        service = app.state.service
+        gone = asyncio.Event()
+        first = True
+        responses: list[Any] = []
+
+        async def receive() -> Any:
+            nonlocal first
+            if first:
+                first = False
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            responses.append(message)
+
+        scope = {
+            "type": "http", "method": "POST", "path": "/v1/classify", "raw_path": b"/v1/classify",
+            "query_string": b"max_exit=4&top_k=0", "root_path": "", "scheme": "http",
+            "headers": [(b"content-type", b"image/png"),
+                        (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "http_version": "1.1",
+        }  # fmt: skip
+        start = time.monotonic()
+        request = asyncio.ensure_future(app(scope, receive, send))
         await asyncio.sleep(0.02)  # it is in the engine: stage 1 of 4 (50 ms each) is running
         gone.set()
+        await asyncio.wait_for(request, 5)
+        elapsed = time.monotonic() - start
+        rows = service.engine.queue_rows()
+        await lifespan.put({"type": "lifespan.shutdown"})
+        await life
+        status = next(m["status"] for m in responses if m["type"] == "http.response.start")
+        return status, elapsed, rows
 
-    query = lambda _: b"max_exit=4&top_k=0"  # noqa: E731
-    status, elapsed, rows = asyncio.run(_post_raw(app, query, body, receive, during))
+    status, elapsed, rows = asyncio.run(main())
     assert status == 499
     assert elapsed < 0.15  # answered when it left, not after the four stages (0.2 s)
     assert rows == [0, 0, 0, 0]  # nothing of it waits for a stage
-
-
-def test_a_request_refused_for_its_deadline_is_refused_before_its_body_is_read(
-    served: Served,
-) -> None:
-    # One image in the body, deadline_policy=strict, and a deadline exit 1 cannot meet with
-    # the margin taken off: the 503 comes before the body is read (its client never sends it
-    # here). Under overload a refusal after the body cost the event loop twice as much.
-    settings = Settings(bundle=served.path)  # type: ignore[call-arg]
-    loaded = load_model(settings)
-    loaded.runner = SlowStages(loaded.runner, 0.05)
-    app = create_app(settings, registry=CollectorRegistry(), loaded=loaded)
-    reads = 0
-
-    async def receive() -> Any:
-        nonlocal reads
-        reads += 1
-        await asyncio.Event().wait()  # the body never comes
-
-    async def during() -> None:
-        pass
-
-    def query(service: Any) -> bytes:  # 0.5 ms above exit 1's time: less than the margin
-        deadline_ms = 1000 * service.engine.latency.floor(0, 1) + 0.5
-        return f"max_exit=4&top_k=0&deadline_policy=strict&deadline_ms={deadline_ms}".encode()
-
-    body = png(served.test.pixels[0])
-    status, _, rows = asyncio.run(_post_raw(app, query, body, receive, during))
-    assert status == 503
-    assert reads == 0
-    assert rows == [0, 0, 0, 0]
 
 
 def _stages_of_30ms(served: Served) -> Any:
