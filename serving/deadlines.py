@@ -19,9 +19,11 @@ early, and by refusing only what cannot be helped:
   and so does a degradable request while degradation is at its cheapest point and the overload
   has stood (:class:`Overload`; the service decides which: shedding comes after degrading).
 - **In the engine**: a stage's batch takes the rows with the earliest deadlines first
-  (:func:`order`), smaller when a full batch would end too late (:func:`batch_limit`); rows that
-  can no longer finish their next stage in time, waiting or just out of a stage, are answered
-  from the exit they passed last (:func:`late`), stop reason ``deadline``.
+  (:func:`order`; a request without one last until it has waited as long as the deadline
+  traffic asks: :meth:`~serving.jobs.Slots.order_keys`), smaller when a full batch would end
+  too late (:func:`batch_limit`); rows that can no longer finish their next stage in time,
+  waiting or just out of a stage, are answered from the exit they passed last
+  (:func:`late`), stop reason ``deadline``.
 """
 
 from __future__ import annotations

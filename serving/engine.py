@@ -336,20 +336,20 @@ class Engine:
 
     def _take(self, stage: int, now: float, soonest: float) -> list[Rows]:
         """Up to a batch of live rows, oldest first; with deadlines waiting (``soonest``, the
-        earliest), as many as finish before it, those with the earliest deadlines first when
-        not all fit."""
+        earliest), as many as finish before it, first in the deadline order when not all fit
+        (:meth:`~serving.jobs.Slots.order_keys`)."""
         queue, slots, limit = self._queues[stage], self.slots, self.max_batch_size
         if timed := math.isfinite(soonest):
             fits = lambda n: self.latency.estimate(stage, n)  # noqa: E731
             limit = deadlines.batch_limit(soonest - now, limit, fits)
         if urgent := timed and self._rows[stage] > limit:
-            due = lambda r: slots.deadline[r.slots].min(initial=math.inf)  # noqa: E731
+            due = lambda r: slots.order_keys(r.slots, now).min(initial=math.inf)  # noqa: E731
             queue = deque(sorted(queue, key=due))
         taken: list[Rows] = []
         while limit > 0 and queue:
             rows = self._live(queue.popleft())
             if len(rows) > limit:
-                first = deadlines.order(slots.deadline[rows.slots], limit)
+                first = deadlines.order(slots.order_keys(rows.slots, now), limit)
                 queue.appendleft(rows.pick(np.setdiff1d(np.arange(len(rows)), first)))
                 rows = rows.pick(first)
             if len(rows):

@@ -168,6 +168,7 @@ class Slots:
         self.max_index = np.zeros(capacity, dtype=np.int64)  # the request's exit cap
         self.cap = np.zeros(capacity, dtype=np.int64)  # that or the deadline's, if lower
         self.deadline = np.full(capacity, math.inf)
+        self.arrived = np.zeros(capacity)  # when the server first saw its request
         self.top_k = np.zeros(capacity, dtype=np.int64)
         self.live = np.zeros(capacity, dtype=bool)  # its request still wants it
         self.queued = np.full(capacity, -1, dtype=np.int64)  # the stage it waits for, or -1
@@ -182,6 +183,9 @@ class Slots:
         # Slots given to requests with a deadline and with top-k: the work for either runs
         # only while some slot needs it.
         self.timed = self.topped = 0
+        # The deadline the deadline traffic asks (seconds; a moving mean): where requests
+        # without one stand in the deadline order (:meth:`order_keys`).
+        self.patience = math.inf
 
     def allocate(self, job_id: int, ticket: Ticket, n: int) -> int:
         """``n`` contiguous slots for a request, filled from its ticket; their first index."""
@@ -196,9 +200,14 @@ class Slots:
             plan.max_index if ticket.limit is None else min(plan.max_index, ticket.limit)
         )
         deadline = ticket.deadline
+        if math.isfinite(deadline):
+            asked = deadline - ticket.arrived
+            first = math.isinf(self.patience)
+            self.patience = asked if first else self.patience + 0.05 * (asked - self.patience)
         if ticket.late:  # lost to its deadline: behind those in time (deadlines.behind)
             deadline = deadlines.behind(ticket.arrived, deadline)
         self.deadline[start:end] = deadline
+        self.arrived[start:end] = ticket.arrived
         self.timed += n * math.isfinite(deadline)
         self.topped += n * (ticket.top_k > 0)
         self.top_k[start:end] = ticket.top_k
@@ -207,6 +216,17 @@ class Slots:
         self.trace[start:end] = np.nan
         self._next = end % self.capacity
         return start
+
+    def order_keys(self, slots: np.ndarray, now: float) -> np.ndarray:
+        """Where ``slots`` stand in the deadline order (:func:`deadlines.order`): their
+        deadline. A request without one goes behind those with one until it has waited as long
+        as the deadline traffic asks (``patience``), then ahead of all still in time (its key,
+        its arrival plus that wait, is past). Behind them for good, a standing load of deadline
+        requests more than a batch kept it waiting until the load ended, or its timeout (a
+        504); ahead of them at once, it took the room of a batch shrunk for a deadline."""
+        deadline = self.deadline[slots]
+        aged = self.arrived[slots] + self.patience
+        return np.where(np.isfinite(deadline), deadline, np.where(aged <= now, aged, math.inf))
 
     def _find(self, n: int) -> int:
         for start in (self._next, 0):

@@ -370,6 +370,40 @@ def test_a_request_admitted_late_waits_at_most_one_deadline_more_behind_those_in
     assert (firsts[1] == 7.0).any(), [b[:, 0].tolist() for b in firsts]
 
 
+def test_a_request_without_a_deadline_keeps_its_place_among_requests_with_one() -> None:
+    # A request without a deadline that has waited 1 s, then eight asking 1 s, wait for stage-1
+    # batches of two. It runs in the first batch: once it has waited as long as the deadline
+    # traffic asks, it goes ahead of the requests still in time. (Ordered last, a standing load
+    # of deadline requests kept it waiting until the load ended, or its timeout.) Before that
+    # it goes behind them (test_a_shrunk_batch_takes_the_row_with_the_deadline).
+    runner = GatedRunner(slow=0.0)
+    engine = Engine(
+        runner, exit_mflops=[1, 2, 3, 4], max_batch_size=2, max_wait_s=0, max_stage_wait_s=10
+    )
+    _timed(engine)
+    marked = torch.full((1, 1, 1, K), 7.0)
+
+    async def main() -> None:
+        engine.start()
+        try:
+            blocker = engine.submit(ticket(NEVER, deadline=1.0), _images(1, 9))
+            await asyncio.to_thread(runner.inside.wait, 5)
+            now = time.monotonic()
+            plain = engine.submit(Ticket(NEVER, 0, now - 1.0, now + 30), marked)
+            timely = [engine.submit(ticket(NEVER, deadline=1.0), _images(1, s)) for s in range(8)]
+            runner.gate.set()
+            await blocker.future, await plain.future
+            for job in timely:
+                await job.future
+        finally:
+            engine.stop()
+
+    asyncio.run(main())
+    firsts = [b for (stage, _), b in zip(runner.calls, runner.batches, strict=True) if stage == 0]
+    assert (firsts[1] == 7.0).any(), [b[:, 0].tolist() for b in firsts]
+    assert engine.slots.patience == pytest.approx(1.0, abs=0.01)
+
+
 def _forecast(wait: float, stages: list[float]) -> deadlines.Forecast:
     return deadlines.Forecast(100.0, wait, np.array(stages))
 
