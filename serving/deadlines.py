@@ -254,6 +254,19 @@ def refused(forecast: Forecast, refusal: Refusal) -> DeadlineUnmeetableError:
     )
 
 
+def refused_late() -> DeadlineUnmeetableError:
+    """The 503 for a ``deadline_policy=strict`` request admitted in time whose images, still
+    waiting for stage 1, can no longer reach exit 1 by the deadline (the work ahead of them
+    ran longer than forecast): refused then, before the deadline, rather than answered after
+    it."""
+    return DeadlineUnmeetableError(
+        "deadline_ms can no longer be met: the work ahead of this request ran longer than "
+        "forecast (deadline_policy=strict)",
+        0.0,
+        STRICT.reason,
+    )
+
+
 def late(deadlines: np.ndarray, finish: float) -> np.ndarray:
     """Which rows would miss their deadline if their next stage ended at ``finish``."""
     return deadlines < finish

@@ -369,10 +369,16 @@ class Engine:
         return rows.pick(np.flatnonzero(live))
 
     def _sweep(self, now: float, soonest: np.ndarray) -> bool:
-        """Answer the rows waiting for a later stage that could not finish it in time even if
-        it started now, from the exit they passed last (``soonest``: each stage's earliest
-        deadline); whether any were."""
+        """Refuse the ``deadline_policy=strict`` requests whose rows waiting for stage 1 could
+        no longer reach exit 1 by their deadline, and answer the rows waiting for a later stage
+        that could not finish it in time even if it started now, from the exit they passed
+        last (``soonest``: each stage's earliest deadline); whether any were."""
         swept = False
+        if soonest[0] < (finish := now + self.latency.estimate(0, 1)):
+            waiting = np.flatnonzero(self.slots.queued == 0)
+            if len(lost := waiting[self.slots.strict_by[waiting] < finish]):
+                self._refuse(lost)  # their rows leave the queue when the worker meets them
+                swept = True
         for stage in range(1, self.num_exits):
             finish = now + self.latency.estimate(stage, 1)
             if soonest[stage] >= finish:
@@ -390,6 +396,15 @@ class Engine:
                     kept.append(rows)
             self._queues[stage] = kept
         return swept
+
+    def _refuse(self, slots: np.ndarray) -> None:
+        """The strict requests of ``slots`` can no longer answer in time: a 503 now, while the
+        client can still go elsewhere, not a late answer (:func:`deadlines.refused_late`)."""
+        for job_id, _ in _tally(self.slots.job[slots]):
+            if (job := self._jobs.get(job_id)) is not None and not job.cancelled:
+                job.result = deadlines.refused_late()
+                self._done.append(job)
+                self._drop(job)
 
     def _run(self, stage: int, parts: list[Rows]) -> None:
         """Run ``parts`` through ``stage``, and straight on through the next stages while the

@@ -45,6 +45,9 @@ class Ticket:
     deadline: float = math.inf  # deadline_ms as a moment: answered by then
     limit: int | None = None  # deepest exit (0-based) admission expects to finish in time
     late: bool = False  # admitted although not even exit 1 was forecast to make the deadline
+    # deadline_policy=strict: deadline_ms itself as a moment (``deadline`` is the due moment,
+    # a margin earlier). Refused in the engine once exit 1 can no longer make it.
+    strict_by: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,7 @@ class Slots:
         self.cap = np.zeros(capacity, dtype=np.int64)  # that or the deadline's, if lower
         self.deadline = np.full(capacity, math.inf)
         self.arrived = np.zeros(capacity)  # when the server first saw its request
+        self.strict_by = np.full(capacity, math.inf)  # Ticket.strict_by
         self.top_k = np.zeros(capacity, dtype=np.int64)
         self.live = np.zeros(capacity, dtype=bool)  # its request still wants it
         self.queued = np.full(capacity, -1, dtype=np.int64)  # the stage it waits for, or -1
@@ -208,6 +212,7 @@ class Slots:
             deadline = deadlines.behind(ticket.arrived, deadline)
         self.deadline[start:end] = deadline
         self.arrived[start:end] = ticket.arrived
+        self.strict_by[start:end] = ticket.strict_by
         self.timed += n * math.isfinite(deadline)
         self.topped += n * (ticket.top_k > 0)
         self.top_k[start:end] = ticket.top_k

@@ -195,8 +195,10 @@ class ModelService:
             plan = self.resolver.degrade(plan, level)
             cheapest = level == self.degrader.max_level
         plan = self.control.plan(plan, params.budget_control)
-        deadline, limit, late = math.inf, None, False
+        deadline, limit, late, strict_by = math.inf, None, False, math.inf
         if params.deadline_s is not None:
+            if params.deadline_policy == "strict":
+                strict_by = request.arrived + params.deadline_s
             assert forecast is not None
             first_exit_s = self.engine.latency.floor(0, 1)
             deadlines.check(params.deadline_s, s.request_timeout_s, first_exit_s, params.timeout_s)
@@ -210,7 +212,7 @@ class ModelService:
                 raise deadlines.refused(forecast, refusal)
         top_k = self._top_k(params.top_k)
         expires = self._expires(request.arrived, params.timeout_s)
-        return Ticket(plan, top_k, request.arrived, expires, deadline, limit, late)
+        return Ticket(plan, top_k, request.arrived, expires, deadline, limit, late, strict_by)
 
     @staticmethod
     def _refusal(params: RequestParams, shed: bool) -> deadlines.Refusal | None:

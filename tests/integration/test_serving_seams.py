@@ -412,3 +412,61 @@ def test_a_strict_deadline_counts_every_batch_a_big_request_fills(served: Served
     assert one.status_code == 200 and one.json()["deadline_met"] is True, one.text
     assert eight.status_code == 503, eight.text
     assert "deadline_policy=strict" in eight.json()["error"]
+
+
+class StallOnce:
+    """The bundle's runner; once ``armed``, its next stage waits for ``gate`` (a stall no
+    forecast saw: the event loop's work, a slow device)."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.backend, self.device, self.provider = runner.backend, runner.device, runner.provider
+        self.num_exits = runner.num_exits
+        self.armed, self.inside, self.gate = False, threading.Event(), threading.Event()
+
+    def initial_state(self, images: torch.Tensor) -> State:
+        state: State = self.runner.initial_state(images)
+        return state
+
+    def run_stage(self, index: int, state: State) -> tuple[State, torch.Tensor]:
+        if self.armed:
+            self.armed = False
+            self.inside.set()
+            self.gate.wait(10)
+        out: tuple[State, torch.Tensor] = self.runner.run_stage(index, state)
+        return out
+
+
+def test_a_strict_request_a_stall_makes_late_is_refused_not_answered_late(served: Served) -> None:
+    # A request runs a stage that stalls for 250 ms, unforeseen. Two requests with
+    # deadline_ms=100 were admitted in time behind it (the forecast saw a stage of well under a
+    # millisecond) and wait for stage 1. When the stall ends their deadline has passed: the
+    # default policy answers from exit 1, late, and says so; deadline_policy=strict gets its
+    # 503 then, with Retry-After, and is not run. (Before, both were answered late.)
+    settings = Settings(bundle=served.path)  # type: ignore[call-arg]
+    loaded = load_model(settings)
+    runner = loaded.runner = StallOnce(loaded.runner)
+    image = png(served.test.pixels[0])
+    with TestClient(create_app(settings, registry=CollectorRegistry(), loaded=loaded)) as client:
+
+        def post(params: dict[str, str]) -> Any:
+            return client.post("/v1/classify", content=image, params=params, headers=PNG)
+
+        runner.armed = True
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(post, {"max_exit": "1"})
+            assert runner.inside.wait(10)
+            deadline = {"deadline_ms": "100", "degrade": "false", "max_exit": "4"}
+            late = pool.submit(post, deadline)
+            strict = pool.submit(post, {**deadline, "deadline_policy": "strict"})
+            time.sleep(0.25)
+            runner.gate.set()
+            first_r, late_r, strict_r = first.result(), late.result(), strict.result()
+        metrics = client.get("/metrics").text
+    assert first_r.status_code == 200, first_r.text
+    assert late_r.status_code == 200 and late_r.json()["deadline_met"] is False, late_r.text
+    assert late_r.json()["results"][0]["stopped"] == "deadline"
+    assert strict_r.status_code == 503, strict_r.text
+    assert strict_r.headers["Retry-After"] == "1"
+    assert "can no longer be met" in strict_r.json()["error"]
+    assert 'exitwise_refused_total{reason="deadline_strict"} 1.0' in metrics
