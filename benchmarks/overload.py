@@ -138,6 +138,10 @@ def open_row(
         "answered_p999_ms": answered.quantile_ms(0.999),
         "answered_max_ms": answered.quantile_ms(1.0),
         "socket_errors": run.socket_errors,
+        # Requests slower than 250 ms as the client measured them, and as the server did (from
+        # its arrival stamp): a difference is time outside the server.
+        "client_over_250ms": every.total - every.count_within(250),
+        "server_over_250ms": did.get("over_250ms"),
         "statuses": did["statuses"],
         "stops": did["stops"],
         "exit_histogram": did["exit_histogram"],

@@ -36,6 +36,11 @@ def _cores_cell(server: float | None, engine: float | None) -> str:
     return f"{ms_cell(server, 2)} / {ms_cell(engine, 2)}"
 
 
+def _over_cell(client: int | None, server: int | None) -> str:
+    """Requests slower than 250 ms, as the client saw them and as the server did."""
+    return f"{'-' if client is None else client} / {'-' if server is None else server}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     from .tables import markdown_table
 
@@ -45,6 +50,7 @@ def markdown(result: dict[str, Any]) -> str:
         "x cheapest", "p50 ms", "p99 ms", "p99.9 ms", f"in time (<= {d:g} ms)",
         f"answered <= {d + 5:g} ms", "503s", "stopped: confident / cap / deadline",
         "mean MFLOPs", "accuracy (est.)", "cores: server / engine", "listen drops",
+        "over 250 ms: client / server",
     ]  # fmt: skip
     cells = [
         [
@@ -65,6 +71,7 @@ def markdown(result: dict[str, Any]) -> str:
             ms_cell(r["accuracy_estimate"]),
             _cores_cell(r.get("process_cores"), r.get("engine_cores")),
             "-" if r.get("listen_drops") is None else str(r["listen_drops"]),
+            _over_cell(r.get("client_over_250ms"), r.get("server_over_250ms")),
         ]
         for r in result["rows"]
     ]
@@ -75,7 +82,7 @@ def markdown(result: dict[str, Any]) -> str:
         + ("" if cheap is None else f", {result['cheapest_point']} {cheap:.0f} requests/s")
         + ". Latencies are the client's, of the answered requests (503s left out)."
     )
-    table = markdown_table(header, cells, "lllrrrrrrrrrlrrrr")
+    table = markdown_table(header, cells, "lllrrrrrrrrrlrrrrr")
     if result.get("stopped"):
         table += f"\n\nStopped: the server did not settle {result['stopped']}."
     return note + "\n\n" + table

@@ -91,6 +91,7 @@ def served(before: dict[str, float], after: dict[str, float], num_exits: int) ->
         )
     }
     return {
+        "over_250ms": _over(before, after, "0.25"),
         "exit_histogram": {k: v for k, v in exits.items() if v},
         "images": images,
         "mean_mflops": mflops / images if images else float("nan"),
@@ -100,6 +101,19 @@ def served(before: dict[str, float], after: dict[str, float], num_exits: int) ->
         "refused": {k: v for k, v in sorted(refused.items()) if v},
         "cpu_s": cpu,
     }
+
+
+def _over(before: dict[str, float], after: dict[str, float], le: str) -> int | None:
+    """Requests to /v1/classify the server took longer than ``le`` seconds over (a bucket
+    bound of exitwise_request_duration_seconds; None where it is not exported): from its
+    arrival stamp to the response sent, so a client's slower figure is time the server never
+    saw (the kernel, the network, the client)."""
+    name = "exitwise_request_duration_seconds_bucket"
+    keys = [f'{name}{{le="{b}",route="/v1/classify"}}' for b in (le, "+Inf")]
+    if not all(k in after for k in keys):
+        return None
+    over = [after[k] - before.get(k, 0.0) for k in keys]
+    return int(over[1] - over[0])
 
 
 def load_point(samples: dict[str, float]) -> tuple[float, float, float, float]:

@@ -280,7 +280,11 @@ SECTIONS: list[tuple[str, str, str, str]] = [
         "all. *Listen drops* is the host's count of connections the kernel dropped at a "
         "listening socket during the run (`ListenDrops` in /proc/net/netstat; its accept queue "
         "full): such a client retries only after a retransmission timeout (0.2 s to seconds), a "
-        "wait the server never sees and the client's latency includes. The figure's right panel "
+        "wait the server never sees and the client's latency includes. *Over 250 ms* counts the "
+        "requests slower than that as the client measured them and as the server did (its "
+        "`exitwise_request_duration_seconds`, from the request's arrival stamp to the response "
+        "sent): the client's excess is time outside the server (the kernel, the client). The "
+        "figure's right panel "
         "is the degradation level (`exitwise_degradation_level`, sampled every 0.25 s) over each "
         "run with degradation on. ![overload](benchmarks/overload.png)",
     ),

@@ -68,6 +68,7 @@ def test_a_row_counts_goodput_from_the_answered_and_leaves_the_fast_refusals_out
     # 100 requests in 2 s: 20 refused at once (0.5 ms), 70 answered in 50 ms, 10 in 120 ms.
     lat = [0.5] * 20 + [50.0] * 70 + [120.0] * 10
     did = _did({"3": 80}, {}, statuses={"200": 80, "503": 20}, stops={"cap": 80})
+    did["over_250ms"] = 0
     row = open_row(
         _run(lat, 20, sent=104), did, INFO, offered_per_s=50.0, connections=63, deadline_ms=100
     )
@@ -79,6 +80,7 @@ def test_a_row_counts_goodput_from_the_answered_and_leaves_the_fast_refusals_out
     assert row["p50_ms"] == 50.0 and row["answered_p50_ms"] == 50.0
     assert row["answered_p99_ms"] == 120.0 and row["max_ms"] == 120.0
     assert row["stops"] == {"cap": 80} and row["accuracy_estimate"] == pytest.approx(90.0)
+    assert row["client_over_250ms"] == 0 and row["server_over_250ms"] == 0
     # 1.9 s of the server's CPU in 2 s, 0.8 s of it the engine worker's.
     assert row["process_cores"] == pytest.approx(0.95) and row["engine_cores"] == 0.4
     unknown = _did({"3": 80}, {}, cpu_s={"process": None, "engine": None})  # another server
@@ -111,9 +113,12 @@ def _overload_result() -> dict[str, Any]:
     for m, degrade, policy in [(1.0, False, "late"), (1.0, True, "late"), (2.0, False, "late"),
                                (2.0, True, "late"), (2.0, True, "strict")]:  # fmt: skip
         refused = 30 if policy == "strict" else 0
-        lat = [0.4] * refused + [40.0 * m] * (100 - refused)
+        # The strict run: two answers took 900 ms at the client, one of them at the server.
+        slow = [900.0] * 2 if policy == "strict" else []
+        lat = [0.4] * refused + [40.0 * m] * (100 - refused - len(slow)) + slow
         did = _did({"1": 50, "3": 50 - refused}, {"cheap": 10} if degrade else {},
                    statuses={"200": 100 - refused, "503": refused})  # fmt: skip
+        did["over_250ms"] = len(slow) // 2
         did["kernel"] = {"listen_drops": 7 if policy == "strict" else 0, "tcp_timeouts": 2}
         row = {
             "multiple": m, "degrade": degrade, "policy": policy,
@@ -144,7 +149,10 @@ def test_the_overload_table_and_figure(tmp_path: Path) -> None:
     assert "| 2x (100 / 100) | on | strict |" in table and "Stopped" not in table
     assert "| 30 (deadline_strict 30) |" in table  # the 503s, and why the server refused them
     assert "| cores: server / engine | listen drops |" in lines[0] and "| 0.95 / 0.40 |" in table
-    assert lines[-1].endswith("| 0.95 / 0.40 | 7 |")  # the host's drops in the strict run
+    assert "| listen drops | over 250 ms: client / server |" in lines[0]
+    # The strict run: the host's drops, and a slow answer the server never saw.
+    assert lines[-1].endswith("| 0.95 / 0.40 | 7 | 2 / 1 |")
+    assert lines[1].endswith("| 0 / 0 |")
     result["stopped"] = "before 4x, degrade True, late: 503 ..."
     assert overload_report.markdown(result).endswith(
         "Stopped: the server did not settle before 4x, degrade True, late: 503 ...."

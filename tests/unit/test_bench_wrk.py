@@ -122,6 +122,8 @@ exitwise_stage_queue_depth{stage="1"} 5.0
 exitwise_stage_queue_depth{stage="2"} 3.0
 process_cpu_seconds_total 12.5
 exitwise_engine_cpu_seconds_total 7.25
+exitwise_request_duration_seconds_bucket{le="0.25",route="/v1/classify"} 95.0
+exitwise_request_duration_seconds_bucket{le="+Inf",route="/v1/classify"} 102.0
 """
 
 
@@ -131,8 +133,12 @@ def test_metrics_deltas_and_the_load_point() -> None:
         'exitwise_requests_total{code="200",route="/v1/classify"} 40.0\n'
         'exitwise_exits_total{exit="4"} 40.0\nexitwise_mflops_per_image_sum 480.0\n'
         'exitwise_stops_total{reason="cap"} 40.0\nprocess_cpu_seconds_total 10.0\n'
+        'exitwise_request_duration_seconds_bucket{le="0.25",route="/v1/classify"} 40.0\n'
+        'exitwise_request_duration_seconds_bucket{le="+Inf",route="/v1/classify"} 42.0\n'
     )
     did = served(before, after, 4)
+    assert did["over_250ms"] == 5  # 7 over 250 ms in all, 2 of them before
+    assert served({}, {}, 4)["over_250ms"] is None  # not exported
     assert did["cpu_s"] == {"process": 2.5, "engine": 7.25}  # the engine's first scrape: from 0
     assert did["exit_histogram"] == {"1": 30, "4": 20} and did["images"] == 50
     assert did["mean_mflops"] == pytest.approx(320 / 50)
