@@ -150,7 +150,7 @@ def _stages_of_30ms(served: Served) -> Any:
 
 
 def _busy_loop_after_the_engine(app: Any) -> None:
-    """25 ms of event-loop work after the engine answers, before the answer is rendered: work
+    """40 ms of event-loop work after the engine answers, before the answer is rendered: work
     no plan sees (the started app's service). The latency model is told what the stages take
     (30 ms and a little compute, at every batch size): warm-up measured it beside the other
     tests, and a warm-up slowed by them once planned the first request one exit shallower."""
@@ -162,20 +162,20 @@ def _busy_loop_after_the_engine(app: Any) -> None:
     answer = service._result
 
     def busy(*args: Any) -> Any:
-        time.sleep(0.025)
+        time.sleep(0.04)
         return answer(*args)
 
     service._result = busy
 
 
 def test_answers_late_for_reasons_no_plan_sees_move_deadlines_earlier(served: Served) -> None:
-    # Stages of 30 ms, deadline_ms=120 and, after the engine answers, 25 ms of event-loop work
-    # no plan sees. Planned by the deadline alone (a 1 ms margin), a request gets the exits that
-    # finish by 119 ms (3 or 4) and is ready 25 ms (and the server's own hops) later: late. The
+    # Stages of 30 ms, deadline_ms=120 and, after the engine answers, 40 ms of event-loop work
+    # no plan sees. Planned by the deadline alone (a 1 ms margin), a request gets the deepest
+    # exit that finishes by 119 ms, and the next one would not (so it finishes after 88 ms),
+    # and is ready 40 ms later: late, whichever exit that is (3, or 2 when the other tests
+    # slowed its way to admission by more than 27 ms, as happened once in five full runs). The
     # learned margin moves the due moment earlier until admission and the engine stop requests
-    # at exit 2, ready by about 85 ms: in time with room for a machine busy with other tests
-    # (with exit 3 the one in-time exit, 5 ms to spare, a third of the last answers were late
-    # once in CI).
+    # at exit 2 or 1, ready by about 100 ms: in time.
     app = _stages_of_30ms(served)
     with TestClient(app) as client:
         _busy_loop_after_the_engine(app)
@@ -194,16 +194,16 @@ def test_answers_late_for_reasons_no_plan_sees_move_deadlines_earlier(served: Se
         model = client.get("/v1/model").json()
         metrics = client.get("/metrics").text
     first_exit, first_seconds = runs[0]
-    assert first_exit >= 3 and first_seconds > 0.120  # planned without a margin: late
+    assert first_seconds > 0.120, runs  # planned without a margin: late
     assert model["deadline_margin_ms"] > 5
     exported = re.search(r"^exitwise_deadline_margin_seconds (\S+)$", metrics, re.MULTILINE)
     assert exported is not None
     assert float(exported[1]) == pytest.approx(model["deadline_margin_ms"] / 1000, abs=1e-6)
     last = runs[-15:]
     # No deeper exits than the first plan's, and in time. Not every one: the margin comes down a
-    # little with each answer in time, so now and then it dips under what exit 3 needs and one
-    # answer is late again (one in 15-20 here); and on a machine busy with other tests a stage
-    # now and then takes longer than any plan saw. So 12 of the last 15.
+    # little with each answer in time, so now and then it dips under what keeps the next exit
+    # out and one answer is late again (one in 15-20 here); and on a machine busy with other
+    # tests a stage now and then takes longer than any plan saw. So 12 of the last 15.
     assert all(e <= first_exit for e, _ in last), runs
     assert sum(s <= 0.120 for _, s in last) >= 12, runs
 
@@ -414,29 +414,6 @@ def test_a_strict_deadline_counts_every_batch_a_big_request_fills(served: Served
     assert "deadline_policy=strict" in eight.json()["error"]
 
 
-class StallOnce:
-    """The bundle's runner; once ``armed``, its next stage waits for ``gate`` (a stall no
-    forecast saw: the event loop's work, a slow device)."""
-
-    def __init__(self, runner: Any) -> None:
-        self.runner = runner
-        self.backend, self.device, self.provider = runner.backend, runner.device, runner.provider
-        self.num_exits = runner.num_exits
-        self.armed, self.inside, self.gate = False, threading.Event(), threading.Event()
-
-    def initial_state(self, images: torch.Tensor) -> State:
-        state: State = self.runner.initial_state(images)
-        return state
-
-    def run_stage(self, index: int, state: State) -> tuple[State, torch.Tensor]:
-        if self.armed:
-            self.armed = False
-            self.inside.set()
-            self.gate.wait(10)
-        out: tuple[State, torch.Tensor] = self.runner.run_stage(index, state)
-        return out
-
-
 def test_a_strict_request_a_stall_makes_late_is_refused_not_answered_late(served: Served) -> None:
     # A request runs a stage that stalls for 250 ms, unforeseen. Two requests with
     # deadline_ms=100 were admitted in time behind it (the forecast saw a stage of well under a
@@ -445,7 +422,7 @@ def test_a_strict_request_a_stall_makes_late_is_refused_not_answered_late(served
     # 503 then, with Retry-After, and is not run. (Before, both were answered late.)
     settings = Settings(bundle=served.path)  # type: ignore[call-arg]
     loaded = load_model(settings)
-    runner = loaded.runner = StallOnce(loaded.runner)
+    runner = loaded.runner = GatedStages(loaded.runner)
     image = png(served.test.pixels[0])
     with TestClient(create_app(settings, registry=CollectorRegistry(), loaded=loaded)) as client:
 
