@@ -8,6 +8,7 @@ import asyncio
 import math
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -336,19 +337,15 @@ def test_a_request_admitted_late_does_not_go_before_one_still_in_time() -> None:
     assert engine.slots.timed == 0
 
 
-def test_a_request_admitted_late_waits_at_most_one_deadline_more_behind_those_in_time() -> None:
-    # A request admitted late, now one deadline (10 ms) past its own, waits with eight still in
-    # time (1 s left each) for stage-1 batches of two. It runs in the first batch: it goes
-    # behind the requests in time only up to those due one deadline after its own. (Behind all
-    # of them, a standing load of requests in time kept it waiting until the load ended: the
-    # second-long tail of a 4x overload run.)
+def _first_batches(marked_ticket: Callable[[], Ticket]) -> tuple[Engine, list[torch.Tensor]]:
+    """A plain request's stage-1 batch holds the worker while a request marked 7.0 (its ticket
+    made by ``marked_ticket`` then), and eight asking 1 s after it, join stage 1's queue;
+    batches of two. The engine, and its stage-1 batches in order (the blocker's first)."""
     runner = GatedRunner(slow=0.0)
     engine = Engine(
         runner, exit_mflops=[1, 2, 3, 4], max_batch_size=2, max_wait_s=0, max_stage_wait_s=10
     )
     _timed(engine)
-    now = time.monotonic()
-    lost = Ticket(NEVER, 0, now - 0.02, now + 30, now - 0.01, limit=0, late=True)
     marked = torch.full((1, 1, 1, K), 7.0)
 
     async def main() -> None:
@@ -356,17 +353,30 @@ def test_a_request_admitted_late_waits_at_most_one_deadline_more_behind_those_in
         try:
             blocker = engine.submit(ticket(NEVER), _images(1, 9))
             await asyncio.to_thread(runner.inside.wait, 5)
-            late = engine.submit(lost, marked)
+            special = engine.submit(marked_ticket(), marked)
             timely = [engine.submit(ticket(NEVER, deadline=1.0), _images(1, s)) for s in range(8)]
             runner.gate.set()
-            await blocker.future, await late.future
-            for job in timely:
+            for job in (blocker, special, *timely):
                 await job.future
         finally:
             engine.stop()
 
     asyncio.run(main())
-    firsts = [b for (stage, _), b in zip(runner.calls, runner.batches, strict=True) if stage == 0]
+    calls = zip(runner.calls, runner.batches, strict=True)
+    return engine, [b for (stage, _), b in calls if stage == 0]
+
+
+def test_a_request_admitted_late_waits_at_most_one_deadline_more_behind_those_in_time() -> None:
+    # A request admitted late, now one deadline (10 ms) past its own, waits with eight still in
+    # time (1 s left each) for stage-1 batches of two. It runs in the first batch: it goes
+    # behind the requests in time only up to those due one deadline after its own. (Behind all
+    # of them, a standing load of requests in time kept it waiting until the load ended: the
+    # second-long tail of a 4x overload run.)
+    def lost() -> Ticket:
+        now = time.monotonic()
+        return Ticket(NEVER, 0, now - 0.02, now + 30, now - 0.01, limit=0, late=True)
+
+    _, firsts = _first_batches(lost)
     assert (firsts[1] == 7.0).any(), [b[:, 0].tolist() for b in firsts]
 
 
@@ -376,30 +386,11 @@ def test_a_request_without_a_deadline_keeps_its_place_among_requests_with_one() 
     # traffic asks, it goes ahead of the requests still in time. (Ordered last, a standing load
     # of deadline requests kept it waiting until the load ended, or its timeout.) Before that
     # it goes behind them (test_a_shrunk_batch_takes_the_row_with_the_deadline).
-    runner = GatedRunner(slow=0.0)
-    engine = Engine(
-        runner, exit_mflops=[1, 2, 3, 4], max_batch_size=2, max_wait_s=0, max_stage_wait_s=10
-    )
-    _timed(engine)
-    marked = torch.full((1, 1, 1, K), 7.0)
+    def waited() -> Ticket:
+        now = time.monotonic()
+        return Ticket(NEVER, 0, now - 1.0, now + 30)
 
-    async def main() -> None:
-        engine.start()
-        try:
-            blocker = engine.submit(ticket(NEVER, deadline=1.0), _images(1, 9))
-            await asyncio.to_thread(runner.inside.wait, 5)
-            now = time.monotonic()
-            plain = engine.submit(Ticket(NEVER, 0, now - 1.0, now + 30), marked)
-            timely = [engine.submit(ticket(NEVER, deadline=1.0), _images(1, s)) for s in range(8)]
-            runner.gate.set()
-            await blocker.future, await plain.future
-            for job in timely:
-                await job.future
-        finally:
-            engine.stop()
-
-    asyncio.run(main())
-    firsts = [b for (stage, _), b in zip(runner.calls, runner.batches, strict=True) if stage == 0]
+    engine, firsts = _first_batches(waited)
     assert (firsts[1] == 7.0).any(), [b[:, 0].tolist() for b in firsts]
     assert engine.slots.patience == pytest.approx(1.0, abs=0.01)
 
