@@ -377,7 +377,8 @@ class Engine:
         if soonest[0] < (finish := now + self.latency.estimate(0, 1)):
             waiting = np.flatnonzero(self.slots.queued == 0)
             if len(lost := waiting[self.slots.strict_by[waiting] < finish]):
-                self._refuse(lost)  # their rows leave the queue when the worker meets them
+                # A 503 now, while the client can still go elsewhere, not a late answer.
+                self._fail(lost, deadlines.refused_late(), held=False)
                 swept = True
         for stage in range(1, self.num_exits):
             finish = now + self.latency.estimate(stage, 1)
@@ -396,15 +397,6 @@ class Engine:
                     kept.append(rows)
             self._queues[stage] = kept
         return swept
-
-    def _refuse(self, slots: np.ndarray) -> None:
-        """The strict requests of ``slots`` can no longer answer in time: a 503 now, while the
-        client can still go elsewhere, not a late answer (:func:`deadlines.refused_late`)."""
-        for job_id, _ in _tally(self.slots.job[slots]):
-            if (job := self._jobs.get(job_id)) is not None and not job.cancelled:
-                job.result = deadlines.refused_late()
-                self._done.append(job)
-                self._drop(job)
 
     def _run(self, stage: int, parts: list[Rows]) -> None:
         """Run ``parts`` through ``stage``, and straight on through the next stages while the
@@ -576,14 +568,17 @@ class Engine:
             self._rows[stage] -= int(count)
         self.slots.queued[span] = -1
 
-    def _fail(self, slots: np.ndarray, err: BaseException) -> None:
-        """The requests of ``slots`` (which the worker holds) fail with ``err``."""
+    def _fail(self, slots: np.ndarray, err: BaseException, held: bool = True) -> None:
+        """The requests of ``slots`` fail with ``err``: the worker holds those rows (counted
+        done now), or they wait in a queue (``held=False``: dropped when the worker meets
+        them)."""
         for job_id, _ in _tally(self.slots.job[slots]):
             if (job := self._jobs.get(job_id)) is not None and not job.cancelled:
                 job.result = err
                 self._done.append(job)
                 self._drop(job)
-        self._count(slots)
+        if held:
+            self._count(slots)
 
 
 def _resolve(jobs: list[Job]) -> None:
