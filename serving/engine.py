@@ -293,9 +293,9 @@ class Engine:
         while True:
             with self._cond:
                 now = time.monotonic()
-                soonest = self._soonest()
+                soonest = self._soonest(now)
                 if self.slots.timed and self._sweep(now, soonest):
-                    soonest = self._soonest()
+                    soonest = self._soonest(now)
                 if not self._done:  # else delivered first (outside the lock), then back here
                     decision = pick(
                         [self._view(k, soonest[k]) for k in range(self.num_exits)],
@@ -317,13 +317,15 @@ class Engine:
                     continue
             self._deliver()
 
-    def _soonest(self) -> np.ndarray:
-        """The earliest deadline of the live rows waiting at each stage, read from their slots
-        (inf: none; only deadline traffic pays the scan)."""
+    def _soonest(self, now: float) -> np.ndarray:
+        """The earliest deadline of the live rows waiting at each stage, in the deadline order
+        (:meth:`~serving.jobs.Slots.order_keys`: a row without one that has waited long enough
+        counts as due), read from their slots (inf: none; only deadline traffic pays the scan)."""
         soonest = np.full(self.num_exits, math.inf)
         if self.slots.timed:
             waiting = np.flatnonzero(self.slots.queued >= 0)
-            np.minimum.at(soonest, self.slots.queued[waiting], self.slots.deadline[waiting])
+            keys = self.slots.order_keys(waiting, now)
+            np.minimum.at(soonest, self.slots.queued[waiting], keys)
         return soonest
 
     def _view(self, stage: int, soonest: float) -> QueueView:

@@ -7,7 +7,9 @@ stage and how long the oldest has waited:
 
 1. **Age bound.** A stage whose oldest row has waited ``max_stage_wait_s`` runs now (the deepest
    such stage first); so does a stage that must start now for a row's ``deadline_ms`` to be met
-   (its ``due`` time), or before the batch the other rules chose would end. While the machine
+   (its ``due`` time), or before the batch the other rules chose would end (of those, the
+   earliest due first; a row without a deadline that has waited as long as the deadline traffic
+   asks counts as due: :meth:`serving.jobs.Slots.order_keys`). While the machine
    keeps up with the load, no row waits in front of a stage longer than that plus the stages
    that run before it once it is overdue (the one running then, which is never preempted, and
    deeper overdue ones: at most one per stage).
@@ -88,7 +90,7 @@ def pick(
             return Wait(min(until, queues[0].oldest + max_stage_wait_s))
     stage = (overdue or full or [max(busy, key=lambda k: (queues[k].rows, k))])[-1]
     # Look ahead: a batch that would end after another queue's due moment makes its rows late;
-    # the most urgent such queue runs first.
+    # of the queues due before it would end, this one included, the most urgent runs first.
     ends = now + queues[stage].seconds
-    urgent = [k for k in busy if k != stage and queues[k].due < ends]
+    urgent = [k for k in busy if queues[k].due < ends]
     return Run(min(urgent, key=lambda k: queues[k].due) if urgent else stage)

@@ -337,10 +337,14 @@ def test_a_request_admitted_late_does_not_go_before_one_still_in_time() -> None:
     assert engine.slots.timed == 0
 
 
-def _first_batches(marked_ticket: Callable[[], Ticket]) -> tuple[Engine, list[torch.Tensor]]:
+def _batches(
+    marked_ticket: Callable[[], Ticket],
+    blocker_ticket: Callable[[], Ticket] = lambda: ticket(NEVER),
+) -> tuple[Engine, list[tuple[int, torch.Tensor]]]:
     """A plain request's stage-1 batch holds the worker while a request marked 7.0 (its ticket
     made by ``marked_ticket`` then), and eight asking 1 s after it, join stage 1's queue;
-    batches of two. The engine, and its stage-1 batches in order (the blocker's first)."""
+    batches of two. The engine, and the stage and rows of every batch it ran, in order (the
+    blocker's first; its ticket made by ``blocker_ticket``)."""
     runner = GatedRunner(slow=0.0)
     engine = Engine(
         runner, exit_mflops=[1, 2, 3, 4], max_batch_size=2, max_wait_s=0, max_stage_wait_s=10
@@ -351,7 +355,7 @@ def _first_batches(marked_ticket: Callable[[], Ticket]) -> tuple[Engine, list[to
     async def main() -> None:
         engine.start()
         try:
-            blocker = engine.submit(ticket(NEVER), _images(1, 9))
+            blocker = engine.submit(blocker_ticket(), _images(1, 9))
             await asyncio.to_thread(runner.inside.wait, 5)
             special = engine.submit(marked_ticket(), marked)
             timely = [engine.submit(ticket(NEVER, deadline=1.0), _images(1, s)) for s in range(8)]
@@ -362,8 +366,13 @@ def _first_batches(marked_ticket: Callable[[], Ticket]) -> tuple[Engine, list[to
             engine.stop()
 
     asyncio.run(main())
-    calls = zip(runner.calls, runner.batches, strict=True)
-    return engine, [b for (stage, _), b in calls if stage == 0]
+    return engine, [(stage, b) for (stage, _), b in zip(runner.calls, runner.batches, strict=True)]
+
+
+def _first_batches(marked_ticket: Callable[[], Ticket]) -> tuple[Engine, list[torch.Tensor]]:
+    """:func:`_batches`' stage-1 batches."""
+    engine, calls = _batches(marked_ticket)
+    return engine, [b for stage, b in calls if stage == 0]
 
 
 def test_a_request_admitted_late_waits_at_most_one_deadline_more_behind_those_in_time() -> None:
@@ -393,6 +402,26 @@ def test_a_request_without_a_deadline_keeps_its_place_among_requests_with_one() 
     engine, firsts = _first_batches(waited)
     assert (firsts[1] == 7.0).any(), [b[:, 0].tolist() for b in firsts]
     assert engine.slots.patience == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.parametrize("deadline", [1.0, 0.0015])
+def test_a_request_without_a_deadline_keeps_its_place_at_a_deeper_stage_too(
+    deadline: float,
+) -> None:
+    # A request without a deadline that has waited 2 s finishes stage 1 while nine with a
+    # deadline wait for stage 1, the earliest far off, or due before its stage 2 would end. Its
+    # stage 2 runs next: it has waited as long as the deadline traffic asks, and goes ahead of
+    # requests still in time whichever stage they wait at. (Stage 1's deadlines came first, by
+    # the batch rules or as the more urgent queue: a standing load of deadline requests kept
+    # it waiting at stage 2 until the load ended.)
+    def waited() -> Ticket:
+        now = time.monotonic()
+        return Ticket(NEVER, 0, now - 2.0, now + 30)
+
+    asked = lambda: ticket(NEVER, deadline=deadline)  # noqa: E731
+    _, calls = _batches(asked, blocker_ticket=waited)
+    stages = [stage for stage, _ in calls]
+    assert stages[:2] == [0, 1], stages  # the blocker's stage 1, then its stage 2
 
 
 def _forecast(wait: float, stages: list[float]) -> deadlines.Forecast:
