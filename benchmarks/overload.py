@@ -11,14 +11,14 @@ multiple once more with ``deadline_policy=strict`` (degradation on: a request th
 Reported per run, all from the client (wrk) but the server's own counts (``/metrics``): the
 offered rate asked and achieved, answers per second, goodput (answers within D per second, and
 its ratio to the cheapest point's closed-loop capacity), p50/p99/p99.9 latency of every answer
-and of the answered requests (not 503: wrk's histogram does not tell the statuses apart, so the
-503s are taken to be the fastest; the figures are upper bounds, exact when they were), the share
-answered within D, D + 2 and D + 5 ms, 503s, why images stopped, the exits, and an accuracy
-estimate: the calibrated test accuracy of the operating point (or exit) that served each answer,
-weighted by how many it served (the server does not see labels; answers stopped by the deadline
-are counted at their exit's accuracy). During each run the degradation level (the level given to
-the latest request), the images served degraded and the 503s are sampled from ``/metrics``
-every 0.25 s; the figure draws the level over time.
+and of the answered requests (not 503; each request's own latency, paired with its answer by
+its ``X-Request-Id``), the share answered within D, D + 2 and D + 5 ms, the slowest refusals,
+503s, why images stopped, the exits, and an accuracy estimate: the calibrated test accuracy of
+the operating point (or exit) that served each answer, weighted by how many it served (the
+server does not see labels; answers stopped by the deadline are counted at their exit's
+accuracy). During each run the degradation level (the level given to the latest request), the
+images served degraded and the 503s are sampled from ``/metrics`` every 0.25 s; the figure
+draws the level over time.
 """
 
 from __future__ import annotations
@@ -109,16 +109,15 @@ def open_row(
     connections: int,
     deadline_ms: float | None,
 ) -> dict[str, Any]:
-    """One open-loop run's figures: rates, client latency (every answer, and the answered ones
-    without the 503s and other refusals, as upper bounds), shares within D, D + 2 and D + 5 ms
+    """One open-loop run's figures: rates, client latency (every answer; the answered ones,
+    without the 503s and other refusals; the refusals), shares within D, D + 2 and D + 5 ms
     of the answered, what the server did, the cores it used (``process_cores``, of which
     ``engine_cores`` its engine worker), and the host's TCP drops at the listening socket and
     retransmission timeouts (:mod:`benchmarks.tcp`; None where not measured)."""
-    if run.latency is None or run.sent is None:
+    if run.latency is None or run.sent is None or run.answered is None or run.refused is None:
         raise ValueError("an open-loop run (write_script with a rate) is needed")
-    every = run.latency
+    every, answered = run.latency, run.answered
     refused = run.non_2xx
-    answered = every.without_fastest(refused)
     secs = run.seconds
     row: dict[str, Any] = {
         "offered_per_s": offered_per_s,
@@ -137,10 +136,15 @@ def open_row(
         "answered_p99_ms": answered.quantile_ms(0.99),
         "answered_p999_ms": answered.quantile_ms(0.999),
         "answered_max_ms": answered.quantile_ms(1.0),
+        "refused_p99_ms": run.refused.quantile_ms(0.99),
+        "refused_max_ms": run.refused.quantile_ms(1.0),
+        "unpaired": run.unpaired,
         "socket_errors": run.socket_errors,
-        # Requests slower than 250 ms as the client measured them, and as the server did (from
-        # its arrival stamp): a difference is time outside the server.
+        # Requests slower than 250 ms as the client measured them (answered, refused), and as
+        # the server did (from its arrival stamp): a difference is time outside the server.
         "client_over_250ms": every.total - every.count_within(250),
+        "answered_over_250ms": answered.total - answered.count_within(250),
+        "refused_over_250ms": run.refused.total - run.refused.count_within(250),
         "server_over_250ms": did.get("over_250ms"),
         "statuses": did["statuses"],
         "stops": did["stops"],

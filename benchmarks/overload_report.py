@@ -36,9 +36,10 @@ def _cores_cell(server: float | None, engine: float | None) -> str:
     return f"{ms_cell(server, 2)} / {ms_cell(engine, 2)}"
 
 
-def _over_cell(client: int | None, server: int | None) -> str:
-    """Requests slower than 250 ms, as the client saw them and as the server did."""
-    return f"{'-' if client is None else client} / {'-' if server is None else server}"
+def _over_cell(*counts: int | None) -> str:
+    """Requests slower than 250 ms: answered and refused as the client saw them, all as the
+    server did."""
+    return " / ".join("-" if n is None else str(n) for n in counts)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -50,7 +51,7 @@ def markdown(result: dict[str, Any]) -> str:
         "x cheapest", "p50 ms", "p99 ms", "p99.9 ms", f"in time (<= {d:g} ms)",
         f"answered <= {d + 5:g} ms", "503s", "stopped: confident / cap / deadline",
         "mean MFLOPs", "accuracy (est.)", "cores: server / engine", "listen drops",
-        "over 250 ms: client / server",
+        "over 250 ms: answered / refused / server",
     ]  # fmt: skip
     cells = [
         [
@@ -71,7 +72,11 @@ def markdown(result: dict[str, Any]) -> str:
             ms_cell(r["accuracy_estimate"]),
             _cores_cell(r.get("process_cores"), r.get("engine_cores")),
             "-" if r.get("listen_drops") is None else str(r["listen_drops"]),
-            _over_cell(r.get("client_over_250ms"), r.get("server_over_250ms")),
+            _over_cell(
+                r.get("answered_over_250ms"),
+                r.get("refused_over_250ms"),
+                r.get("server_over_250ms"),
+            ),
         ]
         for r in result["rows"]
     ]

@@ -21,7 +21,10 @@ client, so it includes the kernel's queues and whatever the server did before it
 request. wrk adds "coordinated omission" samples to its histogram before the script sees it
 (right for a closed loop, where a slow answer holds back the requests the connection did not
 send); an open schedule sent them anyway, so the script takes them out again, exactly as wrk
-put them in, and hands the whole histogram (microseconds, counts) to :class:`Latency`.
+put them in, and hands the whole histogram (microseconds, counts) to :class:`Latency`. wrk's
+histogram does not tell the statuses apart, so the script also measures each request itself:
+every request carries an ``X-Request-Id``, which the server echoes, and the answer's latency
+(from its send to its last byte parsed) goes to the answered (2xx) or the refused histogram.
 
 What the server did (exits taken, MFLOPs per image, stop reasons, answers by status) is not
 parsed from the responses, which would make wrk call into Lua for every response: it comes from
@@ -86,19 +89,6 @@ class Latency:
         n = self.total
         return self.count_within(ms) / n if n else None
 
-    def without_fastest(self, n: int) -> Latency:
-        """These latencies less the ``n`` fastest. With ``n`` answers of another kind among them
-        (refusals), what is left is at least as slow as the others are, answer by answer: its
-        quantiles are upper bounds of theirs, exact when the refusals were the fastest."""
-        if n <= 0:
-            return self
-        cum = np.cumsum(self.counts)
-        keep = cum > n
-        counts = self.counts[keep].copy()
-        if len(counts):
-            counts[0] = cum[keep][0] - n
-        return Latency(self.values_us[keep].copy(), counts)
-
 
 @dataclass(frozen=True)
 class WrkResult:
@@ -119,6 +109,11 @@ class WrkResult:
     lag_max_ms: float = 0.0
     omission_samples: int = 0  # samples wrk added for coordinated omission, taken out again
     latency: Latency | None = field(default=None, compare=False)
+    # Open loop only: the script's own latencies of the answers (2xx) and of the rest (503s,
+    # ...), each answer paired with its send by its X-Request-Id; answers it could not pair.
+    answered: Latency | None = field(default=None, compare=False)
+    refused: Latency | None = field(default=None, compare=False)
+    unpaired: int = 0
 
     @property
     def requests_per_s(self) -> float:
@@ -271,4 +266,7 @@ def parse_result(data: dict[str, Any]) -> WrkResult:
         lag_max_ms=float(data.get("lag_max_ms", 0.0)),
         omission_samples=int(data.get("removed", 0)),
         latency=None if histogram is None else Latency.from_flat(histogram),
+        answered=None if "answered" not in data else Latency.from_flat(data["answered"]),
+        refused=None if "refused" not in data else Latency.from_flat(data["refused"]),
+        unpaired=int(data.get("unpaired", 0)),
     )

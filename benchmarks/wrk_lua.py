@@ -1,7 +1,9 @@
 """The Lua scripts that ``wrk`` runs for the benchmarks (:func:`benchmarks.wrk.write_script`
 fills them in): ``LUA`` rotates over the request bodies and reports wrk's summary as one JSON line
-after ``MARK``; ``OPEN`` adds an open-loop Poisson schedule of arrivals and takes wrk's
-coordinated-omission samples out of the latency histogram again."""
+after ``MARK``; ``OPEN`` adds an open-loop Poisson schedule of arrivals, takes wrk's
+coordinated-omission samples out of the latency histogram again, and measures every request's
+latency itself, by status (answered: 2xx; refused: the rest), pairing answers with sends by the
+``X-Request-Id`` the server echoes."""
 
 MARK = "WRKJSON "
 
@@ -35,11 +37,12 @@ end
 request = function()
   local body = bodies[nxt]
   nxt = (nxt + 1) %% n
-  sending()
+  local id = sending()
+  if id then wrk.headers["X-Request-Id"] = id end
   return wrk.format(nil, nil, nil, body)
 end
 
-sending = function() end
+sending = function() return nil end
 more = function(summary, latency) return "" end
 %(open)s
 done = function(summary, latency, requests)
@@ -88,15 +91,49 @@ delay = function()
   return math.floor(wait)
 end
 
+-- Each request carries an id (X-Request-Id, which the server echoes): response() pairs the
+-- answer with its send and keeps its latency by status, 2xx or not (wrk's own histogram does
+-- not tell them apart), in microseconds, from the send to the answer parsed.
+local started = {}
+local ids = 0
+answered, refused, unpaired = {}, {}, 0
+
 sending = function()
-  if first >= after then return end
-  local lag = now_ms() - due[first]
+  local now = now_ms()
+  ids = ids + 1
+  started[ids] = now
+  if first >= after then return tostring(ids) end
+  local lag = now - due[first]
   due[first] = nil
   first = first + 1
   sent = sent + 1
   if lag > 1 then late = late + 1 end
   if lag > 0 then lag_sum_ms = lag_sum_ms + lag end
   if lag > lag_max_ms then lag_max_ms = lag end
+  return tostring(ids)
+end
+
+response = function(status, headers, body)
+  local id = tonumber(headers["x-request-id"] or headers["X-Request-Id"] or "")
+  local start = id and started[id]
+  if not start then
+    unpaired = unpaired + 1
+    return
+  end
+  started[id] = nil
+  local us = math.floor((now_ms() - start) * 1000)
+  local into = refused
+  if status >= 200 and status < 300 then into = answered end
+  into[us] = (into[us] or 0) + 1
+end
+
+local function flat(counts)
+  local out = {}
+  for v, c in pairs(counts) do
+    out[#out + 1] = v
+    out[#out + 1] = c
+  end
+  return table.concat(out, ",")
 end
 
 -- The latency histogram without wrk's coordinated-omission samples: wrk (stats_correct) added,
@@ -132,17 +169,24 @@ local function histogram(summary, latency)
 end
 
 more = function(summary, latency)
-  local t = {sent = 0, late = 0, lag_sum_ms = 0, lag_max_ms = 0}
+  local t = {sent = 0, late = 0, lag_sum_ms = 0, lag_max_ms = 0, unpaired = 0}
+  local by = {answered = {}, refused = {}}
   for _, thread in ipairs(threads) do
     t.sent = t.sent + thread:get("sent")
     t.late = t.late + thread:get("late")
     t.lag_sum_ms = t.lag_sum_ms + thread:get("lag_sum_ms")
     t.lag_max_ms = math.max(t.lag_max_ms, thread:get("lag_max_ms"))
+    t.unpaired = t.unpaired + thread:get("unpaired")
+    for kind, into in pairs(by) do
+      for v, c in pairs(thread:get(kind)) do into[v] = (into[v] or 0) + c end
+    end
   end
   local hist, total, removed = histogram(summary, latency)
   return string.format(
     ', "sent": %%d, "late": %%d, "lag_sum_ms": %%.3f, "lag_max_ms": %%.3f, ' ..
-    '"recorded": %%d, "removed": %%d, "histogram": [%%s]',
-    t.sent, t.late, t.lag_sum_ms, t.lag_max_ms, total, removed, hist)
+    '"recorded": %%d, "removed": %%d, "histogram": [%%s], "answered": [%%s], ' ..
+    '"refused": [%%s], "unpaired": %%d',
+    t.sent, t.late, t.lag_sum_ms, t.lag_max_ms, total, removed, hist, flat(by.answered),
+    flat(by.refused), t.unpaired)
 end
 """

@@ -8,6 +8,12 @@
   label set); ``inflight_requests`` while an inference request (``POST /v1/classify``,
   ``POST /v2/.../infer``) is handled; ``refused_total{reason}`` for a 503 the error table marked
   as the server's refusal (in the scope). Labelled children are looked up once and kept.
+  The duration counts from the request's arrival stamp (:mod:`serving.protocol`: when its
+  bytes came in, the time they waited in the kernel's queues and the event loop's included), so
+  it is what a client on the same host measures, less the handshake and the answer's way back.
+- Request ids: an ``X-Request-Id`` header (up to 200 visible ASCII characters) comes back on the
+  response, whatever its status, so that a client can pair answers with requests on connections
+  it shares (a load generator, a proxy's logs); another value is ignored.
 - Catch-all: an exception nobody mapped is logged with its traceback and answered with a
   generic 500; its text never reaches the client.
 """
@@ -52,8 +58,8 @@ class ServingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
-        scope.setdefault(ARRIVAL, time.monotonic())  # unless the HTTP protocol stamped it
+        arrival = scope.setdefault(ARRIVAL, time.monotonic())  # unless the protocol stamped it
+        echo = _request_id(scope)
         status = 500
         started = False
         limit = self.max_body_bytes
@@ -78,6 +84,8 @@ class ServingMiddleware:
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 started = True
+                if echo is not None:
+                    message = {**message, "headers": [*message.get("headers", ()), echo]}
             await send(message)
 
         inference = _is_inference(scope)
@@ -96,6 +104,7 @@ class ServingMiddleware:
                         "headers": [
                             (b"content-type", b"application/json"),
                             (b"content-length", str(len(_GENERIC_500)).encode()),
+                            *([] if echo is None else [echo]),
                         ],
                     }
                 )
@@ -119,7 +128,17 @@ class ServingMiddleware:
             if duration is None:
                 duration = self.metrics.request_duration.labels(route=label)
                 self._durations[label] = duration
-            duration.observe(time.perf_counter() - start)
+            duration.observe(time.monotonic() - arrival)
+
+
+def _request_id(scope: Scope) -> tuple[bytes, bytes] | None:
+    """The response header echoing the request's ``X-Request-Id``, if it has a usable one."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            if 0 < len(value) <= 200 and all(33 <= c <= 126 for c in value):
+                return (b"x-request-id", value)
+            return None
+    return None
 
 
 def _content_length(scope: Scope) -> int | None:

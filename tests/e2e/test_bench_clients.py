@@ -187,7 +187,8 @@ def test_deadline_sweep_open_loop_with_client_latency(
 
 
 class _Quick(BaseHTTPRequestHandler):
-    """Answers every POST at once, but every twentieth after 300 ms.
+    """Answers every POST at once, but every twentieth after 300 ms, and refuses every
+    twentieth from the tenth (a 503, at once); echoes the request's X-Request-Id.
 
     wrk corrects against twice the 90th percentile latency of its first half second. With one
     answer in ten slow, that percentile could itself be a slow one, and then nothing was
@@ -201,7 +202,9 @@ class _Quick(BaseHTTPRequestHandler):
         _Quick.count += 1
         if _Quick.count % 20 == 0:
             time.sleep(0.3)
-        self.send_response(200)
+        self.send_response(503 if _Quick.count % 20 == 10 else 200)
+        if (ident := self.headers.get("X-Request-Id")) is not None:
+            self.send_header("X-Request-Id", ident)
         self.send_header("Content-Length", "2")
         self.end_headers()
         self.wfile.write(b"ok")
@@ -239,7 +242,12 @@ def test_open_loop_sends_the_rate_asked_and_keeps_wrk_histogram_honest(tmp_path:
     wide, narrow = runs[open_connections(200.0)], runs[8]
     for run in (wide, narrow):
         assert run.latency is not None and run.latency.total == run.requests
-        assert run.non_2xx == 0 and run.sent is not None and run.sent >= run.requests
+        assert run.sent is not None and run.sent >= run.requests
+        # Every answer paired with its send by its id, by status: the slow ones were answered.
+        assert run.answered is not None and run.refused is not None and run.unpaired == 0
+        assert run.refused.total == run.non_2xx > 0
+        assert run.answered.total + run.refused.total == run.requests
+        assert run.answered.quantile_ms(1.0) >= 300 > run.refused.quantile_ms(1.0)  # type: ignore[operator]
     # Enough connections: what was asked (a Poisson count of about 400, so +-20 %), on time.
     assert wide.sent_per_s == pytest.approx(200.0, rel=0.2)
     assert wide.omission_samples == 0

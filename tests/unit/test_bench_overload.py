@@ -56,17 +56,24 @@ def test_no_answers_or_no_test_figures_give_no_estimate() -> None:
 
 
 def _run(latencies_ms: list[float], refused: int, sent: int, seconds: float = 2.0) -> WrkResult:
-    flat = [v for ms in latencies_ms for v in (round(ms * 1000), 1)]
+    """A run whose first ``refused`` requests of ``latencies_ms`` were refused (503s)."""
+
+    def flat(ms: list[float]) -> Latency:
+        return Latency.from_flat([v for x in ms for v in (round(x * 1000), 1)])
+
     return WrkResult(
         requests=len(latencies_ms), seconds=seconds, non_2xx=refused, socket_errors=0,
         p50_ms=0.0, p95_ms=0.0, p99_ms=0.0, max_ms=0.0, mean_ms=0.0, sent=sent, late_sends=2,
-        latency=Latency.from_flat(flat),
+        latency=flat(latencies_ms), answered=flat(latencies_ms[refused:]),
+        refused=flat(latencies_ms[:refused]),
     )  # fmt: skip
 
 
-def test_a_row_counts_goodput_from_the_answered_and_leaves_the_fast_refusals_out() -> None:
-    # 100 requests in 2 s: 20 refused at once (0.5 ms), 70 answered in 50 ms, 10 in 120 ms.
-    lat = [0.5] * 20 + [50.0] * 70 + [120.0] * 10
+def test_a_row_counts_goodput_from_the_answered_and_leaves_the_refusals_out() -> None:
+    # 100 requests in 2 s: 20 refused, 19 at once (0.5 ms) and one after 900 ms (its request
+    # waited for the server behind a burst); 70 answered in 50 ms, 10 in 120 ms. The slow
+    # refusal is no answer: the answered figures leave it out.
+    lat = [0.5] * 19 + [900.0] + [50.0] * 70 + [120.0] * 10
     did = _did({"3": 80}, {}, statuses={"200": 80, "503": 20}, stops={"cap": 80})
     did["over_250ms"] = 0
     row = open_row(
@@ -78,9 +85,11 @@ def test_a_row_counts_goodput_from_the_answered_and_leaves_the_fast_refusals_out
     assert row["goodput_per_s"] == 35.0 and row["in_time_pct"] == 70.0
     assert row["within_pct"] == pytest.approx(87.5) and row["within_5ms_pct"] == 87.5
     assert row["p50_ms"] == 50.0 and row["answered_p50_ms"] == 50.0
-    assert row["answered_p99_ms"] == 120.0 and row["max_ms"] == 120.0
+    assert row["answered_p99_ms"] == 120.0 and row["max_ms"] == 900.0
+    assert row["refused_max_ms"] == 900.0 and row["unpaired"] == 0
     assert row["stops"] == {"cap": 80} and row["accuracy_estimate"] == pytest.approx(90.0)
-    assert row["client_over_250ms"] == 0 and row["server_over_250ms"] == 0
+    assert row["client_over_250ms"] == 1 and row["server_over_250ms"] == 0
+    assert row["answered_over_250ms"] == 0 and row["refused_over_250ms"] == 1
     # 1.9 s of the server's CPU in 2 s, 0.8 s of it the engine worker's.
     assert row["process_cores"] == pytest.approx(0.95) and row["engine_cores"] == 0.4
     unknown = _did({"3": 80}, {}, cpu_s={"process": None, "engine": None})  # another server
@@ -149,10 +158,10 @@ def test_the_overload_table_and_figure(tmp_path: Path) -> None:
     assert "| 2x (100 / 100) | on | strict |" in table and "Stopped" not in table
     assert "| 30 (deadline_strict 30) |" in table  # the 503s, and why the server refused them
     assert "| cores: server / engine | listen drops |" in lines[0] and "| 0.95 / 0.40 |" in table
-    assert "| listen drops | over 250 ms: client / server |" in lines[0]
+    assert "| listen drops | over 250 ms: answered / refused / server |" in lines[0]
     # The strict run: the host's drops, and a slow answer the server never saw.
-    assert lines[-1].endswith("| 0.95 / 0.40 | 7 | 2 / 1 |")
-    assert lines[1].endswith("| 0 / 0 |")
+    assert lines[-1].endswith("| 0.95 / 0.40 | 7 | 2 / 0 / 1 |")
+    assert lines[1].endswith("| 0 / 0 / 0 |")
     result["stopped"] = "before 4x, degrade True, late: 503 ..."
     assert overload_report.markdown(result).endswith(
         "Stopped: the server did not settle before 4x, degrade True, late: 503 ...."
