@@ -293,12 +293,12 @@ class Engine:
         while True:
             with self._cond:
                 now = time.monotonic()
-                soonest = self._soonest(now)
+                soonest, waited = self._soonest(now)
                 if self.slots.timed and self._sweep(now, soonest):
-                    soonest = self._soonest(now)
+                    soonest, waited = self._soonest(now)
                 if not self._done:  # else delivered first (outside the lock), then back here
                     decision = pick(
-                        [self._view(k, soonest[k]) for k in range(self.num_exits)],
+                        [self._view(k, soonest[k], waited[k]) for k in range(self.num_exits)],
                         now,
                         max_batch=self.max_batch_size,
                         max_wait_s=self.max_wait_s,
@@ -317,24 +317,26 @@ class Engine:
                     continue
             self._deliver()
 
-    def _soonest(self, now: float) -> np.ndarray:
+    def _soonest(self, now: float) -> tuple[np.ndarray, np.ndarray]:
         """The earliest deadline of the live rows waiting at each stage, in the deadline order
-        (:meth:`~serving.jobs.Slots.order_keys`: a row without one that has waited long enough
-        counts as due), read from their slots (inf: none; only deadline traffic pays the scan)."""
-        soonest = np.full(self.num_exits, math.inf)
+        (:meth:`~serving.jobs.Slots.order_keys`: a row without one that has waited as long as
+        the deadline traffic asks counts as due), and whether the stage holds such a row; read
+        from their slots (inf, False: none; only deadline traffic pays the scan)."""
+        soonest, waited = np.full(self.num_exits, math.inf), np.zeros(self.num_exits, bool)
         if self.slots.timed:
             waiting = np.flatnonzero(self.slots.queued >= 0)
-            keys = self.slots.order_keys(waiting, now)
-            np.minimum.at(soonest, self.slots.queued[waiting], keys)
-        return soonest
+            stage, keys = self.slots.queued[waiting], self.slots.order_keys(waiting, now)
+            np.minimum.at(soonest, stage, keys)
+            waited[stage[np.isfinite(keys) & np.isinf(self.slots.deadline[waiting])]] = True
+        return soonest, waited
 
-    def _view(self, stage: int, soonest: float) -> QueueView:
+    def _view(self, stage: int, soonest: float, waited: bool) -> QueueView:
         queue = self._queues[stage]
         if not queue:
             return EMPTY
         rows = max(1, self._rows[stage])
         seconds = self.latency.estimate(stage, min(rows, self.max_batch_size))
-        return QueueView(rows, queue[0].since, soonest - seconds, seconds)
+        return QueueView(rows, queue[0].since, soonest - seconds, seconds, bool(waited))
 
     def _take(self, stage: int, now: float, soonest: float) -> list[Rows]:
         """Up to a batch of live rows, oldest first; with deadlines waiting (``soonest``, the

@@ -7,12 +7,12 @@ stage and how long the oldest has waited:
 
 1. **Age bound.** A stage whose oldest row has waited ``max_stage_wait_s`` runs now (the deepest
    such stage first); so does a stage that must start now for a row's ``deadline_ms`` to be met
-   (its ``due`` time), or before the batch the other rules chose would end (of those, the
-   earliest due first; a row without a deadline that has waited as long as the deadline traffic
-   asks counts as due: :meth:`serving.jobs.Slots.order_keys`). While the machine
-   keeps up with the load, no row waits in front of a stage longer than that plus the stages
-   that run before it once it is overdue (the one running then, which is never preempted, and
-   deeper overdue ones: at most one per stage).
+   (its ``due`` time), or before the batch the other rules chose would end (the earliest such
+   first), unless that batch's stage holds a row without a deadline that has waited as long as
+   the deadline traffic asks (``waited``; it counts as due: :meth:`serving.jobs.Slots.order_keys`).
+   While the machine keeps up with the load, no row waits in front of a stage longer than that
+   plus the stages that run before it once it is overdue (the one running then, which is never
+   preempted, and deeper overdue ones: at most one per stage).
 2. **Full batches.** Else the deepest stage holding at least ``max_batch`` rows runs.
 3. **Filling the first batch.** Else, when only stage 1 holds rows, fewer than ``max_batch``,
    and more requests are on their way (being read and decoded), wait for them, at most
@@ -44,6 +44,10 @@ class QueueView:
     # of its rows (math.inf: no row has one).
     due: float = math.inf
     seconds: float = 0.0  # how long running its batch now would take
+    # It holds a row without a deadline that has waited as long as the deadline traffic asks:
+    # no other queue's due moment puts its batch off (a standing load of deadline requests at
+    # another stage would, for as long as it stood).
+    waited: bool = False
 
 
 EMPTY = QueueView(0, math.inf)
@@ -90,7 +94,9 @@ def pick(
             return Wait(min(until, queues[0].oldest + max_stage_wait_s))
     stage = (overdue or full or [max(busy, key=lambda k: (queues[k].rows, k))])[-1]
     # Look ahead: a batch that would end after another queue's due moment makes its rows late;
-    # of the queues due before it would end, this one included, the most urgent runs first.
+    # the most urgent such queue runs first.
+    if queues[stage].waited:
+        return Run(stage)
     ends = now + queues[stage].seconds
-    urgent = [k for k in busy if queues[k].due < ends]
+    urgent = [k for k in busy if k != stage and queues[k].due < ends]
     return Run(min(urgent, key=lambda k: queues[k].due) if urgent else stage)

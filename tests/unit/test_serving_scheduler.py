@@ -45,14 +45,15 @@ def test_full_batches_deepest_first_then_the_largest_queue() -> None:
     assert pick([q(6, 1.0), q(3, 1.0), q(5, 1.0)], 1.0, incoming=False, **ARGS) == Run(0)
 
 
-def test_of_the_queues_due_before_the_batch_would_end_the_most_urgent_runs_first() -> None:
+def test_a_queue_due_before_the_batch_would_end_runs_first_unless_a_plain_row_waited() -> None:
     # Stage 2 is overdue by age; stage 1's rows are due before its batch would end: stage 1.
     soon = QueueView(4, 1.0, due=1.0005, seconds=0.001)
     assert pick([soon, QueueView(2, 0.99, seconds=0.002)], 1.0, incoming=False, **ARGS) == Run(0)
-    # The rules' choice is due earlier still (a row without a deadline that has waited long
-    # enough): it runs first, not the other queue it would make late.
-    due = QueueView(1, 1.0, due=0.9, seconds=0.002)
-    assert pick([soon, due], 1.0, incoming=False, **ARGS) == Run(1)
+    # Stage 2 holds a row without a deadline that has waited as long as the deadline traffic
+    # asks (it counts as due): it runs; put off for every due queue, it waited as long as
+    # deadline requests kept coming.
+    waited = QueueView(1, 1.0, due=0.9, seconds=0.002, waited=True)
+    assert pick([soon, waited], 1.0, incoming=False, **ARGS) == Run(1)
 
 
 def _simulate(
