@@ -196,13 +196,16 @@ class _Quick(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     count = 0
+    lock = threading.Lock()
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        _Quick.count += 1
-        if _Quick.count % 20 == 0:
+        with _Quick.lock:
+            _Quick.count += 1
+            count = _Quick.count  # this request's: another thread moves the shared one on
+        if count % 20 == 0:
             time.sleep(0.3)
-        self.send_response(503 if _Quick.count % 20 == 10 else 200)
+        self.send_response(503 if count % 20 == 10 else 200)
         if (ident := self.headers.get("X-Request-Id")) is not None:
             self.send_header("X-Request-Id", ident)
         self.send_header("Content-Length", "2")
@@ -247,7 +250,10 @@ def test_open_loop_sends_the_rate_asked_and_keeps_wrk_histogram_honest(tmp_path:
         assert run.answered is not None and run.refused is not None and run.unpaired == 0
         assert run.refused.total == run.non_2xx > 0
         assert run.answered.total + run.refused.total == run.requests
-        assert run.answered.quantile_ms(1.0) >= 300 > run.refused.quantile_ms(1.0)  # type: ignore[operator]
+        # The 300 ms answers among the answered; the refusals mostly quick (one may still wait
+        # for this small server to accept its connection).
+        assert run.answered.total - run.answered.count_within(299) > 0
+        assert run.refused.quantile_ms(0.5) < 300  # type: ignore[operator]
     # Enough connections: what was asked (a Poisson count of about 400, so +-20 %), on time.
     assert wide.sent_per_s == pytest.approx(200.0, rel=0.2)
     assert wide.omission_samples == 0
