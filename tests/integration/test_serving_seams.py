@@ -399,14 +399,16 @@ def test_a_deadline_past_the_clients_own_timeout_is_422(served: Served) -> None:
 
 
 def test_a_strict_deadline_counts_every_batch_a_big_request_fills(served: Served) -> None:
-    # Stages of 50 ms, batches of 4, deadline_ms=90 with deadline_policy=strict. One image
-    # makes exit 1 in time (with 40 ms to spare: a test worker beside this one slows the
-    # request's HTTP work down). Eight fill two stage-1 batches, 100 ms: forecast as one image
-    # they were admitted and answered late; counted by their batches they get the 503 at once.
-    settings = Settings(bundle=served.path, max_batch_size=4, max_images_per_request=8)  # type: ignore[call-arg]
+    # Stages of 50 ms, batches of 2, deadline_ms=150 with deadline_policy=strict. One image
+    # makes exit 1 in time, with 100 ms to spare: a test worker beside this one slows the
+    # request's way to the engine down (40 ms to spare were not enough once, and the engine
+    # refused it as it should, exit 1 no longer able to make the deadline). Eight fill four
+    # stage-1 batches, 200 ms: forecast as one image they were admitted and answered late;
+    # counted by their batches they get the 503 at once.
+    settings = Settings(bundle=served.path, max_batch_size=2, max_images_per_request=8)  # type: ignore[call-arg]
     loaded = load_model(settings)
     loaded.runner = SlowStages(loaded.runner, 0.05)
-    data = {"deadline_ms": "90", "deadline_policy": "strict", "degrade": "false"}
+    data = {"deadline_ms": "150", "deadline_policy": "strict", "degrade": "false"}
     with TestClient(create_app(settings, registry=CollectorRegistry(), loaded=loaded)) as client:
 
         def post(n: int) -> Any:
