@@ -116,8 +116,8 @@ def open_row(
     retransmission timeouts (:mod:`benchmarks.tcp`; None where not measured)."""
     if run.latency is None or run.sent is None or run.answered is None or run.refused is None:
         raise ValueError("an open-loop run (write_script with a rate) is needed")
-    every, answered = run.latency, run.answered
-    refused = run.non_2xx
+    every, answered, refusals = run.latency, run.answered, run.refused
+    refused = run.non_2xx  # wrk's count; ``refusals``: their latencies
     secs = run.seconds
     row: dict[str, Any] = {
         "offered_per_s": offered_per_s,
@@ -136,15 +136,15 @@ def open_row(
         "answered_p99_ms": answered.quantile_ms(0.99),
         "answered_p999_ms": answered.quantile_ms(0.999),
         "answered_max_ms": answered.quantile_ms(1.0),
-        "refused_p99_ms": run.refused.quantile_ms(0.99),
-        "refused_max_ms": run.refused.quantile_ms(1.0),
+        "refused_p99_ms": refusals.quantile_ms(0.99),
+        "refused_max_ms": refusals.quantile_ms(1.0),
         "unpaired": run.unpaired,
         "socket_errors": run.socket_errors,
         # Requests slower than 250 ms as the client measured them (answered, refused), and as
         # the server did (from its arrival stamp): a difference is time outside the server.
         "client_over_250ms": every.total - every.count_within(250),
         "answered_over_250ms": answered.total - answered.count_within(250),
-        "refused_over_250ms": run.refused.total - run.refused.count_within(250),
+        "refused_over_250ms": refusals.total - refusals.count_within(250),
         "server_over_250ms": did.get("over_250ms"),
         "statuses": did["statuses"],
         "stops": did["stops"],
