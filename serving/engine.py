@@ -444,7 +444,12 @@ class Engine:
                 due = (leave | np.isfinite(slots.deadline[s])) if timed else leave
                 if (wanted := (slots.top_k[s] > 0) & due).any():
                     top = top_k_of(logits, wanted, int(slots.top_k[s][wanted].max()))
-            going = np.flatnonzero(~leave)
+            # Rows whose request went away while the stage ran are neither answered nor run on.
+            gone = ~slots.live[s]
+            survive = 1.0 - float(leave.mean())
+            if gone.any():
+                leave = leave & ~gone
+            going = np.flatnonzero(~leave & ~gone)
             if 0 < len(going) < n:
                 state = select_rows(state, torch.from_numpy(going).to(state[0].device))
         except Exception:  # the network or a bug: fail these requests, keep serving
@@ -455,16 +460,16 @@ class Engine:
         slots.passed(s, stage, verdict.prediction, verdict.confidence)
         if top is not None:
             slots.set_top(s[wanted], *top)
-        leaving = s if len(going) == 0 else s[leave]
+        leaving = s[leave]
         if len(leaving) == 0:
             reason = None
         elif stage == k - 1:
-            reason = np.full(n, CAP)  # the last exit has no threshold: it takes the rest
+            reason = np.full(len(leaving), CAP)  # the last exit has no threshold: it takes the rest
         else:
             capped = np.where(slots.max_index[leaving] <= stage, CAP, DEADLINE)
             reason = np.where(verdict.confidence[leave] >= thresholds[leave], CONFIDENT, capped)
         self.latency.observe(stage, n, done - start)
-        self._survive[stage] += 0.05 * (len(going) / n - self._survive[stage])
+        self._survive[stage] += 0.05 * (survive - self._survive[stage])
         seconds, waits = time.monotonic() - start, []
         for job_id, _ in _tally(slots.job[s]):
             job = self._jobs[job_id]
@@ -474,9 +479,10 @@ class Engine:
                 waits.append(start - job.enqueued)
         if self.metrics is not None:
             self.metrics.record_stage(stage, n, done - start, waits)
-        if reason is not None:
+        if reason is not None or gone.any():
             with self._cond:
                 self._count(leaving, reason)
+                self._count(s[gone])
             if self._done:  # only this thread adds to it
                 self._deliver()
         return (s[going], state, done) if len(going) else None
@@ -490,7 +496,7 @@ class Engine:
                 assert part.job is not None and self.decode is not None  # one request's images
                 start = time.monotonic()
                 try:
-                    pixels.append(self.decode(part.encoded, part.job.labels))
+                    pixels.append(self.decode(part.encoded, _names(part, part.job)))
                 except Exception as err:
                     if not isinstance(err, ExitwiseError):  # not the client's image: a bug
                         log.exception("decoding %d images failed", len(part))
@@ -562,7 +568,7 @@ class Engine:
         """The request is over: its rows stop counting as waiting now, and are dropped (and
         counted done) when the worker meets them, in a queue or back from a stage. Its slots
         are freed only then: a queue holds no slot that another request may have been given."""
-        if job.cancelled:
+        if job.cancelled or job.remaining == 0:  # over already: its slots may be another's now
             return
         job.cancelled = True
         span = slice(job.start, job.start + job.n)
@@ -590,6 +596,16 @@ def _resolve(jobs: list[Job]) -> None:
     for job in jobs:
         if not job.future.done() and job.result is not None:
             job.future.deliver(job.result)
+
+
+def _names(part: Rows, job: Job) -> Sequence[str] | None:
+    """What a decoding error calls the images of ``part``: the request's labels, or for a part of
+    a request split between batches, their positions in it (1-based), so that the error names
+    the image the client sent, not its place in the part."""
+    if len(part) == job.n:
+        return job.labels
+    at = (part.slots - job.start).tolist()
+    return [job.labels[i] for i in at] if job.labels is not None else [str(i + 1) for i in at]
 
 
 def _tally(ids: np.ndarray) -> Iterable[tuple[int, int]]:

@@ -1,0 +1,181 @@
+"""A request's life in the engine where it meets another's: cancels that come after the answer,
+requests that go away while their rows run a stage, requests split between batches.
+
+The worker's loop runs inline here (``_next``/``_run`` on the test's thread), so each
+interleaving is exact rather than left to timing."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+import pytest
+import torch
+from prometheus_client import CollectorRegistry
+
+from exitwise.preprocess import InvalidImageError, Preprocessing, normalize
+from serving.engine import Encoded, Engine
+from serving.errors import ClientGoneError
+from serving.images import decode_pixels
+from serving.jobs import Job
+from serving.metrics import Metrics
+from tests.serving_helpers import png
+from tests.unit.test_serving_engine import FakeRunner, K, _all_confidences, _images, _plan, ticket
+
+EVERY_IMAGE_AT_EXIT_1 = _plan([0.0, 0.0, 0.0])
+EVERY_IMAGE_TO_THE_END = _plan([math.inf] * 3)
+
+
+def work(engine: Engine) -> None:
+    """The worker's loop, inline, until nothing is left to run."""
+    engine._stopping = True  # _next returns None when idle instead of waiting
+    try:
+        while (step := engine._next()) is not None:
+            engine._run(*step)
+    finally:
+        engine._stopping = False
+
+
+def _engine(**kwargs: object) -> Engine:
+    return Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], **kwargs)  # type: ignore[arg-type]
+
+
+def _answered_where_another_got_the_slots(engine: Engine) -> tuple[torch.Tensor, Job]:
+    """Requests go round the slot ring until the next one is given the first request's slots;
+    that one's images and its job."""
+    for seed in (2, 3):
+        engine.submit(ticket(EVERY_IMAGE_AT_EXIT_1), _images(4, seed))
+        work(engine)
+    images = _images(4, 9)
+    job = engine.submit(ticket(EVERY_IMAGE_AT_EXIT_1), images)
+    assert job.start == 0  # the slots of the first request
+    return images, job
+
+
+@pytest.mark.parametrize("how", ["timeout", "client_gone"])
+def test_a_cancel_after_the_answer_leaves_the_slots_next_owner_alone(how: str) -> None:
+    # The worker answers A and frees its slots; before the answer reaches A's handler, A is
+    # cancelled (its handler's timeout, or the client-gone watch that fired just before). By
+    # then B holds A's slots: the cancel must not drop B's rows (B was answered exit -1,
+    # class 0 with no stage run).
+    async def main() -> None:
+        engine = _engine(max_batch_size=1, max_queue_images=4)
+        left = asyncio.Event()
+
+        async def gone() -> None:
+            await left.wait()
+
+        task = asyncio.ensure_future(
+            engine.infer(ticket(EVERY_IMAGE_AT_EXIT_1), _images(4, 1), gone=gone)
+        )
+        for _ in range(3):
+            await asyncio.sleep(0)  # A submitted, its watch waiting
+        if how == "client_gone":
+            left.set()
+            await asyncio.sleep(0)  # the watch returned; the cancel it calls is scheduled
+        work(engine)  # A answered, its slots freed
+        images, b = _answered_where_another_got_the_slots(engine)
+        if how == "timeout":
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        else:
+            with pytest.raises(ClientGoneError):
+                await task
+        work(engine)
+        out = await asyncio.wait_for(b.future, 2)
+        _, pred = _all_confidences(images)
+        assert out.exit.tolist() == [0, 0, 0, 0]
+        assert out.class_id.tolist() == pred[:, 0].tolist()
+
+    asyncio.run(main())
+
+
+def test_rows_of_a_request_gone_while_their_stage_ran_are_neither_answered_nor_run_on() -> None:
+    # The client leaves while its rows run stage 1. They come back to nobody: not counted in
+    # the exits and stop reasons (what /metrics says was served), and not run through stages
+    # 2-4 when nothing else waits (the straight-on path).
+    metrics = Metrics(CollectorRegistry())
+    metrics.describe_model("m", "fake", "cpu", "fake-cpu", K)
+    runner = FakeRunner()
+
+    async def main() -> None:
+        engine = Engine(runner, exit_mflops=[1, 2, 3, 4], metrics=metrics)
+        job = engine.submit(ticket(EVERY_IMAGE_TO_THE_END), _images(2))
+        step = engine._next()  # the worker takes the batch
+        assert step is not None
+        engine.cancel(job, ClientGoneError("the client went away"))
+        engine._run(*step)  # the batch comes back
+        work(engine)
+        assert isinstance(job.future.exception(), ClientGoneError)
+        assert engine.queued_images == 0 and not engine.slots._used.any()
+        # The next request is served as usual.
+        other = engine.submit(ticket(EVERY_IMAGE_TO_THE_END), _images(1))
+        work(engine)
+        assert (await other.future).exit.tolist() == [K - 1]
+
+    asyncio.run(main())
+    answered = {
+        k + 1: metrics.registry.get_sample_value("exitwise_exits_total", {"exit": str(k + 1)})
+        for k in range(K)
+    }
+    assert answered == {1: 0.0, 2: 0.0, 3: 0.0, 4: 1.0}
+    assert runner.calls == [(0, 2), (0, 1), (1, 1), (2, 1), (3, 1)]
+
+
+def test_a_gone_row_among_live_ones_leaves_the_batch_without_an_answer() -> None:
+    # Two requests share a stage-1 batch; one goes away while it runs. The other's rows go on
+    # and are answered from the last exit; the gone one's are dropped there and then.
+    async def main() -> None:
+        runner = FakeRunner()
+        engine = Engine(runner, exit_mflops=[1, 2, 3, 4])
+        stays = engine.submit(ticket(EVERY_IMAGE_TO_THE_END), _images(2, 1))
+        leaves = engine.submit(ticket(EVERY_IMAGE_TO_THE_END), _images(3, 2))
+        step = engine._next()
+        assert step is not None
+        engine.cancel(leaves, ClientGoneError("the client went away"))
+        engine._run(*step)
+        work(engine)
+        assert (await stays.future).exit.tolist() == [K - 1, K - 1]
+        assert runner.calls == [(0, 5), (1, 2), (2, 2), (3, 2)]
+        assert not engine.slots._used.any()
+
+    asyncio.run(main())
+
+
+SPEC = Preprocessing(input_size=2, channels=1, crop=2, mean=(0.5,), std=(0.25,))
+
+
+def _decoding_engine() -> Engine:
+    return _engine(
+        max_batch_size=4,
+        decode=lambda blobs, labels: decode_pixels(blobs, SPEC, 10_000, labels),
+        normalize=lambda pixels: normalize(pixels, SPEC),
+    )
+
+
+@pytest.mark.parametrize(
+    ("labels", "named"), [(["a.png", "b.png", "c.png", "d.png"], "'d.png'"), (None, "'4'")]
+)
+def test_a_bad_image_of_a_request_split_between_batches_is_named_by_its_place_in_it(
+    labels: list[str] | None, named: str
+) -> None:
+    # Another request takes half the batch, so this one's four images are split between two
+    # batches; its fourth cannot be decoded. The error names the fourth image, not the second
+    # of its part.
+    good = png(np.random.default_rng(0).integers(0, 256, (1, 2, 2), dtype=np.uint8))
+
+    async def main() -> None:
+        engine = _decoding_engine()
+        other = engine.submit(ticket(EVERY_IMAGE_AT_EXIT_1), Encoded([good, good]))
+        job = engine.submit(
+            ticket(EVERY_IMAGE_AT_EXIT_1), Encoded([good, good, good, b"not an image"], labels)
+        )
+        work(engine)
+        assert len((await other.future).exit) == 2
+        with pytest.raises(InvalidImageError) as err:
+            await job.future
+        assert f"image {named}:" in str(err.value)
+
+    asyncio.run(main())
