@@ -71,6 +71,11 @@ SHED = Refusal(
 )
 
 
+# How long, in intervals, the shedding gate holds the last forecast through a pause in
+# admissions (:meth:`Overload._now`): 1 s at the default 100 ms.
+HOLD_INTERVALS = 10
+
+
 class Overload:
     """Whether an overload past the cheapest operating point stands: shedding's gate.
 
@@ -101,9 +106,15 @@ class Overload:
         self._at = clock()
 
     def _now(self, now: float) -> float:
-        """The share as of ``now``: the last forecast held since ``_at``."""
-        keep = math.exp(-(now - self._at) / self.interval_s)
-        return keep * self._share + (1 - keep) * self._late
+        """The share as of ``now``: the last forecast held since ``_at``, for at most
+        ``HOLD_INTERVALS`` intervals. A standing overload shows itself in admissions, many an
+        interval; a pause with none that long is no overload, and counts as in time. Held for
+        good, the idle minute after an overload that ended on a late forecast counted as a
+        minute of late forecasts, and the next load's first burst was refused at once."""
+        held = min(now - self._at, HOLD_INTERVALS * self.interval_s)
+        keep = math.exp(-held / self.interval_s)
+        share = keep * self._share + (1 - keep) * self._late
+        return share * math.exp(-(now - self._at - held) / self.interval_s)
 
     def standing(self) -> bool:
         """Whether the next late forecast at the cheapest point is refused."""
@@ -120,8 +131,9 @@ class Overload:
 def check(
     deadline_s: float, timeout_s: float, first_exit_s: float, client_timeout_s: float | None = None
 ) -> None:
-    """A 422 for a deadline known up front to be impossible or meaningless: past the request's
-    timeout (the server's, or the client's own when shorter), the 504 would come first."""
+    """A 422 for a deadline known up front to be impossible or meaningless: shorter than exit 1
+    on the idle device and sending the answer take, or past the request's timeout (the
+    server's, or the client's own when shorter: the 504 would come first)."""
     client = timeout_s if client_timeout_s is None else client_timeout_s
     if deadline_s > client < timeout_s:  # past the client's own timeout, the shorter one
         raise InvalidParameterError(
@@ -132,10 +144,12 @@ def check(
         raise InvalidParameterError(
             f"deadline_ms must be at most the server's request timeout, {timeout_s * 1000:g}"
         )
-    if deadline_s < first_exit_s:
+    # The least margin (Margin's floor) is the time to build and send the answer: a deadline
+    # shorter than exit 1 and that would be forecast late on an idle server, every time.
+    if deadline_s < (least := first_exit_s + ANSWER_MARGIN_S):
         raise InvalidParameterError(
             f"deadline_ms {deadline_s * 1000:g} is shorter than the first exit takes on this "
-            f"server (about {first_exit_s * 1000:.2g} ms)"
+            f"server and sending its answer (about {least * 1000:.2g} ms)"
         )
 
 
@@ -272,13 +286,15 @@ def late(deadlines: np.ndarray, finish: float) -> np.ndarray:
     return deadlines < finish
 
 
-def behind(arrived: float, deadline: float) -> float:
+def behind(arrived: float, deadline: float, expires: float = math.inf) -> float:
     """Where a request admitted late (``deadline``: its due moment) stands in the deadline
     order (:func:`order`): as if due one deadline after its own. Its deadline is lost whatever
     happens, so it goes behind the requests still in time (first, it made them late too), but
     not behind all of them: under a standing load of requests in time it waited until the load
-    ended (in a 4x overload run, nine answers 9 s after their arrival)."""
-    return deadline + (deadline - arrived)
+    ended (in a 4x overload run, nine answers 9 s after their arrival). Nor behind its own
+    timeout (``expires``): the late answer it was promised must come before the 504, so it is
+    due an answer's margin before then, when that is sooner."""
+    return min(deadline + (deadline - arrived), expires - ANSWER_MARGIN_S)
 
 
 def order(deadlines: np.ndarray, limit: int) -> np.ndarray:

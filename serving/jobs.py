@@ -209,7 +209,7 @@ class Slots:
             first = math.isinf(self.patience)
             self.patience = asked if first else self.patience + 0.05 * (asked - self.patience)
         if ticket.late:  # lost to its deadline: behind those in time (deadlines.behind)
-            deadline = deadlines.behind(ticket.arrived, deadline)
+            deadline = deadlines.behind(ticket.arrived, deadline, ticket.expires)
         self.deadline[start:end] = deadline
         self.arrived[start:end] = ticket.arrived
         self.strict_by[start:end] = ticket.strict_by

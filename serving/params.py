@@ -73,12 +73,14 @@ def _switch(name: str, raw: Any) -> bool:
 
 
 def parse_params(
-    values: Mapping[str, Any], timeout_key: str = "timeout_ms", timeout_unit: float = 1e-3
+    values: Mapping[str, Any], timeout_key: str = "timeout_ms", timeout_per_s: float = 1e3
 ) -> RequestParams:
     """Typed parameters from strings (query, form) or JSON values; "" counts as absent.
 
-    The client's timeout is ``values[timeout_key]`` in ``timeout_unit`` seconds (REST v1:
-    ``timeout_ms``; v2: Triton's ``timeout`` in microseconds).
+    The client's timeout is ``values[timeout_key]`` in units of which ``timeout_per_s`` make a
+    second (REST v1: ``timeout_ms``; v2: Triton's ``timeout`` in microseconds). Divided, as
+    ``deadline_ms`` is: the same time in either unit is the same float, so a deadline equal to
+    the timeout is one (50,000 us times 1e-6 is 0.049999999999999996 s, under 50 ms / 1000).
     """
 
     def get(name: str) -> Any:
@@ -98,7 +100,7 @@ def parse_params(
     timeout = get(timeout_key)
     timeout_s = None
     if timeout is not None:
-        timeout_s = _number(timeout_key, timeout) * timeout_unit
+        timeout_s = _number(timeout_key, timeout) / timeout_per_s
         if timeout_s <= 0:
             raise InvalidParameterError(f"{timeout_key} must be positive, not {timeout!r}")
     return RequestParams(

@@ -182,9 +182,16 @@ class ModelService:
     def _admit(self, request: ClassifyRequest, images: int) -> Ticket:
         """What the request gets: its budget's plan (a cheaper point while the forecast wait is
         long, if it allows) with budget control's thresholds, top-k, its timeout, and with a
-        deadline_ms the deepest exit forecast to finish in time."""
+        deadline_ms the deepest exit forecast to finish in time. Every parameter is checked
+        (a 422) before anything counts the request: the degrader's level, the shedding gate, a
+        refusal's 503 and budget control's share of dearer rows are for requests that can be
+        served."""
         params, s = request.params, self.settings
+        top_k = self._top_k(params.top_k)
         plan = self.resolver.resolve(params.budget_mflops, params.max_exit)
+        if params.deadline_s is not None:
+            first_exit_s = self.engine.latency.floor(0, 1)
+            deadlines.check(params.deadline_s, s.request_timeout_s, first_exit_s, params.timeout_s)
         degrade = params.degrade if params.degrade is not None else s.degrade
         forecast, cheapest = None, False
         if params.deadline_s is not None or (degrade and self.degrader.max_level):
@@ -194,14 +201,11 @@ class ModelService:
             level = self.degrader.level(forecast.wait, fill)
             plan = self.resolver.degrade(plan, level)
             cheapest = level == self.degrader.max_level
-        plan = self.control.plan(plan, params.budget_control)
         deadline, limit, late, strict_by = math.inf, None, False, math.inf
         if params.deadline_s is not None:
             if params.deadline_policy == "strict":
                 strict_by = request.arrived + params.deadline_s
             assert forecast is not None
-            first_exit_s = self.engine.latency.floor(0, 1)
-            deadlines.check(params.deadline_s, s.request_timeout_s, first_exit_s, params.timeout_s)
             margin = self.margin.of(params.deadline_s)
             deadline = deadlines.due(request.arrived, params.deadline_s, margin)
             limit, late = deadlines.admit(forecast, deadline)
@@ -210,7 +214,7 @@ class ModelService:
             shed = cheapest and self.overload.standing()
             if late and (refusal := self._refusal(params, shed)) is not None:
                 raise deadlines.refused(forecast, refusal)
-        top_k = self._top_k(params.top_k)
+        plan = self.control.plan(plan, params.budget_control)
         expires = self._expires(request.arrived, params.timeout_s)
         return Ticket(plan, top_k, request.arrived, expires, deadline, limit, late, strict_by)
 

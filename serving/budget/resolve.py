@@ -128,7 +128,7 @@ class BudgetResolver:
             floor = math.ceil(lo * 1000) / 1000
             raise InvalidParameterError(
                 f"budget_mflops {budget:g} is below the cheapest operating point "
-                f"({lo:.6g} MFLOPs); valid budgets are >= {floor:g} (operating points span "
+                f"({lo:.6g} MFLOPs); valid budgets are >= {floor:.15g} (operating points span "
                 f"{lo:.6g} to {hi:.6g} MFLOPs; exit 1 alone costs "
                 f"{self.exit_mflops[0]:.6g}, use max_exit=1 for that)"
             )

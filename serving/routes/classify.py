@@ -77,7 +77,8 @@ def render(service_name: str, result: ClassifyResult, filenames: list[str] | Non
         "results": items,
     }
     if result.deadline_s is not None:
-        out["deadline_ms"] = result.deadline_s * 1000
+        # As the client wrote it: 1001 / 1000 * 1000 is 1000.9999999999999.
+        out["deadline_ms"] = round(result.deadline_s * 1000, 9)
         out["deadline_met"] = result.deadline_met()
     return out
 

@@ -159,7 +159,7 @@ async def infer_model(request: Request, name: str, version: str | None) -> Respo
     # outputs in v2: the response's tensors are fixed.
     check_v2(req.parameters)
     params = replace(
-        parse_params(req.parameters, timeout_key="timeout", timeout_unit=1e-6), top_k=0
+        parse_params(req.parameters, timeout_key="timeout", timeout_per_s=1e6), top_k=0
     )
     if tensor.name == "input":
         if tensor.datatype != "FP32":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,29 @@ def test_budget_below_the_cheapest_point_names_the_valid_range() -> None:
     assert "1.2" in str(err.value) and ">= 1.5" in str(err.value) and "3.5" in str(err.value)
 
 
+def test_the_least_budget_a_refusal_gives_is_itself_taken() -> None:
+    # A model whose points cost over 1000 MFLOPs: the floor, rounded up to a thousandth, once
+    # came out rounded back down to 6 significant digits, and the figure given was refused.
+    costs = [1000.0, 2000.0, 3000.0, 4100.0]
+    points = [
+        _point("cheap", 1500.0001, [0.9, 0.8, 0.7, None]),
+        _point("dear", 3000.5, [0.99, 0.98, 0.97, None]),
+    ]
+    cal = _calibration().model_copy(
+        update={
+            "exit_mflops": costs,
+            "operating_points": points,
+            "default_operating_point": "cheap",
+        }
+    )
+    resolver = BudgetResolver(costs, cal)
+    with pytest.raises(InvalidParameterError) as err:
+        resolver.resolve(budget_mflops=1000.0)
+    found = re.search(r"valid budgets are >= (\S+) ", str(err.value))
+    assert found is not None and found[1] == "1500.001"
+    assert resolver.resolve(budget_mflops=float(found[1])).operating_point == "cheap"
+
+
 def test_max_exit_alone_is_anytime() -> None:
     plan = BudgetResolver(EXIT_MFLOPS, _calibration()).resolve(max_exit=2)
     assert plan.operating_point is None and plan.max_index == 1 and plan.name == "max-exit-2"
@@ -133,8 +157,13 @@ def test_params_parse_and_merge() -> None:
     assert (params.budget_mflops, params.max_exit, params.top_k) == (2.5, 3, 2)
     assert parse_params({"budget_mflops": ""}).budget_mflops is None
     assert parse_params({"timeout_ms": "250"}).timeout_s == pytest.approx(0.25)
-    v2 = parse_params({"timeout": 2000, "max_exit": 2.0}, timeout_key="timeout", timeout_unit=1e-6)
+    v2 = parse_params({"timeout": 2000, "max_exit": 2.0}, timeout_key="timeout", timeout_per_s=1e6)
     assert v2.timeout_s == pytest.approx(0.002) and v2.max_exit == 2
+    # The same time in either unit is the same float as deadline_ms's: a deadline equal to the
+    # timeout is one (times 1e-6, 50,000 us came to 0.049999999999999996 s).
+    for ms in range(1, 100_001):
+        v2 = parse_params({"timeout": ms * 1000, "deadline_ms": ms}, "timeout", 1e6)
+        assert v2.timeout_s == v2.deadline_s == parse_params({"timeout_ms": ms}).timeout_s
     with pytest.raises(InvalidParameterError, match="unknown query parameter 'budget'"):
         merge_fields([("budget", "1")], [])
     with pytest.raises(InvalidParameterError, match="twice"):

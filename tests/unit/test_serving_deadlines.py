@@ -389,6 +389,21 @@ def test_a_request_admitted_late_waits_at_most_one_deadline_more_behind_those_in
     assert (firsts[1] == 7.0).any(), [b[:, 0].tolist() for b in firsts]
 
 
+def test_a_request_admitted_late_is_answered_before_its_own_timeout() -> None:
+    # A request admitted late whose timeout (0.3 s away) comes before one deadline after its
+    # own (1.1 s away) waits with eight in time (1 s left each) for stage-1 batches of two. It
+    # runs in the first batch: behind the requests in time up to its timeout only, not past it
+    # (where its late answer, the default policy's promise, would have been a 504).
+    def lost() -> Ticket:
+        now = time.monotonic()
+        return Ticket(NEVER, 0, now - 1.2, now + 0.3, now - 0.05, limit=0, late=True)
+
+    _, firsts = _first_batches(lost)
+    assert (firsts[1] == 7.0).any(), [b[:, 0].tolist() for b in firsts]
+    assert deadlines.behind(0.0, 1.0, expires=1.5) == 1.5 - deadlines.ANSWER_MARGIN_S
+    assert deadlines.behind(0.0, 1.0) == 2.0
+
+
 def test_a_request_without_a_deadline_keeps_its_place_among_requests_with_one() -> None:
     # A request without a deadline that has waited 1 s, then eight asking 1 s, wait for stage-1
     # batches of two. It runs in the first batch: once it has waited as long as the deadline
@@ -446,6 +461,10 @@ def test_deadlines_known_to_be_impossible_up_front_are_refused() -> None:
     deadlines.check(0.050, timeout_s=30, first_exit_s=0.002)
     with pytest.raises(InvalidParameterError, match="shorter than the first exit"):
         deadlines.check(0.001, timeout_s=30, first_exit_s=0.002)
+    # Exit 1 alone is not enough: the answer must be sent too (the margin's floor).
+    with pytest.raises(InvalidParameterError, match="and sending its answer"):
+        deadlines.check(0.0025, timeout_s=30, first_exit_s=0.002)
+    deadlines.check(0.003, timeout_s=30, first_exit_s=0.002)
     with pytest.raises(InvalidParameterError, match="request timeout"):
         deadlines.check(31, timeout_s=30, first_exit_s=0.002)
     # The client's own timeout, when shorter, is the request's: the 504 would come first.
@@ -455,6 +474,24 @@ def test_deadlines_known_to_be_impossible_up_front_are_refused() -> None:
         deadlines.check(0.050, timeout_s=30, first_exit_s=0.002, client_timeout_s=0.020)
     with pytest.raises(InvalidParameterError, match="server's request timeout"):
         deadlines.check(31, timeout_s=30, first_exit_s=0.002, client_timeout_s=60)
+
+
+@pytest.mark.parametrize("first_exit_s", [0.0001, 0.0003, 0.002])
+def test_a_deadline_taken_up_front_is_admitted_in_time_on_an_idle_server(
+    first_exit_s: float,
+) -> None:
+    # deadline_ms=1 with exit 1 at 0.3 ms was taken, then always forecast late on an idle server
+    # (the margin's 1 ms floor was the whole deadline): strict answered 503 to every one.
+    margin = deadlines.Margin()  # a fresh server: the margin at its floor
+    for deadline_s in np.linspace(0.00051, 0.00501, 91):  # none at a boundary exactly
+        try:
+            deadlines.check(float(deadline_s), timeout_s=30, first_exit_s=first_exit_s)
+        except InvalidParameterError:
+            assert deadline_s < first_exit_s + deadlines.ANSWER_MARGIN_S
+            continue
+        due = deadlines.due(100.0, float(deadline_s), margin.of(float(deadline_s)))
+        idle = deadlines.Forecast(now=100.0, wait=0.0, stage=np.full(K, first_exit_s))
+        assert not deadlines.admit(idle, due)[1]  # in time: not late
 
 
 def test_the_engine_forecast_counts_the_work_queued_ahead() -> None:
@@ -635,3 +672,25 @@ def test_a_burst_of_late_forecasts_is_answered_late_and_a_standing_one_is_shed()
     assert deadlines.Overload(0.0).standing()  # 0: shed at once, as before the gate
     with pytest.raises(ValueError):
         deadlines.Overload(-1.0)
+
+
+def test_an_idle_pause_after_an_overload_is_no_standing_overload() -> None:
+    # A standing overload ends on a late forecast; the server then sits idle for a minute. The
+    # next load's first request is in time, and 5 ms later a step in load has one forecast late
+    # at the cheapest point: a burst, to be answered late. The idle minute once counted as a
+    # minute of late forecasts, and the burst was refused at once.
+    now = [0.0]
+    gate = deadlines.Overload(0.1, clock=lambda: now[0])
+    for i in range(400):
+        now[0] = i * 0.0005
+        gate.saw(True)
+    assert gate.standing()
+    now[0] += 0.5  # a pause in admissions is held as late for a while...
+    assert gate.standing()
+    now[0] += deadlines.HOLD_INTERVALS * 0.1  # ...but not for good: nothing stands any more
+    assert not gate.standing()
+    now[0] += 60.0
+    gate.saw(False)
+    now[0] += 0.005
+    gate.saw(True)
+    assert not gate.standing()
