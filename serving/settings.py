@@ -82,7 +82,9 @@ class Settings(BaseSettings):
         description="Keep each operating point's realised MFLOPs per image on target.",
     )
     budget_control_window: int = Field(
-        default=4000, ge=1, description="Images a decision looks at, at most."
+        default=4000,
+        ge=1000,
+        description="Images a decision looks at, at most (at least four checks of 250).",
     )
     budget_control_tolerance: float = Field(
         default=0.02, ge=0, le=1, description="Relative deadband around the target."

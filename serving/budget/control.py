@@ -88,7 +88,12 @@ class BudgetControl:
         if allowed is not False and (not self.enabled or ctl is None):
             return plan
         controlled = allowed is not False and ctl is not None and ctl.moved
-        row = ctl.next_row() if controlled and ctl is not None else CALIBRATED
+        row = CALIBRATED
+        if controlled and ctl is not None:
+            # A capped request never feeds the controller (observe), so it takes no turn of
+            # the dither: interleaved with the uncapped ones, capped requests took the dearer
+            # row's turns, and the uncapped got all or none of it, not the share promised.
+            row = ctl.row if plan.max_exit is not None else ctl.next_row()
         key = (id(plan), allowed is False, ctl.epoch if ctl is not None else -1, row)
         known = self._plans.get(key)
         if known is not None and known[0] is plan:  # the same plan object, not a reused id

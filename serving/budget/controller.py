@@ -61,8 +61,14 @@ class ControlSettings:
     first_check: int = 250  # images between two checks after a change
 
     def __post_init__(self) -> None:
-        if self.window < 1:
-            raise ValueError(f"the window must hold at least one image, not {self.window}")
+        # Every judgement needs first_check images, and going home looks at the last quarter
+        # of the window: with less, a controller that moved never came back (window 200), or
+        # only after thousands of clean images (window 800).
+        if self.window < 4 * self.first_check:
+            raise ValueError(
+                f"the window must hold at least {4 * self.first_check} images (four checks of "
+                f"{self.first_check}), not {self.window}"
+            )
         if not self.tolerance >= 0 or not math.isfinite(self.tolerance):
             raise ValueError(f"the tolerance must be 0 or more, not {self.tolerance}")
         if not (self.allowance >= 0 and self.threshold > 0 and self.z > 0):

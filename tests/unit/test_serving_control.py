@@ -13,9 +13,11 @@ import pytest
 from calibration.control_table import control_table
 from calibration.solver import BudgetSolver
 from calibration.synthetic import synthetic_scores
-from exitwise.bundle import OperatingPoint, SplitResult
+from exitwise.bundle import Calibration, OperatingPoint, SplitResult
 from exitwise.policy import decide_exits
+from serving.budget.control import BudgetControl
 from serving.budget.controller import CALIBRATED, BudgetController, ControlSettings
+from serving.budget.resolve import BudgetResolver
 from serving.budget.table import ControlTable, Traffic, estimate, hazards_of
 
 COSTS = np.array([1.63, 3.80, 7.80, 12.10])
@@ -137,11 +139,16 @@ def test_back_to_clean_traffic_it_serves_the_calibrated_thresholds_again(
     assert home * 8 < 1000  # within 1,000 clean images
 
 
-def test_a_shift_seen_late_still_comes_home_soon_after_it_ends(table: ControlTable) -> None:
+@pytest.mark.parametrize("window", [1000, 4000])
+def test_a_shift_seen_late_still_comes_home_soon_after_it_ends(
+    table: ControlTable, window: int
+) -> None:
     # A small shift is seen only after some 3,000 images; the controller moves, the shift
     # goes on a little, then the traffic is clean. The change it is still measuring began in
-    # the shift, so the images since then never look clean; the last 1,000 do, soon.
-    ctl = BudgetController(point(8.0), COSTS, table)
+    # the shift, so the images since then never look clean; the last quarter of the window
+    # does, soon. Also with the smallest window taken (a quarter of 800 was under the 250
+    # images a check needs: home only after some 9,700 clean images; with 200, never).
+    ctl = BudgetController(point(8.0), COSTS, table, ControlSettings(window=window))
     run(ctl, traffic(1000, seed=2))
     shifted = traffic(20_000, seed=3, strength=0.06)
     seen = 0
@@ -253,7 +260,8 @@ def test_the_table_picks_the_dearest_row_within_the_budget(table: ControlTable) 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"window": 0}, "at least one image"),
+        ({"window": 0}, "at least 1000 images"),
+        ({"window": 999}, "at least 1000 images"),
         ({"tolerance": -0.1}, "0 or more"),
         ({"tolerance": math.nan}, "0 or more"),
         ({"threshold": 0.0}, "positive"),
@@ -298,3 +306,38 @@ def test_the_dither_spreads_the_dearer_row_evenly(table: ControlTable) -> None:
     assert all(rows[i : i + 4].count(4) == 1 for i in range(0, 40, 4))
     ctl.share = 0.0
     assert {ctl.next_row() for _ in range(10)} == {3}
+
+
+def test_capped_requests_take_no_turn_of_the_dither() -> None:
+    # A capped request never feeds the controller, so it must not take a turn of the dither:
+    # a client that sent a capped preview before each full request took every dearer-row turn
+    # with the previews, and the full requests, the controlled traffic, got none of the share.
+    rows = control_table(SOLVER, COSTS)
+    p = point(5.0)
+    cal = Calibration(
+        weights_sha256="a" * 64,
+        heldout_sha256="b" * 64,
+        created="2024-01-01T00:00:00+00:00",
+        exit_mflops=COSTS.tolist(),
+        operating_points=[p],
+        default_operating_point=p.name,
+        control=rows,
+    )
+    resolver = BudgetResolver(COSTS.tolist(), cal)
+    control = BudgetControl(cal, resolver.points, ControlSettings(), enabled=True)
+    ctl = control.states()[0].controller
+    assert ctl is not None
+    ctl.row, ctl.share = 3, 0.5  # moved: every other request on the next dearer row
+    full = resolver.resolve(budget_mflops=p.expected_mflops)
+    capped = resolver.resolve(budget_mflops=p.expected_mflops, max_exit=3)
+    for first, then in ((capped, full), (full, capped)):
+        dearer = 0
+        for _ in range(100):
+            served = [control.plan(first), control.plan(then)]
+            dearer += next(x for x in served if x.max_exit is None).control_mflops == ctl.budget_of(
+                4
+            )
+            assert next(
+                x for x in served if x.max_exit is not None
+            ).control_mflops == ctl.budget_of(3)
+        assert dearer == 50
