@@ -302,14 +302,17 @@ def order(deadlines: np.ndarray, limit: int) -> np.ndarray:
     return np.sort(np.argsort(deadlines, kind="stable")[:limit])
 
 
-def batch_limit(room_s: float, max_batch: int, estimate: Callable[[int], float]) -> int:
-    """Rows for the next batch of a stage whose earliest deadline is ``room_s`` away:
-    ``max_batch`` halved until ``estimate(rows)`` (seconds) fits in the room. When not even one
-    row fits, that deadline is lost whatever the batch, and a small batch would only make every
-    row behind it later, so the batch stays full."""
+def batch_limit(room_s: float, rows: int, estimate: Callable[[int], float]) -> int:
+    """Rows for the next batch of a stage whose earliest deadline is ``room_s`` away, of the
+    ``rows`` it could take: the most whose ``estimate`` (seconds) fits in the room (by bisection:
+    a batch costs more the more rows it has). When not even one row fits, that deadline is lost
+    whatever the batch, and a small batch would only make every row behind it later, so the
+    batch takes them all. (Halved from a full batch, the limit once split three rows that fit
+    in time together 2 + 1, because a batch of four did not fit, and answered them late.)"""
     if estimate(1) > room_s:
-        return max_batch
-    limit = max_batch
-    while limit > 1 and estimate(limit) > room_s:
-        limit //= 2
-    return limit
+        return rows
+    lo, hi = 1, rows  # estimate(lo) fits; find the largest that does
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if estimate(mid) <= room_s else (lo, mid - 1)
+    return lo

@@ -345,7 +345,8 @@ class Engine:
         queue, slots, limit = self._queues[stage], self.slots, self.max_batch_size
         if timed := math.isfinite(soonest):
             fits = lambda n: self.latency.estimate(stage, n)  # noqa: E731
-            limit = deadlines.batch_limit(soonest - now, limit, fits)
+            most = max(1, min(limit, self._rows[stage]))  # the most a batch can take now
+            limit = deadlines.batch_limit(soonest - now, most, fits)
         if urgent := timed and self._rows[stage] > limit:
             due = lambda r: slots.order_keys(r.slots, now).min(initial=math.inf)  # noqa: E731
             queue = deque(sorted(queue, key=due))
@@ -406,8 +407,13 @@ class Engine:
         """Run ``parts`` through ``stage``, and straight on through the next stages while the
         survivors have the engine to themselves (nothing waits: the scheduler would pick them
         anyway). Rows with a deadline go back to the queues, where its rules apply."""
-        if stage == 0 and not (parts := self._decode(parts)):
-            return
+        if stage == 0:
+            # In hand while decoding too: out of the queues already, so without this the
+            # admission forecast saw an idle engine for as long as the decoding took.
+            n = sum(len(p) for p in parts)
+            self._running = (0, n, time.monotonic(), self.latency.estimate(0, n))
+            if not (parts := self._decode(parts)):
+                return
         rows = join(parts)
         s, state = rows.slots, rows.state
         timed = bool(self.slots.timed) and bool(np.isfinite(self.slots.deadline[s]).any())

@@ -16,7 +16,8 @@ stage and how long the oldest has waited:
 2. **Full batches.** Else the deepest stage holding at least ``max_batch`` rows runs.
 3. **Filling the first batch.** Else, when only stage 1 holds rows, fewer than ``max_batch``,
    and more requests are on their way (being read and decoded), wait for them, at most
-   ``max_wait_s`` after the oldest arrived (a lone request never waits).
+   ``max_wait_s`` after the oldest arrived, unless a deadline row must start before then (a
+   lone request never waits).
 4. **Largest queue.** Else the stage with the most rows runs (ties: the deeper one), so rows
    that could not fill a batch still run together with as many others as there are.
 
@@ -90,7 +91,10 @@ def pick(
     full = [k for k in busy if queues[k].rows >= max_batch]
     if not overdue and not full and busy == [0] and incoming:
         until = queues[0].oldest + max_wait_s
-        if until > now:
+        # Not when a deadline row must start before the wait would end: woken at its due
+        # moment (the latest start that finishes in time), the batch ended after the deadline
+        # by the timer's slack; and waiting until max_wait, a row due at 99 ms started at 400.
+        if now < until < queues[0].due:
             return Wait(min(until, queues[0].oldest + max_stage_wait_s))
     stage = (overdue or full or [max(busy, key=lambda k: (queues[k].rows, k))])[-1]
     # Look ahead: a batch that would end after another queue's due moment makes its rows late;

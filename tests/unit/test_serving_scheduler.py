@@ -32,6 +32,12 @@ def test_the_first_batch_waits_for_requests_on_their_way_at_most_max_wait() -> N
     assert pick([q(2, 1.0), EMPTY], 1.001, incoming=True, **ARGS) == Wait(1.002)
     assert pick([q(2, 1.0), EMPTY], 1.002, incoming=True, **ARGS) == Run(0)
     assert pick([q(8, 1.0), EMPTY], 1.0, incoming=True, **ARGS) == Run(0)  # full: no wait
+    # Not when a deadline row must start before the wait would end: the worker slept through
+    # its due moment until max_wait had passed (a row due at 99 ms started at 400 ms).
+    due = QueueView(2, 1.0, due=1.0015, seconds=0.001)
+    assert pick([due, EMPTY], 1.001, incoming=True, **ARGS) == Run(0)
+    later = QueueView(2, 1.0, due=1.0025, seconds=0.001)  # due after the wait: it waits
+    assert pick([later, EMPTY], 1.001, incoming=True, **ARGS) == Wait(1.002)
 
 
 def test_age_bound_comes_first_deepest_overdue_first() -> None:
@@ -134,9 +140,14 @@ def test_a_deadline_shrinks_the_batch_only_while_that_keeps_it() -> None:
         return 0.001 + 0.0005 * rows  # seconds: a fixed cost and a cost per row
 
     assert deadline_batch_limit(1.0, 32, estimate) == 32  # room for a full batch
-    assert deadline_batch_limit(0.006, 32, estimate) == 8  # 8 rows end in 5 ms, 16 in 9 ms
+    assert deadline_batch_limit(0.006, 32, estimate) == 10  # 10 rows end in 6 ms, 11 later
     assert deadline_batch_limit(0.0016, 32, estimate) == 1
+    # Of the rows there are: three that fit in time together stay together (halved from a
+    # full batch, 4 did not fit and they were split 2 + 1, the last answered late).
+    assert deadline_batch_limit(0.0025, 3, estimate) == 3
+    assert deadline_batch_limit(0.0025, 32, estimate) == 3
     # Not even one row ends in time: that deadline is lost, and a lone row would only slow
     # every row behind it, so the batch stays full.
     assert deadline_batch_limit(0.001, 32, estimate) == 32
     assert deadline_batch_limit(-0.5, 32, estimate) == 32
+    assert deadline_batch_limit(-0.5, 5, estimate) == 5

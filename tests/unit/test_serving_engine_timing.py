@@ -1,0 +1,137 @@
+"""The engine's timing where deadlines meet batching: the wait for requests on their way, a batch
+sized to a deadline, and the forecast while a batch is decoded. Stages here take as long as the
+latency model says, so a miss is a miss in real time."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+
+import numpy as np
+import torch
+
+from exitwise.models import State
+from serving.engine import Encoded, Engine
+from tests.unit.test_serving_engine import FakeRunner, K, _images, _plan, ticket
+
+NEVER = _plan([math.inf] * (K - 1))  # nobody confident: caps and deadlines stop rows
+NEVER_PAST_2 = _plan([math.inf] * (K - 1), cap=1)
+
+
+class LatencyRunner(FakeRunner):
+    """Each stage batch takes as long as the engine's latency model says (its floor)."""
+
+    engine: Engine | None = None
+
+    def run_stage(self, index: int, state: State) -> tuple[State, torch.Tensor]:
+        if self.engine is not None:
+            time.sleep(self.engine.latency.floor_estimate(index, state[0].shape[0]))
+        return super().run_stage(index, state)
+
+
+def set_stage(engine: Engine, stage: int, by_bucket: dict[int, float]) -> None:
+    for n in engine.latency.buckets:
+        engine.latency.set(stage, n, by_bucket[n])
+
+
+def uniform(engine: Engine, seconds: float) -> Engine:
+    for k in range(K):
+        set_stage(engine, k, {n: seconds for n in engine.latency.buckets})
+    return engine
+
+
+def test_a_due_deadline_row_starts_although_a_request_is_on_its_way() -> None:
+    # Stage 1 takes 1 ms and the row is due in 100 ms; another request is being decoded, and
+    # max_wait_ms is 400. The worker used to hold the batch open for it until max_wait.
+    engine = uniform(
+        Engine(
+            FakeRunner(),
+            exit_mflops=[1, 2, 3, 4],
+            max_batch_size=8,
+            max_wait_s=0.4,
+            max_stage_wait_s=0.4,
+        ),
+        0.001,
+    )
+
+    async def main() -> float:
+        with engine.expecting():  # another request on its way
+            start = time.monotonic()
+            engine.submit(ticket(NEVER, deadline=0.1), _images(1))
+            step = engine._next()  # the worker's decision, inline
+            assert step is not None and step[0] == 0
+            return time.monotonic() - start
+
+    waited = asyncio.run(main())
+    assert waited < 0.09, f"the worker waited {waited * 1000:.0f} ms"
+
+
+def test_rows_that_fit_one_batch_in_time_are_not_split() -> None:
+    # Stage 1: batches of 1-2 take 0.25 s, 4 take 0.45 s, so 3 take 0.35 s, inside the 0.4 s
+    # deadline. Halved from a full batch of 8, the limit came to 2: batches of 2 then 1, the
+    # request answered after 0.5 s.
+    runner = LatencyRunner()
+    engine = Engine(
+        runner, exit_mflops=[1, 2, 3, 4], max_batch_size=8, max_wait_s=0, max_stage_wait_s=10
+    )
+    runner.engine = engine
+    set_stage(engine, 0, {1: 0.25, 2: 0.25, 4: 0.45, 8: 0.9})
+    for k in (1, 2, 3):
+        set_stage(engine, k, {n: 5.0 for n in engine.latency.buckets})  # never reached
+    assert engine.latency.estimate(0, 3) <= 0.36
+
+    async def main() -> float:
+        start = time.monotonic()
+        job = engine.submit(ticket(NEVER_PAST_2, deadline=0.4), _images(3))
+        engine.start()
+        try:
+            await job.future
+            return time.monotonic() - start
+        finally:
+            engine.stop()
+
+    elapsed = asyncio.run(main())
+    assert runner.calls[0] == (0, 3), runner.calls
+    assert elapsed < 0.4, f"answered after {elapsed:.3f} s; batches {runner.calls}"
+
+
+def test_a_batch_being_decoded_is_in_the_forecast() -> None:
+    # The worker decodes a stage-1 batch of four (the images are out of the queues by then):
+    # a request admitted meanwhile must see that work ahead of it, not an idle engine.
+    inside, gate = threading.Event(), threading.Event()
+
+    def decode(blobs: object, labels: object) -> np.ndarray:
+        inside.set()
+        gate.wait(5)
+        return np.zeros((len(blobs), 1, 1, K), dtype=np.float32)  # type: ignore[arg-type]
+
+    engine = uniform(
+        Engine(
+            FakeRunner(),
+            exit_mflops=[1, 2, 3, 4],
+            max_batch_size=4,
+            decode=decode,
+            normalize=lambda x: x,
+        ),
+        0.004,
+    )
+
+    async def main() -> tuple[float, float]:
+        idle = engine.forecast(1)
+        engine.start()
+        try:
+            job = engine.submit(ticket(NEVER), Encoded([b"x"] * 4))
+            assert await asyncio.to_thread(inside.wait, 5)
+            during = engine.forecast(1)
+            gate.set()
+            await job.future
+            return idle.wait, during.wait
+        finally:
+            gate.set()
+            engine.stop()
+
+    idle, during = asyncio.run(main())
+    assert idle == 0.0
+    assert during > 0.003, f"forecast wait {during} while a batch of 4 is in hand"
