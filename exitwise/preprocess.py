@@ -131,7 +131,10 @@ def to_uint8(img: Image.Image | np.ndarray, spec: Preprocessing) -> np.ndarray:
             img = img.convert("RGBA")
             background = Image.new("RGBA", img.size, (0, 0, 0, 255))
             img = Image.alpha_composite(background, img)
-        img = img.convert(mode)
+        try:
+            img = img.convert(mode)
+        except (ValueError, OSError):  # Pillow opened it, but has no way to this mode (CIELab)
+            raise InvalidImageError(f"cannot read an image of mode {img.mode} as {mode}") from None
     if spec.resize is not None and min(img.size) != spec.resize:
         w, h = img.size
         scale = spec.resize / min(w, h)

@@ -76,7 +76,9 @@ def authorize(request: Request) -> None:
             "an API key is required (Authorization: Bearer KEY, or X-API-Key: KEY)"
         )
     expected = settings.api_key.get_secret_value()
-    if not secrets.compare_digest(presented.encode(), expected.encode()):
+    # Header values arrive decoded as latin-1: encoded back, they are the bytes the client
+    # sent (UTF-8 for a key such as "päss"), which is what the configured key is, encoded.
+    if not secrets.compare_digest(presented.encode("latin-1", "replace"), expected.encode()):
         raise UnauthorizedError("invalid API key")
 
 

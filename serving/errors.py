@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from exitwise.errors import ExitwiseError
 from exitwise.preprocess import ImageTooLargeError, InvalidImageError
@@ -116,6 +117,8 @@ STATUS: dict[type[Exception], int] = {
     NotReadyError: 503,
     DeadlineExceededError: 504,
     ClientGoneError: 499,
+    # Starlette's, from a body read when the client left mid-upload: no bug, and no answer.
+    ClientDisconnect: 499,
 }
 
 

@@ -172,6 +172,12 @@ class ModelService:
                 images = await self._off_loop(work, ticket.expires, doing)
                 decode_seconds = time.monotonic() - start
                 outcome = await self.engine.infer(ticket, images, arrival, request.gone)
+        if not np.isfinite(outcome.confidence).all():
+            # Only a tensor can do it: values finite but so large that the logits overflow.
+            # The answer would say nothing (and NaN is not JSON); it is the client's input.
+            raise BadRequestError(
+                "tensor input values are out of range: the network's outputs were not finite"
+            )
         result = self._result(request, ticket, outcome, decode_seconds + outcome.decode_seconds)
         # Only answers a client is still there to get teach the margin (see Margin).
         if (deadline_s := request.params.deadline_s) is not None and not request.left():

@@ -155,10 +155,13 @@ class Settings(BaseSettings):
     @field_validator("api_key")
     @classmethod
     def _non_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
-        # An empty EXITWISE_API_KEY= means "no key", not "the empty key".
-        if value is not None and not value.get_secret_value().strip():
+        # An empty EXITWISE_API_KEY= means "no key", not "the empty key". Around the key, space
+        # is not part of it: a key read from a secret file ends with a newline that no client
+        # can send (presented keys are stripped), and every request was a 401.
+        if value is None:
             return None
-        return value
+        key = value.get_secret_value().strip()
+        return SecretStr(key) if key else None
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

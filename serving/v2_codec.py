@@ -67,7 +67,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[V2Request, li
         body, binary = body[:n], body[n:]
     try:
         request = V2Request.model_validate(json.loads(body))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, an integer of 4,300+ digits, "[[[..."
         raise BadRequestError("the inference request is not valid JSON") from None
     except ValidationError as err:
         e = err.errors()[0]
@@ -109,14 +109,14 @@ def _from_binary(tensor: V2Tensor, raw: bytes) -> Any:
             )
         return items
     if tensor.datatype not in _NUMPY:
-        raise BadRequestError(f"input {tensor.name!r}: unsupported datatype {tensor.datatype}")
+        raise BadRequestError(f"input {tensor.name!r}: unsupported datatype {tensor.datatype!r}")
     dtype = np.dtype(_NUMPY[tensor.datatype])
     if len(raw) != count * dtype.itemsize:
         raise BadRequestError(
             f"input {tensor.name!r}: {len(raw)} bytes of binary data for shape {tensor.shape} "
             f"of {tensor.datatype}"
         )
-    return np.frombuffer(raw, dtype=dtype).reshape(tensor.shape)
+    return _shaped(tensor, np.frombuffer(raw, dtype=dtype))
 
 
 def _split_bytes(name: str, raw: bytes) -> list[bytes]:
@@ -134,10 +134,29 @@ def _split_bytes(name: str, raw: bytes) -> list[bytes]:
     return items
 
 
+def _shaped(tensor: V2Tensor, values: np.ndarray) -> np.ndarray:
+    """``values`` in the tensor's shape; one numpy cannot make (an empty tensor with a
+    dimension of 2**70: no element, so every count agreed) is the client's 400, not a 500."""
+    try:
+        return values.reshape(tensor.shape)
+    except (ValueError, OverflowError):
+        raise BadRequestError(f"input {tensor.name!r}: shape {tensor.shape} is not one") from None
+
+
 def _flatten(value: Any) -> list[Any]:
-    if isinstance(value, list):
-        return [x for item in value for x in _flatten(item)]
-    return [value]
+    """The values of nested lists, in order; without recursion (data nested some 500 deep
+    overflowed the interpreter's stack: a 500)."""
+    out: list[Any] = []
+    stack = [iter([value])]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
 
 
 def _from_json(tensor: V2Tensor) -> Any:
@@ -160,14 +179,14 @@ def _from_json(tensor: V2Tensor) -> Any:
                 ) from None
         return items
     if tensor.datatype not in _NUMPY:
-        raise BadRequestError(f"input {tensor.name!r}: unsupported datatype {tensor.datatype}")
+        raise BadRequestError(f"input {tensor.name!r}: unsupported datatype {tensor.datatype!r}")
     if any(isinstance(x, (bool, str)) or x is None for x in flat):
         raise BadRequestError(f"input {tensor.name!r}: data must be numbers")
     try:
         array = np.asarray(flat, dtype=np.dtype(_NUMPY[tensor.datatype]))
     except (TypeError, ValueError, OverflowError):
         raise BadRequestError(f"input {tensor.name!r}: data must be numbers") from None
-    return array.reshape(tensor.shape)
+    return _shaped(tensor, array)
 
 
 # --- responses -------------------------------------------------------------------------------

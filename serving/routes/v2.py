@@ -163,13 +163,13 @@ async def infer_model(request: Request, name: str, version: str | None) -> Respo
     )
     if tensor.name == "input":
         if tensor.datatype != "FP32":
-            raise BadRequestError(f"input 'input' must be FP32, not {tensor.datatype}")
+            raise BadRequestError(f"input 'input' must be FP32, not {tensor.datatype!r}")
         classify = ClassifyRequest(
             started, params, tensor=values, gone=disconnected(request), left=left(request)
         )
     elif tensor.name == "image":
         if tensor.datatype != "BYTES":
-            raise BadRequestError(f"input 'image' must be BYTES, not {tensor.datatype}")
+            raise BadRequestError(f"input 'image' must be BYTES, not {tensor.datatype!r}")
         if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
             raise BadRequestError(
                 f"input 'image' must have shape [N] or [N, 1], not {tensor.shape}"
