@@ -340,13 +340,20 @@ class Engine:
 
     def _take(self, stage: int, now: float, soonest: float) -> list[Rows]:
         """Up to a batch of live rows, oldest first; with deadlines waiting (``soonest``, the
-        earliest), as many as finish before it, first in the deadline order when not all fit
-        (:meth:`~serving.jobs.Slots.order_keys`)."""
+        earliest key), as many as finish before the earliest deadline still in reach, first in
+        the deadline order when not all fit (:meth:`~serving.jobs.Slots.order_keys`)."""
         queue, slots, limit = self._queues[stage], self.slots, self.max_batch_size
         if timed := math.isfinite(soonest):
             fits = lambda n: self.latency.estimate(stage, n)  # noqa: E731
             most = max(1, min(limit, self._rows[stage]))  # the most a batch can take now
-            limit = deadlines.batch_limit(soonest - now, most, fits)
+            # Sized for a deadline, not a key: a row without one that has waited goes first
+            # but has nothing to fit, and one already out of reach is lost whatever the batch.
+            # Their keys in the past once made every batch here full, and the rows with a
+            # deadline still in reach rode it, late.
+            waiting = slots.deadline[np.flatnonzero(slots.queued == stage)]
+            reach = waiting[waiting >= now + fits(1)]
+            if len(reach):
+                limit = deadlines.batch_limit(float(reach.min()) - now, most, fits)
         if urgent := timed and self._rows[stage] > limit:
             due = lambda r: slots.order_keys(r.slots, now).min(initial=math.inf)  # noqa: E731
             queue = deque(sorted(queue, key=due))

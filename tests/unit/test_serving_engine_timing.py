@@ -10,10 +10,12 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from exitwise.models import State
 from serving.engine import Encoded, Engine
+from serving.jobs import Ticket
 from tests.unit.test_serving_engine import FakeRunner, K, _images, _plan, ticket
 
 NEVER = _plan([math.inf] * (K - 1))  # nobody confident: caps and deadlines stop rows
@@ -135,3 +137,49 @@ def test_a_batch_being_decoded_is_in_the_forecast() -> None:
     idle, during = asyncio.run(main())
     assert idle == 0.0
     assert during > 0.003, f"forecast wait {during} while a batch of 4 is in hand"
+
+
+def _aged_and_fresh(engine: Engine, first: Ticket) -> float:
+    """``first``'s row waits at stage 1 with six plain rows behind it; a row due in 0.3 s joins
+    them. Seconds until that row's answer."""
+
+    async def main() -> float:
+        older = engine.submit(first, _images(1, 1))
+        fresh = engine.submit(ticket(NEVER_PAST_2), _images(6, 2))
+        start = time.monotonic()
+        timed = engine.submit(ticket(NEVER_PAST_2, deadline=0.3), _images(1, 3))
+        engine.start()
+        try:
+            await timed.future
+            elapsed = time.monotonic() - start
+            await older.future, await fresh.future
+            return elapsed
+        finally:
+            engine.stop()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("first", ["plain, waited", "admitted late"])
+def test_a_row_with_no_deadline_in_reach_does_not_make_the_batch_full(first: str) -> None:
+    # Stage 1: one or two rows take 0.1 s, more take 0.4 s. Ahead of the row due in 0.3 s in
+    # the deadline order: a plain row that has waited past the traffic's patience, or a row
+    # admitted late whose place is already past. Neither has a deadline to fit, but their keys
+    # in the past once sized the batch as if a deadline were lost: all eight rows in 0.4 s,
+    # the row due in 0.3 s late. Sized for it: the first row, it, and one more (0.25 s).
+    runner = LatencyRunner()
+    engine = Engine(
+        runner, exit_mflops=[1, 2, 3, 4], max_batch_size=8, max_wait_s=0, max_stage_wait_s=10
+    )
+    runner.engine = engine
+    set_stage(engine, 0, {1: 0.1, 2: 0.1, 4: 0.4, 8: 0.4})
+    for k in (1, 2, 3):
+        set_stage(engine, k, {n: 0.001 for n in engine.latency.buckets})
+    now = time.monotonic()
+    if first == "plain, waited":
+        older = Ticket(NEVER_PAST_2, 0, now - 1.0, now + 30)
+    else:
+        older = Ticket(NEVER_PAST_2, 0, now - 1.0, now + 30, now - 0.9, limit=0, late=True)
+    elapsed = _aged_and_fresh(engine, older)
+    assert runner.calls[0] == (0, 3), runner.calls
+    assert elapsed < 0.3, f"answered after {elapsed:.3f} s (deadline 0.3 s); {runner.calls}"
