@@ -109,7 +109,9 @@ def _from_binary(tensor: V2Tensor, raw: bytes) -> Any:
             )
         return items
     if tensor.datatype not in _NUMPY:
-        raise BadRequestError(f"input {tensor.name!r}: unsupported datatype {tensor.datatype!r}")
+        raise BadRequestError(
+            f"input {tensor.name!r}: unsupported datatype {shown(tensor.datatype)}"
+        )
     dtype = np.dtype(_NUMPY[tensor.datatype])
     if len(raw) != count * dtype.itemsize:
         raise BadRequestError(
@@ -132,6 +134,12 @@ def _split_bytes(name: str, raw: bytes) -> list[bytes]:
         items.append(raw[offset : offset + length])
         offset += length
     return items
+
+
+def shown(text: str) -> str:
+    """A client's string as an error message can carry it: a lone surrogate (JSON's "\\ud800")
+    is not UTF-8, and the message once failed to encode (a 500)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _shaped(tensor: V2Tensor, values: np.ndarray) -> np.ndarray:
@@ -179,7 +187,9 @@ def _from_json(tensor: V2Tensor) -> Any:
                 ) from None
         return items
     if tensor.datatype not in _NUMPY:
-        raise BadRequestError(f"input {tensor.name!r}: unsupported datatype {tensor.datatype!r}")
+        raise BadRequestError(
+            f"input {tensor.name!r}: unsupported datatype {shown(tensor.datatype)}"
+        )
     if any(isinstance(x, (bool, str)) or x is None for x in flat):
         raise BadRequestError(f"input {tensor.name!r}: data must be numbers")
     try:

@@ -39,7 +39,7 @@ from ..lifecycle import Lifecycle
 from ..messages import ClassifyRequest, ClassifyResult
 from ..params import check_v2, parse_params
 from ..service import ModelService
-from ..v2_codec import HEADER_LENGTH, encode_response, parse_request
+from ..v2_codec import HEADER_LENGTH, encode_response, parse_request, shown
 
 router = APIRouter(tags=["v2"])
 
@@ -163,13 +163,13 @@ async def infer_model(request: Request, name: str, version: str | None) -> Respo
     )
     if tensor.name == "input":
         if tensor.datatype != "FP32":
-            raise BadRequestError(f"input 'input' must be FP32, not {tensor.datatype!r}")
+            raise BadRequestError(f"input 'input' must be FP32, not {shown(tensor.datatype)}")
         classify = ClassifyRequest(
             started, params, tensor=values, gone=disconnected(request), left=left(request)
         )
     elif tensor.name == "image":
         if tensor.datatype != "BYTES":
-            raise BadRequestError(f"input 'image' must be BYTES, not {tensor.datatype!r}")
+            raise BadRequestError(f"input 'image' must be BYTES, not {shown(tensor.datatype)}")
         if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
             raise BadRequestError(
                 f"input 'image' must have shape [N] or [N, 1], not {tensor.shape}"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from starlette.requests import ClientDisconnect
 
 from exitwise.bundle import Calibration, OperatingPoint, SplitResult
 from exitwise.preprocess import ImageTooLargeError, InvalidImageError
@@ -192,6 +193,7 @@ def test_error_table() -> None:
         NotReadyError: 503,
         DeadlineExceededError: 504,
         ClientGoneError: 499,
+        ClientDisconnect: 499,  # Starlette's: the client left while sending its body
     }
     assert expected == STATUS
     made = {
