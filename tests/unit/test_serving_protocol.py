@@ -20,13 +20,16 @@ from serving.protocol import ARRIVAL, LoopLag, StampedHttpToolsProtocol
 
 
 def test_the_loop_lag_is_how_late_a_blocked_loop_ran_its_timer() -> None:
-    lag = LoopLag(period_s=0.002)
+    # A period of 10 ms: the late timer's next one is due 10 ms after it, long after the 1 ms
+    # sleep below has returned, even on a loaded machine (at 2 ms, in a full run of the suite,
+    # the next timer ran first once and said 1 ms).
+    lag = LoopLag(period_s=0.01)
 
     async def main() -> tuple[float, float]:
         lag.watch(asyncio.get_running_loop())
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
         calm = lag.seconds
-        time.sleep(0.05)  # the loop is busy: a timer due meanwhile runs 50 ms late at most
+        time.sleep(0.05)  # the loop is busy: a timer due meanwhile runs 40-50 ms late
         await asyncio.sleep(0.001)  # the late timer runs first
         return calm, lag.seconds
 
