@@ -49,7 +49,7 @@ def serve(
         None, help="on: keep each operating point's realised MFLOPs on target; off [on]."
     ),
     budget_control_window: int | None = typer.Option(
-        None, help="Budget control: images a decision looks at, at most [4000]."
+        None, help="Budget control: images a decision looks at, at most (1000 or more) [4000]."
     ),
     budget_control_tolerance: float | None = typer.Option(
         None, help="Budget control: relative deadband around the target [0.02]."

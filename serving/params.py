@@ -150,6 +150,8 @@ def merge_fields(
                 raise InvalidParameterError(
                     f"unknown {source} parameter {name!r}; known: {', '.join(NAMES)}"
                 )
+            if not value.strip():  # "" counts as absent (parse_params), here too
+                continue
             if name in merged and merged[name] != value:
                 raise InvalidParameterError(f"{name} is given twice with different values")
             merged[name] = value

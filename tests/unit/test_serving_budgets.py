@@ -169,6 +169,10 @@ def test_params_parse_and_merge() -> None:
         merge_fields([("budget", "1")], [])
     with pytest.raises(InvalidParameterError, match="twice"):
         merge_fields([("max_exit", "1")], [("max_exit", "2")])
+    # An empty value is absent, as parse_params says: not a second, different one.
+    assert merge_fields([("max_exit", ""), ("max_exit", "2")], [("top_k", " ")]) == {
+        "max_exit": "2"
+    }
     for bad in ({"budget_mflops": "abc"}, {"max_exit": "1.5"}, {"max_exit": True}):
         with pytest.raises(InvalidParameterError):
             parse_params(bad)
