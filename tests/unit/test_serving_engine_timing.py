@@ -44,6 +44,20 @@ def uniform(engine: Engine, seconds: float) -> Engine:
     return engine
 
 
+def _timed_engine(stage1: dict[int, float], later: float) -> tuple[LatencyRunner, Engine]:
+    """Batches of up to 8 formed without waiting, stage 1 taking ``stage1`` seconds by batch
+    size and every later stage ``later``, for real (:class:`LatencyRunner`)."""
+    runner = LatencyRunner()
+    engine = Engine(
+        runner, exit_mflops=[1, 2, 3, 4], max_batch_size=8, max_wait_s=0, max_stage_wait_s=10
+    )
+    runner.engine = engine
+    set_stage(engine, 0, stage1)
+    for k in (1, 2, 3):
+        set_stage(engine, k, {n: later for n in engine.latency.buckets})
+    return runner, engine
+
+
 def test_a_due_deadline_row_starts_although_a_request_is_on_its_way() -> None:
     # Stage 1 takes 1 ms and the row is due in 100 ms; another request is being decoded, and
     # max_wait_ms is 400. The worker used to hold the batch open for it until max_wait.
@@ -74,14 +88,7 @@ def test_rows_that_fit_one_batch_in_time_are_not_split() -> None:
     # Stage 1: batches of 1-2 take 0.25 s, 4 take 0.45 s, so 3 take 0.35 s, inside the 0.4 s
     # deadline. Halved from a full batch of 8, the limit came to 2: batches of 2 then 1, the
     # request answered after 0.5 s.
-    runner = LatencyRunner()
-    engine = Engine(
-        runner, exit_mflops=[1, 2, 3, 4], max_batch_size=8, max_wait_s=0, max_stage_wait_s=10
-    )
-    runner.engine = engine
-    set_stage(engine, 0, {1: 0.25, 2: 0.25, 4: 0.45, 8: 0.9})
-    for k in (1, 2, 3):
-        set_stage(engine, k, {n: 5.0 for n in engine.latency.buckets})  # never reached
+    runner, engine = _timed_engine({1: 0.25, 2: 0.25, 4: 0.45, 8: 0.9}, later=5.0)  # unreached
     assert engine.latency.estimate(0, 3) <= 0.36
 
     async def main() -> float:
@@ -167,14 +174,7 @@ def test_a_row_with_no_deadline_in_reach_does_not_make_the_batch_full(first: str
     # admitted late whose place is already past. Neither has a deadline to fit, but their keys
     # in the past once sized the batch as if a deadline were lost: all eight rows in 0.4 s,
     # the row due in 0.3 s late. Sized for it: the first row, it, and one more (0.25 s).
-    runner = LatencyRunner()
-    engine = Engine(
-        runner, exit_mflops=[1, 2, 3, 4], max_batch_size=8, max_wait_s=0, max_stage_wait_s=10
-    )
-    runner.engine = engine
-    set_stage(engine, 0, {1: 0.1, 2: 0.1, 4: 0.4, 8: 0.4})
-    for k in (1, 2, 3):
-        set_stage(engine, k, {n: 0.001 for n in engine.latency.buckets})
+    runner, engine = _timed_engine({1: 0.1, 2: 0.1, 4: 0.4, 8: 0.4}, later=0.001)
     now = time.monotonic()
     if first == "plain, waited":
         older = Ticket(NEVER_PAST_2, 0, now - 1.0, now + 30)
