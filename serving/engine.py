@@ -460,9 +460,8 @@ class Engine:
             # Rows whose request went away while the stage ran are neither answered nor run on.
             gone = ~slots.live[s]
             survive = 1.0 - float(leave.mean())
-            if gone.any():
-                leave = leave & ~gone
-            going = np.flatnonzero(~leave & ~gone)
+            leave = leave & ~gone
+            going = np.flatnonzero(~(leave | gone))
             if 0 < len(going) < n:
                 state = select_rows(state, torch.from_numpy(going).to(state[0].device))
         except Exception:  # the network or a bug: fail these requests, keep serving

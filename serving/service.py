@@ -172,7 +172,7 @@ class ModelService:
                 images = await self._off_loop(work, ticket.expires, doing)
                 decode_seconds = time.monotonic() - start
                 outcome = await self.engine.infer(ticket, images, arrival, request.gone)
-        if not np.isfinite(outcome.confidence).all():
+        if request.tensor is not None and not np.isfinite(outcome.confidence).all():
             # Only a tensor can do it: values finite but so large that the logits overflow.
             # The answer would say nothing (and NaN is not JSON); it is the client's input.
             raise BadRequestError(

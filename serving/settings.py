@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from exitwise.bundle import MANIFEST_FILE
 
+from .budget.controller import LEAST_WINDOW
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EXITWISE_", extra="ignore", frozen=True)
@@ -83,7 +85,7 @@ class Settings(BaseSettings):
     )
     budget_control_window: int = Field(
         default=4000,
-        ge=1000,
+        ge=LEAST_WINDOW,
         description="Images a decision looks at, at most (at least four checks of 250).",
     )
     budget_control_tolerance: float = Field(

@@ -50,6 +50,12 @@ from .table import ControlTable, Estimate, Traffic, cost_after, estimate, hazard
 CALIBRATED = -1  # the row index that stands for the point's own calibrated thresholds
 
 
+# Images between two checks after a change; a window holds at least four of them, since going
+# home looks at its last quarter (ControlSettings, and the server's budget_control_window).
+FIRST_CHECK = 250
+LEAST_WINDOW = 4 * FIRST_CHECK
+
+
 @dataclass(frozen=True)
 class ControlSettings:
     window: int = 4000  # the most recent images an estimate looks at
@@ -58,7 +64,7 @@ class ControlSettings:
     threshold: float = 110.0  # CUSUM: the evidence that makes an alarm, same unit
     z: float = 2.5  # standard errors a difference must exceed to move
     max_step: float = 1.5  # the most a move where the estimate is not exact changes b
-    first_check: int = 250  # images between two checks after a change
+    first_check: int = FIRST_CHECK  # images between two checks after a change
 
     def __post_init__(self) -> None:
         # Every judgement needs first_check images, and going home looks at the last quarter
