@@ -426,7 +426,15 @@ class Engine:
             self._running = (0, n, time.monotonic(), self.latency.estimate(0, n))
             if not (parts := self._decode(parts)):
                 return
-        rows = join(parts)
+        try:
+            rows = join(parts)
+        except Exception:  # admission gives every request one shape: a bug, never the client's
+            log.exception("stage %d: %d parts could not be joined", stage + 1, len(parts))
+            with self._cond:
+                self._fail(
+                    np.concatenate([p.slots for p in parts]), EngineFailureError("inference failed")
+                )
+            return
         s, state = rows.slots, rows.state
         timed = bool(self.slots.timed) and bool(np.isfinite(self.slots.deadline[s]).any())
         while (out := self._stage(stage, s, state, timed)) is not None:
@@ -442,41 +450,57 @@ class Engine:
     ) -> tuple[np.ndarray, Any, float] | None:
         """One stage batch: run, judge, answer who stops; the survivors' slots and state and
         when they left the stage, or None (nobody goes on)."""
-        n, slots, k = len(s), self.slots, self.num_exits
-        start = time.monotonic()
+        n, start = len(s), time.monotonic()
         self._running = (stage, n, start, self.latency.estimate(stage, n))
         try:
-            state = self.runner.initial_state(state[0]) if stage == 0 else state
-            state, logits = self.runner.run_stage(stage, state)
-            thresholds = slots.thresholds[s, stage]
-            verdict = judge_stage(logits, stage, k, thresholds, slots.cap[s])
-            done = time.monotonic()
-            leave = verdict.stop
-            if timed and stage + 1 < k and not leave.all():
-                nxt = min(self._rows[stage + 1] + int((~leave).sum()), self.max_batch_size)
-                finish = done + self.latency.estimate(stage + 1, nxt)
-                leave = leave | deadlines.late(slots.deadline[s], finish)
-            # Top-k for the rows leaving, and for those a deadline may stop later (from here).
-            top = wanted = None
-            if slots.topped:
-                due = (leave | np.isfinite(slots.deadline[s])) if timed else leave
-                if (wanted := (slots.top_k[s] > 0) & due).any():
-                    top = top_k_of(logits, wanted, int(slots.top_k[s][wanted].max()))
-            # Rows whose request went away while the stage ran are neither answered nor run on.
-            gone = ~slots.live[s]
-            survive = 1.0 - float(leave.mean())
-            leave = leave & ~gone
-            going = np.flatnonzero(~(leave | gone))
-            if 0 < len(going) < n:
-                state = select_rows(state, torch.from_numpy(going).to(state[0].device))
-        except Exception:  # the network or a bug: fail these requests, keep serving
+            # Everything up to the counting: a fault anywhere here (the network, or a bug in
+            # the bookkeeping) fails these requests; past this block rows would be left to
+            # their timeout, their slots never freed.
+            leaving, reason, gone, going, state, done = self._judge(stage, s, state, timed, start)
+        except Exception:
             log.exception("stage %d failed on a batch of %d rows", stage + 1, n)
             with self._cond:
                 self._fail(s, EngineFailureError("inference failed"))
             return None
+        if reason is not None or gone.any():
+            with self._cond:
+                self._count(leaving, reason)
+                self._count(s[gone])
+            if self._done:  # only this thread adds to it
+                self._deliver()
+        return (s[going], state, done) if len(going) else None
+
+    def _judge(
+        self, stage: int, s: np.ndarray, state: Any, timed: bool, start: float
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, Any, float]:
+        """Run ``stage`` on rows ``s`` and judge them: who leaves and why (their results in
+        their slots), whose request went away, who goes on (with their state), and when the
+        stage ended; its latency, survival share and metrics recorded."""
+        n, slots, k = len(s), self.slots, self.num_exits
+        state = self.runner.initial_state(state[0]) if stage == 0 else state
+        state, logits = self.runner.run_stage(stage, state)
+        thresholds = slots.thresholds[s, stage]
+        verdict = judge_stage(logits, stage, k, thresholds, slots.cap[s])
+        done = time.monotonic()
+        leave = verdict.stop
+        if timed and stage + 1 < k and not leave.all():
+            nxt = min(self._rows[stage + 1] + int((~leave).sum()), self.max_batch_size)
+            finish = done + self.latency.estimate(stage + 1, nxt)
+            leave = leave | deadlines.late(slots.deadline[s], finish)
+        # Top-k for the rows leaving, and for those a deadline may stop later (from here).
+        if slots.topped:
+            due = (leave | np.isfinite(slots.deadline[s])) if timed else leave
+            if (wanted := (slots.top_k[s] > 0) & due).any():
+                top = top_k_of(logits, wanted, int(slots.top_k[s][wanted].max()))
+                slots.set_top(s[wanted], *top)
+        # Rows whose request went away while the stage ran are neither answered nor run on.
+        gone = ~slots.live[s]
+        survive = 1.0 - float(leave.mean())
+        leave = leave & ~gone
+        going = np.flatnonzero(~(leave | gone))
+        if 0 < len(going) < n:
+            state = select_rows(state, torch.from_numpy(going).to(state[0].device))
         slots.passed(s, stage, verdict.prediction, verdict.confidence)
-        if top is not None:
-            slots.set_top(s[wanted], *top)
         leaving = s[leave]
         if len(leaving) == 0:
             reason = None
@@ -496,13 +520,7 @@ class Engine:
                 waits.append(start - job.enqueued)
         if self.metrics is not None:
             self.metrics.record_stage(stage, n, done - start, waits)
-        if reason is not None or gone.any():
-            with self._cond:
-                self._count(leaving, reason)
-                self._count(s[gone])
-            if self._done:  # only this thread adds to it
-                self._deliver()
-        return (s[going], state, done) if len(going) else None
+        return leaving, reason, gone, going, state, done
 
     def _decode(self, parts: list[Rows]) -> list[Rows]:
         """Decode stage 1's encoded images and normalise all their pixels in one call; a
@@ -523,12 +541,23 @@ class Engine:
                     continue
                 part.job.decode_seconds += time.monotonic() - start
             ready.append(part)
-        if pixels:
-            assert self.normalize is not None
+        if not pixels:
+            return ready
+        decoded = [p for p in ready if p.encoded is not None]
+        assert self.normalize is not None
+        try:
             x, at = self.normalize(torch.from_numpy(np.concatenate(pixels))), 0
-            for part in (p for p in ready if p.encoded is not None):
-                part.state, part.encoded = [x[at : at + len(part)]], None
-                at += len(part)
+        except Exception:  # not one image's fault (each decoded): a bug, or the device
+            log.exception("normalising %d decoded images failed", sum(map(len, decoded)))
+            with self._cond:
+                self._fail(
+                    np.concatenate([p.slots for p in decoded]),
+                    EngineFailureError("decoding failed"),
+                )
+            return [p for p in ready if p.encoded is None]
+        for part in decoded:
+            part.state, part.encoded = [x[at : at + len(part)]], None
+            at += len(part)
         return ready
 
     def _deliver(self) -> None:

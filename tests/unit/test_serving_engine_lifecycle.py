@@ -15,7 +15,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from exitwise.preprocess import InvalidImageError, Preprocessing, normalize
-from serving.engine import Encoded, Engine
+from serving.engine import Encoded, Engine, EngineFailureError
 from serving.errors import ClientGoneError
 from serving.images import decode_pixels
 from serving.jobs import Job
@@ -177,5 +177,60 @@ def test_a_bad_image_of_a_request_split_between_batches_is_named_by_its_place_in
         with pytest.raises(InvalidImageError) as err:
             await job.future
         assert f"image {named}:" in str(err.value)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("where", ["normalise", "metrics", "join"])
+def test_a_fault_outside_the_network_call_fails_the_batch_and_frees_its_slots(where: str) -> None:
+    # The worker's catch-all kept it serving, but the rows it held were neither answered nor
+    # failed: their requests waited for their timeout (a 504), and their slots were never
+    # freed, so the engine's room shrank with every such fault.
+    good = png(np.random.default_rng(0).integers(0, 256, (1, 2, 2), dtype=np.uint8))
+    broken = {"on": True}
+
+    def faulty_normalize(pixels: torch.Tensor) -> torch.Tensor:
+        if broken["on"]:
+            raise RuntimeError("a bug in normalising")
+        return normalize(pixels, SPEC)
+
+    metrics = Metrics(CollectorRegistry())
+    engine = _engine(
+        max_batch_size=4,
+        max_wait_s=0.5,  # the join case's two requests wait for each other: one batch
+        metrics=metrics,
+        decode=lambda blobs, labels: decode_pixels(blobs, SPEC, 10_000, labels),
+        normalize=faulty_normalize if where == "normalise" else lambda p: normalize(p, SPEC),
+    )
+    if where == "metrics":
+        record = metrics.record_stage
+
+        def faulty_record(*args: object) -> None:
+            if broken["on"]:
+                raise RuntimeError("a bug in the metrics")
+            record(*args)  # type: ignore[arg-type]
+
+        metrics.record_stage = faulty_record  # type: ignore[method-assign]
+
+    async def main() -> None:
+        engine.start()  # the real worker: its catch-all is what kept serving before
+        try:
+            if where == "join":  # two shapes in one batch: admission never lets that happen
+                with engine.expecting():  # held back until both are queued: one batch
+                    jobs = [
+                        engine.submit(ticket(EVERY_IMAGE_AT_EXIT_1), _images(2, 1)),
+                        engine.submit(ticket(EVERY_IMAGE_AT_EXIT_1), torch.zeros(2, 1, 2, 2)),
+                    ]
+            else:
+                jobs = [engine.submit(ticket(EVERY_IMAGE_AT_EXIT_1), Encoded([good, good]))]
+            for job in jobs:
+                with pytest.raises(EngineFailureError):
+                    await asyncio.wait_for(job.future, 5)
+            assert not engine._jobs and not engine.slots._used.any(), "rows were left in hand"
+            broken["on"] = False
+            again = engine.submit(ticket(EVERY_IMAGE_AT_EXIT_1), Encoded([good]))
+            assert (await asyncio.wait_for(again.future, 5)).exit.tolist() == [0]
+        finally:
+            engine.stop()
 
     asyncio.run(main())
