@@ -181,16 +181,24 @@ async def infer_model(request: Request, name: str, version: str | None) -> Respo
         raise BadRequestError(
             f"unknown input {tensor.name!r}; inputs: 'input' (FP32), 'image' (BYTES)"
         )
+    outputs = _outputs(req.parameters, req.outputs)  # a mistake in them: a 400 before any work
     result = await service.classify(classify)
-    return _respond(service, req.id, req.parameters, req.outputs, result)
+    return _respond(service, req.id, outputs, result)
+
+
+def _outputs(parameters: dict[str, Any], requested: Any) -> dict[str, bool]:
+    """The outputs the answer carries, in order, and whether each is sent as binary data."""
+    binary_all = parameters.get("binary_data_output") is True
+    if not requested:
+        return dict.fromkeys(OUTPUTS, binary_all)
+    unknown = [o.name for o in requested if o.name not in OUTPUTS]
+    if unknown:
+        raise BadRequestError(f"unknown output {unknown[0]!r}; outputs: {', '.join(OUTPUTS)}")
+    return {o.name: o.parameters.get("binary_data", binary_all) is True for o in requested}
 
 
 def _respond(
-    service: ModelService,
-    request_id: str | None,
-    parameters: dict[str, Any],
-    requested: Any,
-    result: ClassifyResult,
+    service: ModelService, request_id: str | None, binary: dict[str, bool], result: ClassifyResult
 ) -> Response:
     preds = result.predictions
     values: dict[str, Any] = {
@@ -201,16 +209,7 @@ def _respond(
         "mflops": np.array([p.mflops for p in preds], dtype=np.float64),
         "stop_reason": [p.stopped for p in preds],
     }
-    binary_all = parameters.get("binary_data_output") is True
-    if requested:
-        names = [o.name for o in requested]
-        unknown = [n for n in names if n not in OUTPUTS]
-        if unknown:
-            raise BadRequestError(f"unknown output {unknown[0]!r}; outputs: {', '.join(OUTPUTS)}")
-        binary = {o.name: o.parameters.get("binary_data", binary_all) is True for o in requested}
-    else:
-        names = list(OUTPUTS)
-        binary = dict.fromkeys(names, binary_all)
+    names = list(binary)
     header: dict[str, Any] = {"model_name": service.name, "model_version": VERSION}
     if request_id is not None:
         header["id"] = request_id

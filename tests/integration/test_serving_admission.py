@@ -77,6 +77,40 @@ def test_a_bad_parameter_is_a_422_even_where_the_deadline_would_be_refused(
         latency.pace[0] = pace
 
 
+def _images_answered(client: TestClient) -> float:
+    text = client.get("/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("exitwise_exits_total{")
+    )
+
+
+def test_an_unknown_v2_output_is_a_400_before_any_work(client: TestClient) -> None:
+    # The outputs were checked only when the answer was built: the image was classified (and
+    # counted: exits, budget control) for nothing, and a strict request the forecast refuses
+    # got a 503 with Retry-After for a mistake that retrying never mends.
+    before = _images_answered(client)
+    body = {"inputs": [_tensor()], "outputs": [{"name": "class_id"}, {"name": "logits"}]}
+    r = client.post("/v2/models/tiny/infer", content=json.dumps(body).encode())
+    assert r.status_code == 400, r.text
+    assert "unknown output 'logits'" in r.json()["error"]
+    assert _images_answered(client) == before, "the image was classified"
+    service = client.app.state.service  # type: ignore[attr-defined]
+    latency = service.engine.latency
+    pace, latency.pace[0] = latency.pace[0], 1000.0  # a busy device: strict is refused
+    try:
+        body["parameters"] = {"deadline_ms": 50, "deadline_policy": "strict"}
+        r = client.post("/v2/models/tiny/infer", content=json.dumps(body).encode())
+        assert r.status_code == 400 and "retry-after" not in r.headers, r.text
+    finally:
+        latency.pace[0] = pace
+    body["outputs"] = [{"name": "class_id"}, {"name": "exit", "parameters": {"binary_data": 0}}]
+    r = client.post("/v2/models/tiny/infer", content=json.dumps(body).encode())
+    assert r.status_code == 200, r.text
+    assert [o["name"] for o in r.json()["outputs"]] == ["class_id", "exit"]
+
+
 def test_the_answer_echoes_the_deadline_as_asked(client: TestClient, served: Served) -> None:
     for deadline_ms in (1001, 1003, 99.5):
         r = client.post(
