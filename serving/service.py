@@ -220,7 +220,7 @@ class ModelService:
             shed = cheapest and self.overload.standing()
             if late and (refusal := self._refusal(params, shed)) is not None:
                 raise deadlines.refused(forecast, refusal)
-        plan = self.control.plan(plan, params.budget_control)
+        plan = self.control.plan(plan, params.budget_control, images)
         expires = self._expires(request.arrived, params.timeout_s)
         return Ticket(plan, top_k, request.arrived, expires, deadline, limit, late, strict_by)
 

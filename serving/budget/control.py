@@ -81,8 +81,9 @@ class BudgetControl:
                 ctl = BudgetController(p, calibration.exit_mflops, table, settings)
             self._points[p.name] = _PointState(p, ctl, settings.window)
 
-    def plan(self, plan: ExitPlan, allowed: bool | None = None) -> ExitPlan:
-        """``plan`` with its point's current thresholds; ``allowed=False``: the request opts out."""
+    def plan(self, plan: ExitPlan, allowed: bool | None = None, images: int = 1) -> ExitPlan:
+        """``plan`` with its point's current thresholds for a request of ``images`` images;
+        ``allowed=False``: the request opts out."""
         state = self._points.get(plan.operating_point or "")
         ctl = state.controller if state is not None else None
         if allowed is not False and (not self.enabled or ctl is None):
@@ -93,7 +94,7 @@ class BudgetControl:
             # A capped request never feeds the controller (observe), so it takes no turn of
             # the dither: interleaved with the uncapped ones, capped requests took the dearer
             # row's turns, and the uncapped got all or none of it, not the share promised.
-            row = ctl.row if plan.max_exit is not None else ctl.next_row()
+            row = ctl.row if plan.max_exit is not None else ctl.next_row(images)
         key = (id(plan), allowed is False, ctl.epoch if ctl is not None else -1, row)
         known = self._plans.get(key)
         if known is not None and known[0] is plan:  # the same plan object, not a reused id

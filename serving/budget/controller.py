@@ -18,11 +18,11 @@ traffic lowers it. A :class:`BudgetController` per point does three things:
   step. Where the estimate is not exact (a dearer row: images may go further than anyone saw),
   the move is bounded to ``max_step`` in held-out cost. The table's rows are about 1 % apart in
   held-out cost, but shifted traffic can put two neighbours far apart (on noisy images the two
-  cheapest can cost 5 % under and 20 % over E); so a share of the requests is served the next
-  dearer row, the share whose estimated mix costs E (dithering, spread evenly over the
-  requests). It checks again every ``first_check`` images (up to ``window`` after the change),
-  with every image since the change: each check has more evidence than the last, and a check
-  is a few estimates (a gallop from the row served, then a bisection).
+  cheapest can cost 5 % under and 20 % over E); so a share of the images is served the next
+  dearer row, the share whose estimated mix costs E (dithering: whole requests, spread evenly,
+  counted in images). It checks again every ``first_check`` images (up to ``window`` after the
+  change), with every image since the change: each check has more evidence than the last, and
+  a check is a few estimates (a gallop from the row served, then a bisection).
 - **Comes home**: when the images since a change, or the last ``window / 4`` (once those all
   came after the change), cost under the thresholds served what those thresholds cost on the
   held-out split, the traffic is clean again and the calibrated thresholds are served, exactly
@@ -116,7 +116,7 @@ class BudgetController:
         spread = math.sqrt(max(0.0, float(fractions @ self.costs**2) - self.target**2))
         self.spread = max(spread, 1e-3 * self.target)
         self.row = CALIBRATED
-        self.share = 0.0  # of requests served the next dearer row (row + 1)
+        self.share = 0.0  # of images served the next dearer row (row + 1)
         self._credit = 0.0  # the dither's running remainder
         self.epoch = 0
         self.moves = 0
@@ -148,15 +148,18 @@ class BudgetController:
     def thresholds_of(self, row: int) -> np.ndarray:
         return self.calibrated if row == CALIBRATED else self.table.thresholds[row]
 
-    def next_row(self) -> int:
-        """The row the next request is served: the base row, or for ``share`` of the requests
-        (every 1/share-th, evenly) the next dearer one."""
+    def next_row(self, images: int = 1) -> int:
+        """The row the next request, of ``images`` images, is served: the base row, or the
+        next dearer one, so that ``share`` of the images (evenly spread) are served that row.
+        Images, not requests: the share is of the cost, and counted per request a batch of 32
+        took a turn as a single image did, so a mix of sizes got whatever share the dither's
+        turns fell on (one image in eight, where every fourth request was a single one)."""
         if not self.share:
             return self.row
-        self._credit += self.share
-        if self._credit < 1.0:
+        self._credit += self.share * images
+        if self._credit < images / 2:  # rounded: within half a request of the share
             return self.row
-        self._credit -= 1.0
+        self._credit -= images
         return self.row + 1
 
     @property
@@ -268,7 +271,7 @@ class BudgetController:
         self, traffic: Traffic, here: int, top: int, cost: dict[int, float]
     ) -> tuple[int, float]:
         """The dearest row up to ``top`` whose estimated cost on ``traffic`` is within the
-        target (the cheapest row when none is), and the share of requests to serve the next
+        target (the cheapest row when none is), and the share of images to serve the next
         dearer row so that the mix's estimate is the target. The estimate rises with the row's
         held-out cost, so a gallop from ``here`` (the row served: a decision mostly moves a
         row or two) and a bisection find it in a few estimates. ``cost``: the estimates

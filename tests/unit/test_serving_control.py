@@ -341,3 +341,14 @@ def test_capped_requests_take_no_turn_of_the_dither() -> None:
                 x for x in served if x.max_exit is not None
             ).control_mflops == ctl.budget_of(3)
         assert dearer == 50
+
+
+def test_the_dither_shares_images_not_requests(table: ControlTable) -> None:
+    # Requests of three images and of one alternate; a quarter of the images is to be served
+    # the dearer row. Counted per request, every fourth request took it, always a single
+    # image: one image in eight.
+    ctl = BudgetController(point(5.0), COSTS, table)
+    ctl.row, ctl.share = 3, 0.25
+    sizes = [3, 1] * 200
+    dearer = sum(n for n in sizes if ctl.next_row(n) == 4)
+    assert abs(dearer / sum(sizes) - 0.25) <= 2 / sum(sizes)
