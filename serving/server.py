@@ -4,7 +4,7 @@ SIGTERM (what Docker and Kubernetes send): readiness turns 503 at once, the serv
 answering for ``drain_seconds`` (so a load balancer notices and stops routing here), then stops
 accepting connections, lets every request already received finish (uvicorn's graceful
 shutdown), and the lifespan lets the engine finish its queue. SIGINT (Ctrl-C) skips the drain
-delay; a second signal forces the exit.
+delay; each further signal goes one step further (the delay ends, then the exit is forced).
 
 ``workers > 1`` runs that many server processes sharing one listening socket, each with its own
 model and engine; the parent forwards SIGTERM/SIGINT to them and exits when they have, or stops
@@ -45,7 +45,18 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         first = self._drain_timer is None and not self.should_exit
         self.lifecycle.begin_drain()
-        if first and sig == signal.SIGTERM and self.drain_seconds > 0:
+        if self.should_exit:
+            # Each signal goes one step further: the drain's delay, the graceful shutdown, then
+            # the exit now (requests in flight abandoned). uvicorn forces only on a SIGINT, so
+            # a SIGTERM during the graceful shutdown did nothing.
+            log.warning("another signal during the shutdown: exiting now")
+            self.force_exit = True
+        if not first:  # during the drain's delay: the graceful shutdown begins now
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+            super().handle_exit(sig, frame)
+            return
+        if sig == signal.SIGTERM and self.drain_seconds > 0:
             log.info(
                 "SIGTERM: not ready any more; still serving for %.1f s, then finishing the "
                 "requests in flight and exiting",
@@ -58,8 +69,6 @@ class DrainingServer(uvicorn.Server):
             self._drain_timer.daemon = True
             self._drain_timer.start()
             return
-        if self._drain_timer is not None:
-            self._drain_timer.cancel()
         super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
