@@ -359,24 +359,47 @@ class Engine:
             reach = targets[(targets >= one) & np.isfinite(targets)]
             if len(reach):
                 limit = deadlines.batch_limit(float(reach.min()) - now, most, fits)
-        if urgent := timed and self._rows[stage] > limit:
-            due = lambda r: slots.order_keys(r.slots, now).min(initial=math.inf)  # noqa: E731
-            queue = deque(sorted(queue, key=due))
-        taken: list[Rows] = []
-        while limit > 0 and queue:
-            rows = self._live(queue.popleft())
-            if len(rows) > limit:
-                first = deadlines.order(slots.order_keys(rows.slots, now), limit)
-                queue.appendleft(rows.pick(np.setdiff1d(np.arange(len(rows)), first)))
-                rows = rows.pick(first)
-            if len(rows):
-                taken.append(rows)
-                limit -= len(rows)
-                slots.queued[rows.slots] = -1
-                self._rows[stage] -= len(rows)
-        if urgent:
-            self._queues[stage] = deque(sorted(queue, key=lambda r: r.since))
+        if timed and self._rows[stage] > limit:
+            taken, kept = self._earliest(queue, limit, now)
+            self._queues[stage] = kept
+        else:
+            taken = []
+            while limit > 0 and queue:
+                rows = self._live(queue.popleft())
+                if len(rows) > limit:
+                    queue.appendleft(rows.pick(np.arange(limit, len(rows))))
+                    rows = rows.pick(np.arange(limit))
+                if len(rows):
+                    taken.append(rows)
+                    limit -= len(rows)
+        for rows in taken:
+            slots.queued[rows.slots] = -1
+            self._rows[stage] -= len(rows)
         return taken
+
+    def _earliest(
+        self, queue: deque[Rows], limit: int, now: float
+    ) -> tuple[list[Rows], deque[Rows]]:
+        """The ``limit`` live rows of ``queue`` first in the deadline order (row by row, across
+        its groups), and the rest, each in the order they joined. Taken group by group (the
+        earliest group whole), a group's rows with no hurry took the room of another's due
+        ones, which were then answered early, or late."""
+        groups = [g for g in map(self._live, queue) if len(g)]
+        if not groups:
+            return [], deque()
+        keys = np.concatenate([self.slots.order_keys(g.slots, now) for g in groups])
+        first = deadlines.order(keys, limit)
+        taken: list[Rows] = []
+        kept: deque[Rows] = deque()
+        at = 0
+        for g in groups:
+            mine = first[(first >= at) & (first < at + len(g))] - at
+            at += len(g)
+            if len(mine) < len(g):
+                kept.append(g if not len(mine) else g.pick(np.setdiff1d(np.arange(len(g)), mine)))
+            if len(mine):
+                taken.append(g if len(mine) == len(g) else g.pick(mine))
+        return taken, kept
 
     def _live(self, rows: Rows) -> Rows:
         """``rows`` less those of requests that went away (counted done here; maybe none left)."""

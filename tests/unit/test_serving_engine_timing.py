@@ -15,7 +15,7 @@ import torch
 
 from exitwise.models import State
 from serving.engine import Encoded, Engine
-from serving.jobs import Ticket
+from serving.jobs import Rows, Ticket
 from tests.unit.test_serving_engine import FakeRunner, K, _images, _plan, ticket
 
 NEVER = _plan([math.inf] * (K - 1))  # nobody confident: caps and deadlines stop rows
@@ -210,3 +210,33 @@ def test_a_strict_row_inside_its_margin_gets_a_batch_that_ends_by_its_deadline()
     elapsed = asyncio.run(main())
     assert runner.calls[0] == (0, 3), runner.calls
     assert elapsed < 0.3, f"answered after {elapsed:.3f} s (deadline 0.3 s); {runner.calls}"
+
+
+def test_a_deeper_stage_takes_its_earliest_deadlines_row_by_row() -> None:
+    # Stage 2 holds the survivors of two stage-1 batches: A (one row due in 35 ms and three
+    # with seconds to spare) and B (two rows due in 45 ms). Ten milliseconds a row, so the batch
+    # holds three. Taken group by group, A went first (its earliest row is the earliest of all)
+    # and filled the batch, and B's rows, left for the next batch, ended at 50 ms: late. Row
+    # by row, the batch is A's due row and B's two.
+    engine = Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=8)
+    set_stage(engine, 1, {n: 0.01 * n for n in engine.latency.buckets})
+    now = time.monotonic()
+
+    def group(job_id: int, deadlines: list[float]) -> np.ndarray:
+        at = [
+            engine.slots.allocate(job_id + i, Ticket(NEVER, 0, now, now + 30, now + d), 1)
+            for i, d in enumerate(deadlines)
+        ]
+        return np.array(at, dtype=np.int64)
+
+    a = group(0, [0.035, 10, 10, 10])
+    b = group(10, [0.045, 0.045])
+    for rows in (a, b):
+        engine._push(1, Rows(rows, [torch.zeros(len(rows), K)], now))
+    soonest, _ = engine._soonest(now)
+    taken = engine._take(1, now, soonest[1])
+    assert sorted(np.concatenate([r.slots for r in taken]).tolist()) == sorted(
+        [int(a[0]), *b.tolist()]
+    )
+    left = [r.slots.tolist() for r in engine._queues[1]]
+    assert left == [a[1:].tolist()] and engine.queue_rows()[1] == 3
