@@ -162,24 +162,29 @@ class Engine:
         """When the exits of a new request of ``images`` images would be done: the work queued
         ahead of it (each queued row's stages to come at full-batch cost, weighted by the share
         of rows going on after each stage) and, with ``own``, the stages of the batches its
-        images would run in (the one they join, and as many more as they fill)."""
+        images would run in (the one they join, and as many more as they fill).
+
+        The rows waiting for stage 1 that would share its first batch (those past the last
+        full batch) are not ahead of it: they run with it, at every stage, in its batches'
+        cost. Counted in both, a queue of 31 rows made a 4 ms batch a forecast of about 10."""
         now, rows, running = time.monotonic(), list(self._rows), self._running
         per_row, survive = self.latency.per_row_full, self._survive
+        full, estimate = self.max_batch_size, self.latency.estimate
         work = [0.0] * (self.num_exits + 1)
         for i in range(self.num_exits - 1, -1, -1):
             work[i] = per_row[i] + survive[i] * work[i + 1]
-        wait = sum(r * w for r, w in zip(rows, work, strict=False))
+        along = rows[0] % full  # the rows that would share its first batch
+        wait = (rows[0] - along) * work[0]
+        wait += sum(r * w for r, w in zip(rows[1:], work[1:], strict=False))
         if running is not None:
             stage, n, start, seconds = running
             wait += max(0.0, start + seconds - now) + n * survive[stage] * work[stage + 1]
-        full, estimate = self.max_batch_size, self.latency.estimate
         whole, rest = divmod(max(0, images - full), full)
-
-        def batches(i: int, queued: int) -> float:
+        own_s = []
+        for i in range(self.num_exits if own else 0):
             more = whole * estimate(i, full) + (estimate(i, rest) if rest else 0.0)
-            return estimate(i, min(full, queued + images)) + more
-
-        own_s = [batches(i, r) for i, r in enumerate(rows)] if own else []
+            own_s.append(estimate(i, min(full, along + images)) + more)
+            along = round(along * survive[i])
         return deadlines.Forecast(now, wait, np.array(own_s))
 
     def check_room(self, n: int = 1) -> None:

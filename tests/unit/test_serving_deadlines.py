@@ -509,6 +509,25 @@ def test_the_engine_forecast_counts_the_work_queued_ahead() -> None:
     assert (busy.finish() > idle.finish()).all()
 
 
+def test_rows_that_share_the_new_request_s_batch_are_counted_once() -> None:
+    # Batches of 4 take 4 ms whatever their size. Three rows wait for stage 1: a new image
+    # joins their batch, and exit 1 is done in 4 ms. Counted as work ahead and in its batch
+    # too, it was forecast at 9.6 ms (a deadline of 8 ms refused or answered from a shallower
+    # exit than it could reach). Five rows: a full batch goes first, the fifth rides along.
+    async def main() -> tuple[deadlines.Forecast, deadlines.Forecast]:
+        engine = _timed(Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=4), 0.004)
+        engine.submit(ticket(NEVER), _images(3))  # not started: it stays queued
+        three = engine.forecast()
+        engine.submit(ticket(NEVER), _images(2))
+        return three, engine.forecast()
+
+    three, five = asyncio.run(main())
+    assert three.wait == 0.0
+    assert three.finish()[0] - three.now == pytest.approx(0.004)
+    assert five.wait == pytest.approx(4 * 0.001 * (1 + 0.5 + 0.25 + 0.125))  # the full batch
+    np.testing.assert_allclose(five.stage, [0.004] * K)
+
+
 def test_a_request_of_many_images_is_forecast_by_all_its_batches() -> None:
     # Batches of 4, each 4 ms at every stage, nothing queued. One image finishes exit 1 in
     # 4 ms, 8 images only after two batches, 8 ms. Forecast as one image, a strict request of 8
