@@ -152,38 +152,45 @@ class ModelService:
                 f"{n} images in one request; the limit is {self.settings.max_images_per_request}"
             )
         ticket = self._admit(request, n)
-        spec = self.preprocessing
-        decode_seconds = 0.0
-        if request.tensor is None and self.decode_in_worker:
-            images: Any = Encoded(request.encoded, request.labels)
-            outcome = await self.engine.infer(ticket, images, gone=request.gone)
-        else:
-            start = time.monotonic()
-            blobs, labels, array = request.encoded, request.labels, request.tensor
-            limit = self.settings.max_image_pixels
-            # While decoding, the engine knows these images are coming and may hold a batch open
-            # for them (at most max_wait_ms).
-            with self.engine.expecting() as arrival:
-                if array is not None:
-                    work, doing = (lambda: tensor_images(array, spec)), "checking the tensor"
-                else:
-                    work = lambda: decode_images(blobs, spec, limit, labels)  # noqa: E731
-                    doing = "decoding the images"
-                images = await self._off_loop(work, ticket.expires, doing)
-                decode_seconds = time.monotonic() - start
-                outcome = await self.engine.infer(ticket, images, arrival, request.gone)
-        if request.tensor is not None and not np.isfinite(outcome.confidence).all():
-            # Only a tensor can do it: values finite but so large that the logits overflow.
-            # The answer would say nothing (and NaN is not JSON); it is the client's input.
-            raise BadRequestError(
-                "tensor input values are out of range: the network's outputs were not finite"
-            )
+        try:
+            outcome, decode_seconds = await self._infer(request, ticket)
+        except BaseException:  # refused, failed, timed out, gone: never served
+            self.control.refund(ticket.plan, n)
+            raise
         result = self._result(request, ticket, outcome, decode_seconds + outcome.decode_seconds)
         # Only answers a client is still there to get teach the margin (see Margin).
         if (deadline_s := request.params.deadline_s) is not None and not request.left():
             self.margin.observe(deadline_s, time.monotonic() - request.arrived, ticket.late)
         self._observe(ticket.plan, result)
         return result
+
+    async def _infer(self, request: ClassifyRequest, ticket: Ticket) -> tuple[Outcome, float]:
+        """The engine's outcome for the request's images, and the seconds spent decoding them
+        on the event loop's side (none when the worker decodes)."""
+        if request.tensor is None and self.decode_in_worker:
+            images = Encoded(request.encoded, request.labels)
+            return await self.engine.infer(ticket, images, gone=request.gone), 0.0
+        start, spec = time.monotonic(), self.preprocessing
+        blobs, labels, array = request.encoded, request.labels, request.tensor
+        limit = self.settings.max_image_pixels
+        # While decoding, the engine knows these images are coming and may hold a batch open
+        # for them (at most max_wait_ms).
+        with self.engine.expecting() as arrival:
+            if array is not None:
+                work, doing = (lambda: tensor_images(array, spec)), "checking the tensor"
+            else:
+                work = lambda: decode_images(blobs, spec, limit, labels)  # noqa: E731
+                doing = "decoding the images"
+            pixels = await self._off_loop(work, ticket.expires, doing)
+            decode_seconds = time.monotonic() - start
+            outcome = await self.engine.infer(ticket, pixels, arrival, request.gone)
+        if array is not None and not np.isfinite(outcome.confidence).all():
+            # Only a tensor can do it: values finite but so large that the logits overflow.
+            # The answer would say nothing (and NaN is not JSON); it is the client's input.
+            raise BadRequestError(
+                "tensor input values are out of range: the network's outputs were not finite"
+            )
+        return outcome, decode_seconds
 
     def _admit(self, request: ClassifyRequest, images: int) -> Ticket:
         """What the request gets: its budget's plan (a cheaper point while the forecast wait is

@@ -108,6 +108,7 @@ class BudgetControl:
                 controlled=True,
                 control_mflops=ctl.budget_of(row),
                 control_epoch=ctl.epoch,
+                dearer=row != ctl.row,
             )
         else:
             served = dataclasses.replace(plan, control_epoch=ctl.epoch if ctl else -1)
@@ -115,6 +116,15 @@ class BudgetControl:
             self._plans.clear()
         self._plans[key] = (plan, served)
         return served
+
+    def refund(self, plan: ExitPlan, images: int) -> None:
+        """A request admitted with ``plan`` (from :meth:`plan`) failed before its answer: the
+        dither's turn it took is given back, while the settings that gave it still hold."""
+        state = self._points.get(plan.operating_point or "")
+        ctl = state.controller if state is not None else None
+        took = plan.controlled and plan.max_exit is None  # a capped plan takes no turn
+        if took and ctl is not None and plan.control_epoch == ctl.epoch:
+            ctl.refund(images, plan.dearer)
 
     def observe(self, plan: ExitPlan, mflops: Sequence[float], traffic: Traffic | None) -> None:
         """A request's images, served with ``plan``: their costs (MFLOPs) and what the engine

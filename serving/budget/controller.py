@@ -162,6 +162,15 @@ class BudgetController:
         self._credit -= images
         return self.row + 1
 
+    def refund(self, images: int, dearer: bool) -> None:
+        """A request given its row by :meth:`next_row` (``dearer``: the next dearer one) failed
+        before it was served: its turn is given back, so the share holds for the images
+        served. Kept, requests refused after admission (a full queue turns away big ones first;
+        an undecodable image) took the turns, and the images served got another share than
+        the one reported."""
+        if self.share:
+            self._credit += images * (float(dearer) - self.share)
+
     @property
     def moved(self) -> bool:
         return self.row != CALIBRATED

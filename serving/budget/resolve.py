@@ -45,6 +45,7 @@ class ExitPlan:
     controlled: bool = False
     control_mflops: float | None = None
     control_epoch: int = -1
+    dearer: bool = False  # served the dithered share's row (the next dearer one)
     # Under load (serving.degrade): the plan the request asked for, when it got a cheaper one.
     degraded_from: str | None = None
 

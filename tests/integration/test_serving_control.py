@@ -129,3 +129,31 @@ def test_bundles_calibrated_before_control_serve_open_loop(served: Served, tmp_p
     with TestClient(create_app(settings, registry=CollectorRegistry())) as client:
         control = client.get("/v1/model").json()["budget_control"]
         assert control == {**control, "enabled": False, "available": False}
+
+
+def test_requests_that_fail_after_admission_give_their_dither_turn_back(served: Served) -> None:
+    # A client sends a request with an undecodable image (a 400, found after admission) before
+    # each good one; q1 is moved with half the images on the dearer row. The failed requests
+    # took every dearer turn, and none of the 20 served requests got the share /v1/model shows.
+    point = served.bundle.calibration().point("q1")
+    settings = Settings(bundle=served.path, degrade=False)  # type: ignore[call-arg]
+    good, budget = png(served.test.pixels[0]), {"budget_mflops": str(point.expected_mflops)}
+    with TestClient(create_app(settings, registry=CollectorRegistry())) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        ctl = next(s for s in service.control.states() if s.point.name == "q1").controller
+        ctl.row, ctl.share, ctl._credit = max(0, ctl.table.row_at(ctl.target) - 3), 0.5, 0.0
+        ctl.epoch += 1
+        dearer, got = ctl.budget_of(ctl.row + 1), []
+        for _ in range(20):
+            bad = [("image", ("bad.png", b"\x89PNG not really", "image/png"))]
+            assert client.post("/v1/classify", files=bad, data=budget).status_code == 400
+            r = client.post(
+                "/v1/classify", files=[("image", ("ok.png", good, "image/png"))], data=budget
+            )
+            assert r.status_code == 200, r.text
+            got.append(r.json()["operating_point"]["control_mflops"] == dearer)
+        q1 = next(
+            p for p in client.get("/v1/model").json()["operating_points"] if p["name"] == "q1"
+        )
+        assert q1["budget_control"]["dithered"]["share"] == 0.5
+        assert sum(got) == 10, f"{sum(got)} of 20 served requests got the dearer row"

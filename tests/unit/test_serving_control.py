@@ -341,6 +341,11 @@ def test_capped_requests_take_no_turn_of_the_dither() -> None:
                 x for x in served if x.max_exit is not None
             ).control_mflops == ctl.budget_of(3)
         assert dearer == 50
+    credit = ctl._credit
+    control.refund(control.plan(capped), 1)  # took no turn: gives none back
+    assert ctl._credit == credit
+    control.refund(control.plan(full), 1)  # took one: gives it back
+    assert ctl._credit == pytest.approx(credit)
 
 
 def test_the_dither_shares_images_not_requests(table: ControlTable) -> None:
@@ -352,3 +357,15 @@ def test_the_dither_shares_images_not_requests(table: ControlTable) -> None:
     sizes = [3, 1] * 200
     dearer = sum(n for n in sizes if ctl.next_row(n) == 4)
     assert abs(dearer / sum(sizes) - 0.25) <= 2 / sum(sizes)
+
+
+def test_a_refund_gives_back_exactly_the_turn_taken(table: ControlTable) -> None:
+    ctl = BudgetController(point(5.0), COSTS, table)
+    ctl.row, ctl.share = 3, 0.25
+    for n in (1, 3, 32, 2, 1, 7):
+        before = ctl._credit
+        ctl.refund(n, ctl.next_row(n) == 4)
+        assert ctl._credit == pytest.approx(before)
+    ctl.share = 0.0
+    ctl.refund(5, False)  # not dithered: no turn was taken, none is given back
+    assert ctl._credit == pytest.approx(before)
