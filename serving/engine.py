@@ -45,7 +45,7 @@ from exitwise.runtime import StageRunner, judge_stage, run_early_exit, top_k_of
 
 from . import deadlines
 from .errors import ClientGoneError, DeadlineExceededError, NotReadyError, QueueFullError
-from .jobs import CAP, CONFIDENT, DEADLINE, Answer, Job, Rows, Slots, Ticket, join
+from .jobs import CAP, CONFIDENT, DEADLINE, Answer, Job, Outcome, Rows, Slots, Ticket, join
 from .latency import LatencyModel
 from .metrics import Metrics
 from .scheduler import EMPTY, Idle, QueueView, Run, pick
@@ -173,17 +173,20 @@ class Engine:
         work = [0.0] * (self.num_exits + 1)
         for i in range(self.num_exits - 1, -1, -1):
             work[i] = per_row[i] + survive[i] * work[i + 1]
-        along = rows[0] % full  # the rows that would share its first batch
+        # The rows that would share its first batch (none without its own batches to count
+        # them in: the degrader's wait then sees every queued row).
+        along = rows[0] % full if own else 0
         wait = (rows[0] - along) * work[0]
         wait += sum(r * w for r, w in zip(rows[1:], work[1:], strict=False))
         if running is not None:
             stage, n, start, seconds = running
             wait += max(0.0, start + seconds - now) + n * survive[stage] * work[stage + 1]
-        whole, rest = divmod(max(0, images - full), full)
         own_s = []
         for i in range(self.num_exits if own else 0):
+            first = min(images, full - along)  # its images in the batch it joins
+            whole, rest = divmod(images - first, full)  # and in the batches they fill
             more = whole * estimate(i, full) + (estimate(i, rest) if rest else 0.0)
-            own_s.append(estimate(i, min(full, along + images)) + more)
+            own_s.append(estimate(i, along + first) + more)
             along = round(along * survive[i])
         return deadlines.Forecast(now, wait, np.array(own_s))
 
@@ -613,13 +616,10 @@ class Engine:
 
     def _count(self, slots: np.ndarray, reasons: np.ndarray | None = None) -> None:
         """``slots`` are done with: answered (for ``reasons``: their results are in their slots
-        already) or dropped; requests with none left complete."""
+        already) or dropped; requests with none left complete. Their bookkeeping comes first:
+        a fault in the answers or the metrics fails those requests (a 500), it leaks nothing."""
         if not len(slots):
             return
-        if reasons is not None:
-            self.slots.reason[slots] = reasons
-            if self.metrics is not None:
-                self.metrics.answered(self.slots.exit[slots], reasons, self.exit_mflops)
         complete = []
         for job_id, count in _tally(self.slots.job[slots]):
             if (job := self._jobs.get(job_id)) is None:  # a bug elsewhere: never fatal here
@@ -630,10 +630,18 @@ class Engine:
                 del self._jobs[job_id]
                 complete.append(job)
         answered = [job for job in complete if not job.cancelled]
-        for job, outcome in zip(
-            answered, self.slots.outcomes(answered, time.monotonic()), strict=True
-        ):
-            job.result = outcome
+        results: Sequence[Outcome | BaseException]
+        try:
+            if reasons is not None:
+                self.slots.reason[slots] = reasons
+                if self.metrics is not None:
+                    self.metrics.answered(self.slots.exit[slots], reasons, self.exit_mflops)
+            results = self.slots.outcomes(answered, time.monotonic())
+        except Exception:
+            log.exception("answering %d requests failed", len(answered))
+            results = [EngineFailureError("inference failed")] * len(answered)
+        for job, result in zip(answered, results, strict=True):
+            job.result = result
             self._done.append(job)
         for job in complete:
             self.slots.free(job.start, job.n)

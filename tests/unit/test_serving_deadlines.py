@@ -528,6 +528,36 @@ def test_rows_that_share_the_new_request_s_batch_are_counted_once() -> None:
     np.testing.assert_allclose(five.stage, [0.004] * K)
 
 
+def test_images_past_the_shared_batch_s_room_are_forecast_in_another() -> None:
+    # Three rows wait for stage 1 in batches of 4: a request of two images has one seat in
+    # their batch, and its second image a batch of its own. Forecast as if its images began a
+    # batch, both rode the first: exit 1 at 4 ms, where 8 ms is when it is done (a strict
+    # request was admitted, then refused by the engine).
+    async def main() -> deadlines.Forecast:
+        engine = _timed(Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=4), 0.004)
+        engine.submit(ticket(NEVER), _images(3))
+        return engine.forecast(2)
+
+    f = asyncio.run(main())
+    assert f.wait == 0.0
+    assert f.stage[0] == pytest.approx(0.008)
+
+
+def test_the_wait_the_degrader_reads_counts_every_queued_row() -> None:
+    # Without a request's own batches (own=False: degradation with no deadline), no row shares
+    # one: 31 rows short of a full batch once read as no wait at all, and 32 as a full one.
+    async def main() -> list[float]:
+        engine = _timed(Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=4), 0.004)
+        engine.submit(ticket(NEVER), _images(3))
+        three = engine.forecast(own=False).wait
+        engine.submit(ticket(NEVER), _images(1))
+        return [three, engine.forecast(own=False).wait]
+
+    three, four = asyncio.run(main())
+    per_row = 0.001 * (1 + 0.5 + 0.25 + 0.125)
+    assert (three, four) == (pytest.approx(3 * per_row), pytest.approx(4 * per_row))
+
+
 def test_a_request_of_many_images_is_forecast_by_all_its_batches() -> None:
     # Batches of 4, each 4 ms at every stage, nothing queued. One image finishes exit 1 in
     # 4 ms, 8 images only after two batches, 8 ms. Forecast as one image, a strict request of 8

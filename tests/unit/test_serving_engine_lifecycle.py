@@ -181,7 +181,7 @@ def test_a_bad_image_of_a_request_split_between_batches_is_named_by_its_place_in
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("where", ["normalise", "metrics", "join"])
+@pytest.mark.parametrize("where", ["normalise", "metrics", "join", "answers"])
 def test_a_fault_outside_the_network_call_fails_the_batch_and_frees_its_slots(where: str) -> None:
     # The worker's catch-all kept it serving, but the rows it held were neither answered nor
     # failed: their requests waited for their timeout (a 504), and their slots were never
@@ -211,6 +211,15 @@ def test_a_fault_outside_the_network_call_fails_the_batch_and_frees_its_slots(wh
             record(*args)  # type: ignore[arg-type]
 
         metrics.record_stage = faulty_record  # type: ignore[method-assign]
+    if where == "answers":  # while counting the answers, past the stage's own work
+        answered = metrics.answered
+
+        def faulty_answered(*args: object) -> None:
+            if broken["on"]:
+                raise RuntimeError("a bug in counting the answers")
+            answered(*args)  # type: ignore[arg-type]
+
+        metrics.answered = faulty_answered  # type: ignore[method-assign]
 
     async def main() -> None:
         engine.start()  # the real worker: its catch-all is what kept serving before
