@@ -50,6 +50,9 @@ class Forecast:
     now: float  # time.monotonic()
     wait: float  # seconds of work queued ahead of it
     stage: np.ndarray  # float64 [K]: seconds of each stage's batches its images would run in
+    # Seconds of all the work queued, the rows sharing its batches included: the pressure the
+    # degrader reads, the same for every request (with or without a deadline).
+    queued: float
 
     def finish(self) -> np.ndarray:
         """float64 ``[K]``: the moment each exit (0-based) would be done."""

@@ -166,21 +166,20 @@ class Engine:
 
         The rows waiting for stage 1 that would share its first batch (those past the last
         full batch) are not ahead of it: they run with it, at every stage, in its batches'
-        cost. Counted in both, a queue of 31 rows made a 4 ms batch a forecast of about 10."""
+        cost. Counted in both, a queue of 31 rows made a 4 ms batch a forecast of about 10.
+        They are load all the same: ``queued``, what the degrader reads, counts every row."""
         now, rows, running = time.monotonic(), list(self._rows), self._running
         per_row, survive = self.latency.per_row_full, self._survive
         full, estimate = self.max_batch_size, self.latency.estimate
         work = [0.0] * (self.num_exits + 1)
         for i in range(self.num_exits - 1, -1, -1):
             work[i] = per_row[i] + survive[i] * work[i + 1]
-        # The rows that would share its first batch (none without its own batches to count
-        # them in: the degrader's wait then sees every queued row).
-        along = rows[0] % full if own else 0
-        wait = (rows[0] - along) * work[0]
-        wait += sum(r * w for r, w in zip(rows[1:], work[1:], strict=False))
+        queued = sum(r * w for r, w in zip(rows, work, strict=False))
         if running is not None:
             stage, n, start, seconds = running
-            wait += max(0.0, start + seconds - now) + n * survive[stage] * work[stage + 1]
+            queued += max(0.0, start + seconds - now) + n * survive[stage] * work[stage + 1]
+        along = rows[0] % full  # the rows that would share its first batch: not ahead of it
+        wait = queued - along * work[0]
         own_s = []
         for i in range(self.num_exits if own else 0):
             first = min(images, full - along)  # its images in the batch it joins
@@ -188,7 +187,7 @@ class Engine:
             more = whole * estimate(i, full) + (estimate(i, rest) if rest else 0.0)
             own_s.append(estimate(i, along + first) + more)
             along = round(along * survive[i])
-        return deadlines.Forecast(now, wait, np.array(own_s))
+        return deadlines.Forecast(now, wait, np.array(own_s), queued)
 
     def check_room(self, n: int = 1) -> None:
         """A :class:`QueueFullError` (503 with Retry-After) when ``n`` more images would pass

@@ -211,7 +211,7 @@ class ModelService:
             forecast = self.engine.forecast(images, own=params.deadline_s is not None)
         if degrade and forecast is not None and self.degrader.max_level:
             fill = self.engine.queued_images / s.max_queue_images
-            level = self.degrader.level(forecast.wait, fill)
+            level = self.degrader.level(forecast.queued, fill)
             plan = self.resolver.degrade(plan, level)
             cheapest = level == self.degrader.max_level
         deadline, limit, late, strict_by = math.inf, None, False, math.inf

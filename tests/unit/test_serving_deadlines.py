@@ -440,7 +440,7 @@ def test_a_request_without_a_deadline_keeps_its_place_at_a_deeper_stage_too(
 
 
 def _forecast(wait: float, stages: list[float]) -> deadlines.Forecast:
-    return deadlines.Forecast(100.0, wait, np.array(stages))
+    return deadlines.Forecast(100.0, wait, np.array(stages), wait)
 
 
 def test_admission_gives_the_deepest_exit_that_finishes_in_time() -> None:
@@ -490,7 +490,7 @@ def test_a_deadline_taken_up_front_is_admitted_in_time_on_an_idle_server(
             assert deadline_s < first_exit_s + deadlines.ANSWER_MARGIN_S
             continue
         due = deadlines.due(100.0, float(deadline_s), margin.of(float(deadline_s)))
-        idle = deadlines.Forecast(now=100.0, wait=0.0, stage=np.full(K, first_exit_s))
+        idle = deadlines.Forecast(now=100.0, wait=0.0, stage=np.full(K, first_exit_s), queued=0.0)
         assert not deadlines.admit(idle, due)[1]  # in time: not late
 
 
@@ -543,19 +543,33 @@ def test_images_past_the_shared_batch_s_room_are_forecast_in_another() -> None:
     assert f.stage[0] == pytest.approx(0.008)
 
 
-def test_the_wait_the_degrader_reads_counts_every_queued_row() -> None:
-    # Without a request's own batches (own=False: degradation with no deadline), no row shares
-    # one: 31 rows short of a full batch once read as no wait at all, and 32 as a full one.
+def test_the_pressure_the_degrader_reads_counts_every_queued_row() -> None:
+    # The degrader reads all the work queued: the rows that would share a new request's batch
+    # are not ahead of it, but they are load. Left out, 31 rows short of a full batch read as
+    # no pressure at all, and 32 as a full batch's.
     async def main() -> list[float]:
         engine = _timed(Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=4), 0.004)
         engine.submit(ticket(NEVER), _images(3))
-        three = engine.forecast(own=False).wait
+        three = engine.forecast(own=False).queued
         engine.submit(ticket(NEVER), _images(1))
-        return [three, engine.forecast(own=False).wait]
+        return [three, engine.forecast(own=False).queued]
 
     three, four = asyncio.run(main())
     per_row = 0.001 * (1 + 0.5 + 0.25 + 0.125)
     assert (three, four) == (pytest.approx(3 * per_row), pytest.approx(4 * per_row))
+
+
+def test_the_degrader_reads_the_same_pressure_with_a_deadline_and_without() -> None:
+    # The rows sharing a deadline request's batch are not work ahead of it, but they are load:
+    # the degrader's pressure is every queued row's work, whichever request reads it.
+    async def main() -> tuple[deadlines.Forecast, deadlines.Forecast]:
+        engine = _timed(Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=4), 0.004)
+        engine.submit(ticket(NEVER), _images(3))
+        return engine.forecast(1), engine.forecast(1, own=False)
+
+    timed, plain = asyncio.run(main())
+    assert timed.wait == plain.wait == 0.0  # the three rows share its batch
+    assert timed.queued == plain.queued > 0.0
 
 
 def test_a_request_of_many_images_is_forecast_by_all_its_batches() -> None:
