@@ -20,7 +20,8 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
@@ -80,7 +81,8 @@ class DrainingServer(uvicorn.Server):
         with super().capture_signals():
             yield
             captured = getattr(self, "_captured_signals", None)
-            if captured is not None:
+            # A forced exit abandoned requests in flight: no success, the SIGTERM stands.
+            if captured is not None and not self.force_exit:
                 captured[:] = [s for s in captured if s != signal.SIGTERM]
 
 
@@ -123,7 +125,8 @@ def serve_one(
     loaded: LoadedModel | None = None,
     sockets: list[socket.socket] | None = None,
 ) -> None:
-    """One server process (blocks until it has shut down)."""
+    """One server process (blocks until it has shut down); ``sockets``: a worker of
+    :func:`serve_many`, on its parent's socket."""
     from .app import create_app
 
     _configure_process(settings)
@@ -131,7 +134,14 @@ def serve_one(
     server = DrainingServer(
         _uvicorn_config(app, settings), app.state.lifecycle, settings.drain_seconds
     )
-    server.run(sockets=sockets)
+    try:
+        server.run(sockets=sockets)
+    except KeyboardInterrupt:
+        # uvicorn re-raises the SIGINT it stopped on. A lone server's shell expects it; a
+        # worker's Ctrl-C stop (forwarded by its parent) is a clean one, not a KeyboardInterrupt
+        # traceback and exit 1, unless it was forced (requests abandoned).
+        if sockets is None or server.force_exit:
+            raise
     if not server.started:
         raise SystemExit(3)
 
@@ -149,20 +159,43 @@ def serve_many(settings: Settings) -> int:
         ctx.Process(target=_worker, args=(settings, [sock]), name=f"exitwise-worker-{i}")
         for i in range(settings.workers)
     ]
+    try:
+        log.info("starting %d workers on %s:%d", len(procs), settings.host, settings.port)
+        return supervise(procs)
+    finally:
+        sock.close()
+
+
+def supervise(procs: Sequence[BaseProcess]) -> int:
+    """Start ``procs``, forward SIGTERM and SIGINT to them, and wait until all have exited: 0
+    when every one exited 0, else 1. One that exits before a signal came (a crash) stops the
+    others. Called on the main thread (signal handlers)."""
     stopping = threading.Event()
+    told: dict[int, list[int]] = {}  # pid: the signals forwarded to it
+
+    def tell(p: BaseProcess, sig: int) -> None:
+        if p.pid is not None and p.exitcode is None:
+            told.setdefault(p.pid, []).append(sig)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, sig)
+
+    received: list[int] = []
 
     def forward(sig: int, frame: FrameType | None) -> None:
+        received.append(sig)
         stopping.set()
         for p in procs:
-            if p.pid is not None and p.exitcode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, sig)
+            tell(p, sig)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         for p in procs:
             p.start()
-        log.info("started %d workers on %s:%d", len(procs), settings.host, settings.port)
+        # A signal while they were starting reached only those started by then: the others
+        # would have served on, and this process waited for them for good.
+        for p in procs:
+            for sig in received[len(told.get(p.pid or -1, [])) :]:
+                tell(p, sig)
         failed = False
         while any(p.is_alive() for p in procs):
             for p in procs:
@@ -174,8 +207,13 @@ def serve_many(settings: Settings) -> int:
                     for other in procs:
                         if other.is_alive():
                             other.terminate()
+        # A worker that failed while stopping (killed, or a forced exit abandoning requests)
+        # is no clean stop either: the orchestrator must hear of it.
+        for p in procs:
+            if p.exitcode != 0 and not failed:
+                log.error("worker %s exited with %s while stopping", p.name, p.exitcode)
+                failed = True
         return 1 if failed else 0
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        sock.close()

@@ -63,3 +63,18 @@ def test_the_drain_delay_ending_is_no_second_signal() -> None:
     assert server._drain_timer is not None
     server._drain_timer.join(5)
     assert server.should_exit and not server.force_exit
+
+
+@pytest.mark.parametrize(("forced", "raised"), [(False, []), (True, [signal.SIGTERM])])
+def test_only_a_drained_sigterm_stop_is_a_success(
+    monkeypatch: pytest.MonkeyPatch, forced: bool, raised: list[int]
+) -> None:
+    # uvicorn re-raises the signals it stopped on. A drained SIGTERM stop exits 0; one forced
+    # by a further signal abandoned requests in flight, and exited 0 all the same.
+    again: list[int] = []
+    monkeypatch.setattr(signal, "raise_signal", again.append)
+    server = _server()
+    with server.capture_signals():
+        server._captured_signals.append(signal.SIGTERM)
+        server.force_exit = forced
+    assert again == raised

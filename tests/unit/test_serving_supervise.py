@@ -1,0 +1,71 @@
+"""``--workers``: the parent forwards its signals to every worker, and its exit code says whether
+they all stopped cleanly."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from serving.server import supervise
+from tests.unit.supervise_targets import wait_for_sigterm
+
+CTX = multiprocessing.get_context("spawn")
+
+
+def _sigterm_when_ready(*ready: Path) -> threading.Thread:
+    """SIGTERM to this process (the parent) once every worker has said it is ready."""
+
+    def send() -> None:
+        deadline = time.monotonic() + 20
+        while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(("codes", "expected"), [((0, 0), 0), ((0, 3), 1), ((0, -9), 1)])
+def test_a_worker_that_fails_while_stopping_makes_the_stop_a_failure(
+    tmp_path: Path, codes: tuple[int, int], expected: int
+) -> None:
+    # SIGTERM to the parent; one worker then exits 3, or is killed (as the OOM killer would),
+    # while the others drain. Once stopping, the parent looked at no exit code and said 0: a
+    # clean drain, as far as the orchestrator could tell, with that worker's requests lost.
+    ready = [tmp_path / f"ready-{i}" for i in range(2)]
+    procs = [
+        CTX.Process(target=wait_for_sigterm, args=(str(r), c))
+        for r, c in zip(ready, codes, strict=True)
+    ]
+    _sigterm_when_ready(*ready)
+    assert supervise(procs) == expected
+    assert not any(p.is_alive() for p in procs)
+
+
+class _SignalOnStart(CTX.Process):  # type: ignore[name-defined,misc]
+    """Sends the parent SIGTERM as it starts: the signal comes before this worker has a pid."""
+
+    def start(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        super().start()
+
+
+def test_a_signal_while_the_workers_start_reaches_every_one(tmp_path: Path) -> None:
+    # The parent forwarded a signal only to the workers started by then: one started just after
+    # it served on, and the parent waited for it for good.
+    ready = [tmp_path / "ready-0", tmp_path / "ready-1"]
+    procs = [
+        CTX.Process(target=wait_for_sigterm, args=(str(ready[0]), 0)),
+        _SignalOnStart(target=wait_for_sigterm, args=(str(ready[1]), 0)),
+    ]
+    start = time.monotonic()
+    supervise(procs)  # 0 or 1: the late one may die of the SIGTERM before its handler is set
+    assert time.monotonic() - start < 15, "a worker never heard of the stop"
+    assert all(p.exitcode is not None and p.exitcode != 9 for p in procs)
