@@ -44,7 +44,13 @@ from exitwise.models import select_rows
 from exitwise.runtime import StageRunner, judge_stage, run_early_exit, top_k_of
 
 from . import deadlines
-from .errors import ClientGoneError, DeadlineExceededError, NotReadyError, QueueFullError
+from .errors import (
+    BadRequestError,
+    ClientGoneError,
+    DeadlineExceededError,
+    NotReadyError,
+    QueueFullError,
+)
 from .jobs import CAP, CONFIDENT, DEADLINE, Answer, Job, Outcome, Rows, Slots, Ticket, join
 from .latency import LatencyModel
 from .metrics import Metrics
@@ -629,13 +635,21 @@ class Engine:
                 del self._jobs[job_id]
                 complete.append(job)
         answered = [job for job in complete if not job.cancelled]
-        results: Sequence[Outcome | BaseException]
+        results: list[Outcome | BaseException]
         try:
             if reasons is not None:
                 self.slots.reason[slots] = reasons
-                if self.metrics is not None:
-                    self.metrics.answered(self.slots.exit[slots], reasons, self.exit_mflops)
-            results = self.slots.outcomes(answered, time.monotonic())
+            results = [_checked(o) for o in self.slots.outcomes(answered, time.monotonic())]
+            served = [r for r in results if isinstance(r, Outcome)]
+            if self.metrics is not None and served:
+                # Counted once a request's answer is whole, not as each image leaves a stage:
+                # the images of a request that then failed (a bad image in a later batch, its
+                # timeout, its client gone) were counted as served, its error notwithstanding.
+                self.metrics.answered(
+                    np.concatenate([r.exit for r in served]),
+                    np.concatenate([r.reason for r in served]),
+                    self.exit_mflops,
+                )
         except Exception:
             log.exception("answering %d requests failed", len(answered))
             results = [EngineFailureError("inference failed")] * len(answered)
@@ -677,6 +691,17 @@ def _resolve(jobs: list[Job]) -> None:
     for job in jobs:
         if not job.future.done() and job.result is not None:
             job.future.deliver(job.result)
+
+
+def _checked(outcome: Outcome) -> Outcome | BaseException:
+    """``outcome``, or the 400 for inputs whose network outputs are not finite: a tensor of
+    finite values so large that the logits overflow (an image cannot do it). The answer would
+    say nothing (and NaN is not JSON)."""
+    if np.isfinite(outcome.confidence).all():
+        return outcome
+    return BadRequestError(
+        "tensor input values are out of range: the network's outputs were not finite"
+    )
 
 
 def _names(part: Rows, job: Job) -> Sequence[str] | None:

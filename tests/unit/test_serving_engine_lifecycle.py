@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import numpy as np
 import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
+from exitwise.models import State
 from exitwise.preprocess import InvalidImageError, Preprocessing, normalize
 from serving.engine import Encoded, Engine, EngineFailureError
-from serving.errors import ClientGoneError
+from serving.errors import ClientGoneError, DeadlineExceededError
 from serving.images import decode_pixels
-from serving.jobs import Job
+from serving.jobs import REASONS, Job
 from serving.metrics import Metrics
 from tests.serving_helpers import png
 from tests.unit.test_serving_engine import FakeRunner, K, _all_confidences, _images, _plan, ticket
@@ -243,3 +245,50 @@ def test_a_fault_outside_the_network_call_fails_the_batch_and_frees_its_slots(wh
             engine.stop()
 
     asyncio.run(main())
+
+
+class _SlowAfterStage1(FakeRunner):
+    """Stage 1 at once, every later stage ``later`` seconds."""
+
+    def __init__(self, later: float) -> None:
+        super().__init__()
+        self.later = later
+
+    def run_stage(self, index: int, state: State) -> tuple[State, torch.Tensor]:
+        if index > 0:
+            time.sleep(self.later)
+        return super().run_stage(index, state)
+
+
+@pytest.mark.parametrize("how", ["timeout", "client gone"])
+def test_a_request_that_ends_early_counts_none_of_its_images_as_served(how: str) -> None:
+    # Of two images, one leaves at exit 1 and one is still in stage 2 when the request times
+    # out (504) or its client goes away (499). The one answered was counted as served
+    # (exits, stops, MFLOPs) although the client got no answer for it.
+    metrics = Metrics(CollectorRegistry())
+    x = torch.zeros((2, 1, 1, K))
+    x[0] = 4.0  # confident at exit 1; the other never
+
+    async def main() -> None:
+        engine = Engine(_SlowAfterStage1(later=0.3), exit_mflops=[1, 2, 3, 4], metrics=metrics)
+        engine.start()
+        try:
+            if how == "timeout":
+                with pytest.raises(DeadlineExceededError):
+                    await engine.infer(ticket(_plan([0.9] * 3), expires=0.1), x)
+            else:
+
+                async def gone() -> None:
+                    await asyncio.sleep(0.1)
+
+                with pytest.raises(ClientGoneError):
+                    await engine.infer(ticket(_plan([0.9] * 3)), x, gone=gone)
+            await asyncio.sleep(0.4)  # the row in stage 2 comes back and is dropped
+        finally:
+            engine.stop()
+
+    asyncio.run(main())
+    get = metrics.registry.get_sample_value
+    exits = sum(get("exitwise_exits_total", {"exit": str(k)}) or 0 for k in range(1, K + 1))
+    stops = sum(get("exitwise_stops_total", {"reason": r}) or 0 for r in REASONS)
+    assert (exits, stops, get("exitwise_mflops_per_image_count")) == (0, 0, 0)
