@@ -363,13 +363,8 @@ class Engine:
             # but has nothing to fit, and one already out of reach is lost whatever the batch.
             # Their keys in the past once made every batch here full, and the rows with a
             # deadline still in reach rode it, late.
-            # A strict row past its due moment (the answer margin eaten by the work ahead)
-            # may still make deadline_ms itself: sized for that. Riding a full batch, it was
-            # answered late, where strict promises a 503 or an answer in time.
-            waiting = np.flatnonzero(slots.queued == stage)
-            targets, one = slots.deadline[waiting], now + fits(1)
-            targets = np.where(targets >= one, targets, slots.strict_by[waiting])
-            reach = targets[(targets >= one) & np.isfinite(targets)]
+            waiting = slots.deadline[np.flatnonzero(slots.queued == stage)]
+            reach = waiting[waiting >= now + fits(1)]
             if len(reach):
                 limit = deadlines.batch_limit(float(reach.min()) - now, most, fits)
         if timed and self._rows[stage] > limit:

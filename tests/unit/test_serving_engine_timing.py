@@ -185,33 +185,6 @@ def test_a_row_with_no_deadline_in_reach_does_not_make_the_batch_full(first: str
     assert elapsed < 0.3, f"answered after {elapsed:.3f} s (deadline 0.3 s); {runner.calls}"
 
 
-def test_a_strict_row_inside_its_margin_gets_a_batch_that_ends_by_its_deadline() -> None:
-    # Stage 1: one or two rows take 0.1 s, more take 0.4 s. A strict row is due (deadline_ms
-    # less the answer margin) in 0.05 s, which not even a batch of one makes, but deadline_ms
-    # itself is 0.3 s away. Counted out of reach, it rode a full batch with the seven plain
-    # rows ahead of it (0.4 s) and was answered after its deadline: strict promises a 503 or
-    # an answer in time. Sized for its deadline_ms: a batch of three (0.25 s).
-    runner, engine = _timed_engine({1: 0.1, 2: 0.1, 4: 0.4, 8: 0.4}, later=0.001)
-
-    async def main() -> float:
-        plain = engine.submit(ticket(NEVER_PAST_2), _images(7, 1))
-        now = time.monotonic()
-        strict = Ticket(NEVER_PAST_2, 0, now, now + 30, now + 0.05, strict_by=now + 0.3)
-        timed = engine.submit(strict, _images(1, 2))
-        engine.start()
-        try:
-            await timed.future
-            elapsed = time.monotonic() - now
-            await plain.future
-            return elapsed
-        finally:
-            engine.stop()
-
-    elapsed = asyncio.run(main())
-    assert runner.calls[0] == (0, 3), runner.calls
-    assert elapsed < 0.3, f"answered after {elapsed:.3f} s (deadline 0.3 s); {runner.calls}"
-
-
 def test_a_deeper_stage_takes_its_earliest_deadlines_row_by_row() -> None:
     # Stage 2 holds the survivors of two stage-1 batches: A (one row due in 35 ms and three
     # with seconds to spare) and B (two rows due in 45 ms). Ten milliseconds a row, so the batch
