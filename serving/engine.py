@@ -293,7 +293,17 @@ class Engine:
 
     def _work(self) -> None:
         with torch.inference_mode():
-            while (step := self._next()) is not None:
+            while True:
+                try:
+                    if (step := self._next()) is None:
+                        return
+                except Exception:  # a bug in the scheduling: the worker must outlive it
+                    # Ended, it left the server up and ready with nobody to run a stage: every
+                    # request waited for its timeout, for good. A pause, not a hot loop, for a
+                    # fault that stays.
+                    log.exception("choosing the next batch failed")
+                    time.sleep(0.01)
+                    continue
                 try:
                     self._run(*step)
                 except Exception:  # a bug in the bookkeeping: keep serving the others

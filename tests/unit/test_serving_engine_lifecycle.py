@@ -20,7 +20,7 @@ from exitwise.preprocess import InvalidImageError, Preprocessing, normalize
 from serving.engine import Encoded, Engine, EngineFailureError
 from serving.errors import ClientGoneError, DeadlineExceededError
 from serving.images import decode_pixels
-from serving.jobs import REASONS, Job
+from serving.jobs import REASONS, Job, Rows
 from serving.metrics import Metrics
 from tests.serving_helpers import png
 from tests.unit.test_serving_engine import FakeRunner, K, _all_confidences, _images, _plan, ticket
@@ -292,3 +292,29 @@ def test_a_request_that_ends_early_counts_none_of_its_images_as_served(how: str)
     exits = sum(get("exitwise_exits_total", {"exit": str(k)}) or 0 for k in range(1, K + 1))
     stops = sum(get("exitwise_stops_total", {"reason": r}) or 0 for r in REASONS)
     assert (exits, stops, get("exitwise_mflops_per_image_count")) == (0, 0, 0)
+
+
+def test_a_fault_in_choosing_the_next_batch_leaves_the_worker_serving() -> None:
+    # The worker thread ended on an exception outside a batch (the scheduler, taking rows):
+    # the server stayed up and ready, and every request after waited for its timeout.
+    engine = _engine()
+    take, faults = engine._take, [1]
+
+    def faulty_take(*args: object) -> list[Rows]:
+        if faults:
+            faults.pop()
+            raise RuntimeError("a bug in taking rows")
+        return take(*args)  # type: ignore[arg-type]
+
+    engine._take = faulty_take  # type: ignore[method-assign]
+
+    async def main() -> None:
+        engine.start()
+        try:
+            job = engine.submit(ticket(EVERY_IMAGE_AT_EXIT_1), _images(2))
+            assert (await asyncio.wait_for(job.future, 5)).exit.tolist() == [0, 0]
+        finally:
+            engine.stop()
+
+    asyncio.run(main())
+    assert not faults
