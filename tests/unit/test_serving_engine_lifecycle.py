@@ -204,24 +204,17 @@ def test_a_fault_outside_the_network_call_fails_the_batch_and_frees_its_slots(wh
         decode=lambda blobs, labels: decode_pixels(blobs, SPEC, 10_000, labels),
         normalize=faulty_normalize if where == "normalise" else lambda p: normalize(p, SPEC),
     )
-    if where == "metrics":
-        record = metrics.record_stage
+    # A bug in the bookkeeping after the stage's own work, or while counting the answers.
+    method = {"metrics": "record_stage", "answers": "answered"}.get(where)
+    if method is not None:
+        real = getattr(metrics, method)
 
-        def faulty_record(*args: object) -> None:
+        def faulty(*args: object) -> None:
             if broken["on"]:
-                raise RuntimeError("a bug in the metrics")
-            record(*args)  # type: ignore[arg-type]
+                raise RuntimeError(f"a bug in {method}")
+            real(*args)
 
-        metrics.record_stage = faulty_record  # type: ignore[method-assign]
-    if where == "answers":  # while counting the answers, past the stage's own work
-        answered = metrics.answered
-
-        def faulty_answered(*args: object) -> None:
-            if broken["on"]:
-                raise RuntimeError("a bug in counting the answers")
-            answered(*args)  # type: ignore[arg-type]
-
-        metrics.answered = faulty_answered  # type: ignore[method-assign]
+        setattr(metrics, method, faulty)
 
     async def main() -> None:
         engine.start()  # the real worker: its catch-all is what kept serving before
