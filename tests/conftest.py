@@ -1,8 +1,11 @@
-"""Shared test configuration: folder-based markers and CUDA skipping."""
+"""Shared test configuration: folder-based markers, CUDA skipping, and a lock for the tests that
+need the machine to themselves."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,3 +31,20 @@ def _deterministic_threads() -> None:
     # pytest-xdist the workers share the cores (threads spinning against each other are slower).
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // workers))
+
+
+@pytest.fixture
+def cpu_alone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """For the tests whose figures a flood on the other core would spoil, and the floods: one
+    such test at a time across pytest-xdist's workers (a file lock in the run's shared temporary
+    folder). The seam test of the learned margin ran beside the degradation flood once files
+    were added and the workers' share of them changed, and failed three runs in a row."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # each worker's base is a folder of the run's
+    with open(shared / "cpu-alone.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

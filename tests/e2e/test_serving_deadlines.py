@@ -54,6 +54,7 @@ def test_every_answer_says_why_it_stopped(server: ServerProcess, served: Served)
     assert capped and all(r["exit"] == 2 for r in capped)
 
 
+@pytest.mark.usefixtures("cpu_alone")
 def test_tight_deadlines_bite_under_concurrency(server: ServerProcess, served: Served) -> None:
     model = httpx.get(f"{server.url}/v1/model").json()
     stages = model["latency_model"]
@@ -89,6 +90,7 @@ def test_bad_deadlines_are_422(
     assert r.status_code == 422 and message in r.json()["error"], r.text
 
 
+@pytest.mark.usefixtures("cpu_alone")
 def test_degradation_engages_under_a_flood_and_lets_go_after(
     served: Served, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
