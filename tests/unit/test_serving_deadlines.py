@@ -9,6 +9,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -100,6 +101,7 @@ def test_a_batch_faster_than_warm_up_lowers_the_first_exit_floor() -> None:
 
 
 NEVER = _plan([math.inf] * (K - 1))  # nobody is confident: only caps and deadlines stop them
+T = TypeVar("T")
 
 
 class SlowRunner(FakeRunner):
@@ -494,14 +496,29 @@ def test_a_deadline_taken_up_front_is_admitted_in_time_on_an_idle_server(
         assert not deadlines.admit(idle, due)[1]  # in time: not late
 
 
-def test_the_engine_forecast_counts_the_work_queued_ahead() -> None:
-    async def main() -> tuple[deadlines.Forecast, deadlines.Forecast]:
-        engine = _timed(Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=4), 0.004)
-        idle = engine.forecast()
-        engine.submit(ticket(NEVER), _images(8))  # not started: it stays queued
-        return idle, engine.forecast()
+def _of_4ms_batches() -> Engine:
+    """Batches of up to 4, each 4 ms at every stage whatever its size; not started, so what is
+    submitted stays queued."""
+    return _timed(Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=4), 0.004)
 
-    idle, busy = asyncio.run(main())
+
+def _asked(sizes: list[int], ask: Callable[[Engine], T]) -> list[T]:
+    """``ask(engine)`` of a :func:`_of_4ms_batches` engine after each request of ``sizes``
+    images joins its queue (0: none)."""
+
+    async def main() -> list[T]:
+        engine, out = _of_4ms_batches(), []
+        for n in sizes:
+            if n:
+                engine.submit(ticket(NEVER), _images(n))
+            out.append(ask(engine))
+        return out
+
+    return asyncio.run(main())
+
+
+def test_the_engine_forecast_counts_the_work_queued_ahead() -> None:
+    idle, busy = _asked([0, 8], lambda engine: engine.forecast())
     assert idle.wait == 0.0
     np.testing.assert_allclose(idle.stage, [0.004] * K)
     # 8 rows at stage 1, each 0.001 s per stage at full batches, half going on after each stage.
@@ -514,14 +531,7 @@ def test_rows_that_share_the_new_request_s_batch_are_counted_once() -> None:
     # joins their batch, and exit 1 is done in 4 ms. Counted as work ahead and in its batch
     # too, it was forecast at 9.6 ms (a deadline of 8 ms refused or answered from a shallower
     # exit than it could reach). Five rows: a full batch goes first, the fifth rides along.
-    async def main() -> tuple[deadlines.Forecast, deadlines.Forecast]:
-        engine = _timed(Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=4), 0.004)
-        engine.submit(ticket(NEVER), _images(3))  # not started: it stays queued
-        three = engine.forecast()
-        engine.submit(ticket(NEVER), _images(2))
-        return three, engine.forecast()
-
-    three, five = asyncio.run(main())
+    three, five = _asked([3, 2], lambda engine: engine.forecast())
     assert three.wait == 0.0
     assert three.finish()[0] - three.now == pytest.approx(0.004)
     assert five.wait == pytest.approx(4 * 0.001 * (1 + 0.5 + 0.25 + 0.125))  # the full batch
@@ -533,12 +543,7 @@ def test_images_past_the_shared_batch_s_room_are_forecast_in_another() -> None:
     # their batch, and its second image a batch of its own. Forecast as if its images began a
     # batch, both rode the first: exit 1 at 4 ms, where 8 ms is when it is done (a strict
     # request was admitted, then refused by the engine).
-    async def main() -> deadlines.Forecast:
-        engine = _timed(Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=4), 0.004)
-        engine.submit(ticket(NEVER), _images(3))
-        return engine.forecast(2)
-
-    f = asyncio.run(main())
+    (f,) = _asked([3], lambda engine: engine.forecast(2))
     assert f.wait == 0.0
     assert f.stage[0] == pytest.approx(0.008)
 
@@ -547,14 +552,7 @@ def test_the_pressure_the_degrader_reads_counts_every_queued_row() -> None:
     # The degrader reads all the work queued: the rows that would share a new request's batch
     # are not ahead of it, but they are load. Left out, 31 rows short of a full batch read as
     # no pressure at all, and 32 as a full batch's.
-    async def main() -> list[float]:
-        engine = _timed(Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=4), 0.004)
-        engine.submit(ticket(NEVER), _images(3))
-        three = engine.forecast(own=False).queued
-        engine.submit(ticket(NEVER), _images(1))
-        return [three, engine.forecast(own=False).queued]
-
-    three, four = asyncio.run(main())
+    three, four = _asked([3, 1], lambda engine: engine.forecast(own=False).queued)
     per_row = 0.001 * (1 + 0.5 + 0.25 + 0.125)
     assert (three, four) == (pytest.approx(3 * per_row), pytest.approx(4 * per_row))
 
@@ -562,12 +560,9 @@ def test_the_pressure_the_degrader_reads_counts_every_queued_row() -> None:
 def test_the_degrader_reads_the_same_pressure_with_a_deadline_and_without() -> None:
     # The rows sharing a deadline request's batch are not work ahead of it, but they are load:
     # the degrader's pressure is every queued row's work, whichever request reads it.
-    async def main() -> tuple[deadlines.Forecast, deadlines.Forecast]:
-        engine = _timed(Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=4), 0.004)
-        engine.submit(ticket(NEVER), _images(3))
-        return engine.forecast(1), engine.forecast(1, own=False)
-
-    timed, plain = asyncio.run(main())
+    ((timed, plain),) = _asked(
+        [3], lambda engine: (engine.forecast(1), engine.forecast(1, own=False))
+    )
     assert timed.wait == plain.wait == 0.0  # the three rows share its batch
     assert timed.queued == plain.queued > 0.0
 
@@ -577,7 +572,7 @@ def test_a_request_of_many_images_is_forecast_by_all_its_batches() -> None:
     # 4 ms, 8 images only after two batches, 8 ms. Forecast as one image, a strict request of 8
     # with a 6 ms deadline was admitted and answered late; a late-policy one got deeper exits
     # than it could finish.
-    engine = _timed(Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=4), 0.004)
+    engine = _of_4ms_batches()
     one, three, eight = (engine.forecast(n) for n in (1, 3, 8))
     np.testing.assert_allclose(one.stage, [0.004] * K)
     np.testing.assert_allclose(three.stage, [0.004] * K)  # one batch holds them all
