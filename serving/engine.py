@@ -283,11 +283,15 @@ class Engine:
                 watch.cancel()
 
     def cancel(self, job: Job, error: BaseException | None = None) -> None:
-        """On the request's loop: it is over; its rows leave the queues, its future fails."""
+        """On the request's loop: it is over; its rows leave the queues, its future fails with
+        ``error``, unless the worker has reached its answer already (on its way to the loop):
+        that answer stands. Failed then, a request whose timeout fired just after its last
+        stage got a 504 while /metrics counted its images as served."""
         with self._cond:
             self._drop(job)
+            reached = job.result
         if error is not None and not job.future.done():
-            job.future.set_exception(error)
+            job.future.deliver(error if reached is None else reached)
 
     # --- the worker thread -------------------------------------------------------------------
 
