@@ -175,7 +175,9 @@ class BudgetControl:
             "control_mflops": ctl.mixed_budget,
             "dithered": dearer,
             "realised_mflops": state.realised(),
-            "adjustments": ctl.moves,
+            # The moves /metrics counts: those that changed the held-out cost (a decision
+            # that kept it, the estimate asked again, is no adjustment).
+            "adjustments": state.up + state.down,
         }
 
     def states(self) -> list[_PointState]:

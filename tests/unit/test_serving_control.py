@@ -16,7 +16,7 @@ from calibration.synthetic import synthetic_scores
 from exitwise.bundle import Calibration, OperatingPoint, SplitResult
 from exitwise.policy import decide_exits
 from serving.budget.control import BudgetControl
-from serving.budget.controller import CALIBRATED, BudgetController, ControlSettings
+from serving.budget.controller import CALIBRATED, BudgetController, ControlSettings, Move
 from serving.budget.resolve import BudgetResolver
 from serving.budget.table import ControlTable, Traffic, estimate, hazards_of
 
@@ -369,3 +369,35 @@ def test_a_refund_gives_back_exactly_the_turn_taken(table: ControlTable) -> None
     ctl.share = 0.0
     ctl.refund(5, False)  # not dithered: no turn was taken, none is given back
     assert ctl._credit == pytest.approx(before)
+
+
+def test_model_info_counts_the_adjustments_metrics_counts() -> None:
+    # A decision that keeps the held-out cost (the estimate asked again, the same row chosen)
+    # counted as an adjustment in /v1/model but in neither direction of
+    # exitwise_budget_control_adjustments_total: the two disagreed.
+    p = point(5.0)
+    cal = Calibration(
+        weights_sha256="a" * 64,
+        heldout_sha256="b" * 64,
+        created="2024-01-01T00:00:00+00:00",
+        exit_mflops=COSTS.tolist(),
+        operating_points=[p],
+        default_operating_point=p.name,
+        control=control_table(SOLVER, COSTS),
+    )
+    resolver = BudgetResolver(COSTS.tolist(), cal)
+    control = BudgetControl(cal, resolver.points, ControlSettings(), enabled=True)
+    state = control.states()[0]
+    ctl = state.controller
+    assert ctl is not None
+    decisions = iter([3, 3, 2])  # a move to row 3, the same row again, then row 2
+
+    def decide(traffic: Traffic, epoch: int) -> Move:
+        return ctl._move(next(decisions), 5.0, 100, traffic)
+
+    ctl.observe = decide  # type: ignore[method-assign]
+    plan = control.plan(resolver.resolve(budget_mflops=p.expected_mflops))
+    for _ in range(3):
+        control.observe(plan, [5.0], served(traffic(1, 0), ctl.thresholds()))
+    shown = control.describe(p.name)["adjustments"]
+    assert ctl.moves == 3 and shown == state.up + state.down == 2
