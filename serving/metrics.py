@@ -161,8 +161,8 @@ class Metrics:
         )
         self.refused = Counter(
             "exitwise_refused_total",
-            "Requests refused with a 503, by why: queue_full, deadline_strict, deadline_shed "
-            "(degradation at its cheapest point), not_ready.",
+            "Inference requests refused with a 503, by why: queue_full, deadline_strict, "
+            "deadline_shed (degradation at its cheapest point), not_ready.",
             ("reason",),
             registry=registry,
         )

@@ -6,8 +6,8 @@
 - Metrics: ``requests_total{route,code}`` and ``request_duration_seconds{route}``, labelled with
   the matched route's template (unmatched paths share one label, so scanners cannot blow up the
   label set); ``inflight_requests`` while an inference request (``POST /v1/classify``,
-  ``POST /v2/.../infer``) is handled; ``refused_total{reason}`` for a 503 the error table marked
-  as the server's refusal (in the scope). Labelled children are looked up once and kept.
+  ``POST /v2/.../infer``) is handled; ``refused_total{reason}`` for an inference request's 503
+  that the error table marked as the server's refusal (in the scope). Labelled children are looked up once and kept.
   The duration counts from the request's arrival stamp (:mod:`serving.protocol`: when its
   bytes came in, the time they waited in the kernel's queues and the event loop's included), so
   it is what a client on the same host measures, less the handshake and the answer's way back.
@@ -119,7 +119,9 @@ class ServingMiddleware:
                 counter = self.metrics.requests.labels(route=label, code=str(status))
                 self._counters[(label, status)] = counter
             counter.inc()
-            if (refusal := scope.get(REFUSAL)) is not None:
+            # Refused work: a probe or metadata read answered 503 while starting or draining
+            # is in requests_total only.
+            if inference and (refusal := scope.get(REFUSAL)) is not None:
                 refused = self._refused.get(refusal)
                 if refused is None:
                     refused = self._refused[refusal] = self.metrics.refused.labels(reason=refusal)

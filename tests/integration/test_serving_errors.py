@@ -312,6 +312,11 @@ def test_not_ready_before_start_and_draining(served: Served) -> None:
     r = c.post("/v1/classify", content=png(served.test.pixels[0]), headers=PNG)
     assert r.status_code == 503 and r.headers["retry-after"] == "5"
     assert c.get("/v2/models/tiny/ready").status_code == 503
+    assert c.get("/v1/model").status_code == 503
+    # Refused requests are inference requests: probes and metadata reads answered 503 while
+    # starting or draining are no refused work (they counted as such).
+    refused = 'exitwise_refused_total{reason="not_ready"} 1.0'
+    assert refused in c.get("/metrics").text
     with TestClient(app) as c:
         assert c.get("/readyz").status_code == 200
         app.state.lifecycle.begin_drain()
