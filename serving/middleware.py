@@ -7,7 +7,8 @@
   the matched route's template (unmatched paths share one label, so scanners cannot blow up the
   label set); ``inflight_requests`` while an inference request (``POST /v1/classify``,
   ``POST /v2/.../infer``) is handled; ``refused_total{reason}`` for an inference request's 503
-  that the error table marked as the server's refusal (in the scope). Labelled children are looked up once and kept.
+  that the error table marked as the server's refusal (in the scope). Labelled children are
+  looked up once and kept.
   The duration counts from the request's arrival stamp (:mod:`serving.protocol`: when its
   bytes came in, the time they waited in the kernel's queues and the event loop's included), so
   it is what a client on the same host measures, less the handshake and the answer's way back.
