@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -54,10 +55,16 @@ def _integer(name: str, raw: Any) -> int:
         return raw
     if isinstance(raw, float) and raw.is_integer():
         return int(raw)
+    text = str(raw).strip()
     try:
-        return int(str(raw).strip())
+        return int(text)
     except ValueError:
-        raise InvalidParameterError(f"{name} must be an integer, not {raw!r}") from None
+        pass
+    # "2.0" is the integer 2, as the JSON number 2.0 is: v1 (text) and v2 (JSON) take the same.
+    with contextlib.suppress(ValueError, OverflowError):
+        if (value := float(text)).is_integer():
+            return int(value)
+    raise InvalidParameterError(f"{name} must be an integer, not {raw!r}")
 
 
 _SWITCH = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
@@ -152,7 +159,16 @@ def merge_fields(
                 )
             if not value.strip():  # "" counts as absent (parse_params), here too
                 continue
-            if name in merged and merged[name] != value:
+            if name in merged and not _same(name, merged[name], value):
                 raise InvalidParameterError(f"{name} is given twice with different values")
             merged[name] = value
     return merged
+
+
+def _same(name: str, a: str, b: str) -> bool:
+    """Whether two values of parameter ``name`` say the same: parsed, when both parse ("1.5"
+    and "1.50", "on" and "true"), else as written (the bad one is refused when parsed)."""
+    try:
+        return parse_params({name: a}) == parse_params({name: b})
+    except InvalidParameterError:
+        return a == b

@@ -169,11 +169,25 @@ def test_params_parse_and_merge() -> None:
         merge_fields([("budget", "1")], [])
     with pytest.raises(InvalidParameterError, match="twice"):
         merge_fields([("max_exit", "1")], [("max_exit", "2")])
+    # The same value written two ways is given once (it was "given twice with different
+    # values"); an integer written "2.0" is one in v1's text as in v2's JSON (v1 refused it).
+    same = merge_fields([("budget_mflops", "1.5"), ("degrade", "on")], [("budget_mflops", "1.50")])
+    assert parse_params(same).budget_mflops == 1.5
+    assert parse_params(merge_fields([("degrade", "on")], [("degrade", "true")])).degrade
+    assert parse_params({"max_exit": "2.0", "top_k": " 3e0 "}).max_exit == 2
+    assert parse_params({"top_k": "3e0"}).top_k == 3
+    with pytest.raises(InvalidParameterError, match="twice"):
+        merge_fields([("budget_mflops", "1.5")], [("budget_mflops", "abc")])
     # An empty value is absent, as parse_params says: not a second, different one.
     assert merge_fields([("max_exit", ""), ("max_exit", "2")], [("top_k", " ")]) == {
         "max_exit": "2"
     }
-    for bad in ({"budget_mflops": "abc"}, {"max_exit": "1.5"}, {"max_exit": True}):
+    for bad in (
+        {"budget_mflops": "abc"},
+        {"max_exit": "1.5"},
+        {"max_exit": True},
+        {"top_k": "inf"},
+    ):
         with pytest.raises(InvalidParameterError):
             parse_params(bad)
     for bad in ({"budget_mflops": "nan"}, {"timeout_ms": "0"}):
