@@ -425,6 +425,8 @@ class Engine:
 
     def _live(self, rows: Rows) -> Rows:
         """``rows`` less those of requests that went away (counted done here; maybe none left)."""
+        if rows.job is not None and not rows.job.cancelled:  # one request's rows, still wanted
+            return rows
         if (live := self.slots.live[rows.slots]).all():
             return rows
         self._count(rows.slots[~live])
@@ -540,7 +542,7 @@ class Engine:
                 slots.set_top(s[wanted], *top)
         # Rows whose request went away while the stage ran are neither answered nor run on.
         gone = ~slots.live[s]
-        survive = 1.0 - float(leave.mean())
+        survive = 1.0 - np.count_nonzero(leave) / n
         leave = leave & ~gone
         going = np.flatnonzero(~(leave | gone))
         if 0 < len(going) < n:
@@ -648,7 +650,8 @@ class Engine:
         try:
             if reasons is not None:
                 self.slots.reason[slots] = reasons
-            results = [_checked(o) for o in self.slots.outcomes(answered, time.monotonic())]
+            outcomes, finite = self.slots.outcomes(answered, time.monotonic())
+            results = list(outcomes) if finite else [_checked(o) for o in outcomes]
             served = [r for r in results if isinstance(r, Outcome)]
             if self.metrics is not None and served:
                 # Counted once a request's answer is whole, not as each image leaves a stage:
@@ -665,8 +668,8 @@ class Engine:
         for job, result in zip(answered, results, strict=True):
             job.result = result
             self._done.append(job)
-        for job in complete:
-            self.slots.free(job.start, job.n)
+        if complete:
+            self.slots.free(complete)
 
     def _drop(self, job: Job) -> None:
         """The request is over: its rows stop counting as waiting now, and are dropped (and

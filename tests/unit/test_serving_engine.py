@@ -17,7 +17,7 @@ from exitwise.runtime import StageRunner, run_early_exit
 from serving.budget.resolve import ExitPlan
 from serving.engine import Engine, EngineFailureError
 from serving.errors import DeadlineExceededError, NotReadyError, QueueFullError
-from serving.jobs import Outcome, Ticket
+from serving.jobs import Job, Outcome, Slots, Ticket, spans
 from serving.metrics import Metrics
 
 K = 4
@@ -411,3 +411,36 @@ def test_requests_that_go_away_never_lend_their_slots_to_others() -> None:
             engine.stop()
 
     _run(main())
+
+
+def test_a_batch_of_requests_is_answered_and_freed_in_one_go() -> None:
+    # Requests of 1, 3 and 2 images, one with a deadline and one with top-k, complete in one
+    # batch: their slots are gathered and freed with one index (not one call per request), and
+    # what each request's slots held comes back to it alone.
+    slots = Slots(16, K)
+    plan = _plan([0.5] * 3)
+    tickets = [ticket(plan), ticket(plan, top_k=2, deadline=1.0), ticket(plan)]
+    jobs = []
+    for job_id, (t, n) in enumerate(zip(tickets, (1, 3, 2), strict=True)):
+        start = slots.allocate(job_id, t, n)
+        jobs.append(Job(t, start, n, None, None, remaining=n))  # type: ignore[arg-type]
+    assert spans(jobs).tolist() == [0, 1, 2, 3, 4, 5]
+    assert spans(jobs[1:2]).tolist() == [1, 2, 3] and spans(jobs[::-1]).tolist() == [
+        4,
+        5,
+        1,
+        2,
+        3,
+        0,
+    ]
+    assert (slots.timed, slots.topped) == (3, 3)
+    slots.passed(np.arange(6), 0, np.arange(6), np.linspace(0.5, 1.0, 6))
+    outcomes, finite = slots.outcomes(jobs, time.monotonic())
+    assert finite and [o.class_id.tolist() for o in outcomes] == [[0], [1, 2, 3], [4, 5]]
+    slots.trace[5, 0] = np.nan
+    assert not slots.outcomes(jobs, time.monotonic())[1]
+    slots.free(jobs[:2])
+    assert (slots.timed, slots.topped) == (0, 0)
+    assert slots.live.tolist()[:6] == [False] * 4 + [True] * 2
+    assert slots.allocate(3, ticket(plan), 10) == 6  # the ring goes on past the last request
+    assert slots.allocate(4, ticket(plan), 4) == 0  # then the four freed slots, together again
