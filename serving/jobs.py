@@ -216,9 +216,7 @@ class Slots:
         self.timed += n * math.isfinite(deadline)
         self.topped += n * (ticket.top_k > 0)
         self.top_k[start:end] = ticket.top_k
-        self.live[start:end] = True
-        self.exit[start:end] = -1
-        self.trace[start:end] = np.nan
+        self.live[start:end] = True  # exit and trace were reset when the slots were freed
         self._next = end % self.capacity
         return start
 
@@ -253,6 +251,8 @@ class Slots:
         self._used[index] = False
         self.live[index] = False
         self.queued[index] = -1
+        self.exit[index] = -1  # clean for the next request (here, a batch at a time)
+        self.trace[index] = np.nan
 
     def passed(self, slots: np.ndarray, index: int, classes: np.ndarray, conf: np.ndarray) -> None:
         """``slots`` ran stage ``index``: what its exit said."""
