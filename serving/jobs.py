@@ -245,7 +245,8 @@ class Slots:
 
     def free(self, jobs: Sequence[Job]) -> None:
         """The slots of ``jobs`` (complete requests) are free again: in one call per array."""
-        index = spans(jobs)
+        one = len(jobs) == 1  # a slice for one request's run: cheaper than an index (batch 1)
+        index = slice(jobs[0].start, jobs[0].start + jobs[0].n) if one else spans(jobs)
         self.timed -= int(np.isfinite(self.deadline[index]).sum())
         self.topped -= int(np.count_nonzero(self.top_k[index]))
         self._used[index] = False
