@@ -7,8 +7,9 @@ shutdown), and the lifespan lets the engine finish its queue. SIGINT (Ctrl-C) sk
 delay; each further signal goes one step further (the delay ends, then the exit is forced).
 
 ``workers > 1`` runs that many server processes sharing one listening socket, each with its own
-model and engine; the parent forwards SIGTERM/SIGINT to them and exits when they have, or stops
-them all if one dies (let the orchestrator restart the whole replica).
+model and engine; the parent forwards SIGTERM/SIGINT to them (not a terminal's Ctrl-C, which
+reached them already) and exits when they have, or stops them all if one dies (let the
+orchestrator restart the whole replica).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -166,44 +168,63 @@ def serve_many(settings: Settings) -> int:
         sock.close()
 
 
+# The si_code of a signal the kernel itself sent (Linux): a terminal's Ctrl-C, which goes to
+# the terminal's whole foreground process group, the workers included.
+SI_KERNEL = 0x80
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def supervise(procs: Sequence[BaseProcess]) -> int:
     """Start ``procs``, forward SIGTERM and SIGINT to them, and wait until all have exited: 0
     when every one exited 0, else 1. One that exits before a signal came (a crash) stops the
-    others. Called on the main thread (signal handlers)."""
-    stopping = threading.Event()
-    told: dict[int, list[int]] = {}  # pid: the signals forwarded to it
+    others. Called on the main thread (signal handlers).
 
-    def tell(p: BaseProcess, sig: int) -> None:
-        if p.pid is not None and p.exitcode is None:
-            told.setdefault(p.pid, []).append(sig)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, sig)
+    A terminal's Ctrl-C is not forwarded: it reached every worker already (they share the
+    terminal's process group). Forwarded, it came twice to each, and the second signal is a
+    step further, so one Ctrl-C forced every worker to exit with its requests in flight. Told
+    apart by the signal's origin (``sigtimedwait``'s si_code); where that is unavailable,
+    every signal is forwarded."""
+    stopping = False
+    received: list[int] = []  # the signals to forward, in order
+    sent: dict[int, int] = {}  # per worker's pid: how many of them it was sent
 
-    received: list[int] = []
-
-    def forward(sig: int, frame: FrameType | None) -> None:
+    def record(sig: int, frame: FrameType | None) -> None:  # while they start
+        nonlocal stopping
+        stopping = True
         received.append(sig)
-        stopping.set()
-        for p in procs:
-            tell(p, sig)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    def tell() -> None:
+        # A signal that came while they were starting reaches every worker, not only those
+        # started by then: the others would have served on, and this process waited for good.
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                for sig in received[sent.get(p.pid, 0) :]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(p.pid, sig)
+                sent[p.pid] = len(received)
+
+    wait = getattr(signal, "sigtimedwait", None)
+    previous = {s: signal.signal(s, record) for s in SIGNALS}
+    mask: set[int | signal.Signals] | None = None
     try:
         for p in procs:
             p.start()
-        # A signal while they were starting reached only those started by then: the others
-        # would have served on, and this process waited for them for good.
-        for p in procs:
-            for sig in received[len(told.get(p.pid or -1, [])) :]:
-                tell(p, sig)
+        if wait is not None:  # from here on the signals wait to be taken, origin and all
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         failed = False
         while any(p.is_alive() for p in procs):
+            tell()
+            if wait is None:
+                time.sleep(0.2)
+            elif (info := wait(SIGNALS, 0.2)) is not None:
+                stopping = True
+                if not (info.si_signo == signal.SIGINT and info.si_code == SI_KERNEL):
+                    received.append(info.si_signo)
+                continue
             for p in procs:
-                p.join(0.2)
-                if not stopping.is_set() and p.exitcode is not None:
+                if not stopping and p.exitcode is not None:
                     log.error("worker %s exited with %s; stopping the others", p.name, p.exitcode)
-                    failed = True
-                    stopping.set()
+                    failed = stopping = True
                     for other in procs:
                         if other.is_alive():
                             other.terminate()
@@ -215,5 +236,7 @@ def supervise(procs: Sequence[BaseProcess]) -> int:
                 failed = True
         return 1 if failed else 0
     finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -3,9 +3,13 @@ they all stopped cleanly."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import pty
+import select
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -69,3 +73,38 @@ def test_a_signal_while_the_workers_start_reaches_every_one(tmp_path: Path) -> N
     supervise(procs)  # 0 or 1: the late one may die of the SIGTERM before its handler is set
     assert time.monotonic() - start < 15, "a worker never heard of the stop"
     assert all(p.exitcode is not None and p.exitcode != 9 for p in procs)
+
+
+@pytest.mark.skipif(not hasattr(signal, "sigtimedwait"), reason="needs sigtimedwait (Linux)")
+def test_a_ctrl_c_in_the_terminal_reaches_each_worker_once(tmp_path: Path) -> None:
+    # The parent and its workers run in a terminal (a pseudo-terminal here) and the operator
+    # presses Ctrl-C once. The terminal sends SIGINT to its whole foreground process group, so
+    # each worker got it directly and again forwarded by the parent: a step further, a forced
+    # exit abandoning the requests in flight. Signals sent with kill are still forwarded (the
+    # other tests here).
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from tests.unit.supervise_targets import supervise_counters; "
+        "supervise_counters(sys.argv[2], 2)"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: a session of its own, with the pseudo-terminal as its terminal
+        os.execv(sys.executable, [sys.executable, "-c", script, root, str(tmp_path)])
+    try:
+        said = b""
+        deadline = time.monotonic() + 30
+        while b"workers ready" not in said and time.monotonic() < deadline:
+            if select.select([terminal], [], [], 0.5)[0]:
+                said += os.read(terminal, 1024)
+        assert b"workers ready" in said, said.decode(errors="replace")
+        os.write(terminal, b"\x03")  # Ctrl-C
+        _, status = os.waitpid(pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.close(terminal)
+    assert os.waitstatus_to_exitcode(status) == 0
+    counts = [int((tmp_path / f"count-{i}").read_text()) for i in range(2)]
+    assert counts == [1, 1]
+    assert (tmp_path / "code").read_text() == "0"
