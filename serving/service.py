@@ -72,7 +72,7 @@ class ModelService:
             enabled=s.budget_control == "on",
         )
         self.degrader = Degrader(
-            len(loaded.resolver.points), s.degrade_queue_ms / 1000, hold_s=s.degrade_hold_ms / 1000
+            len(loaded.resolver.ladder), s.degrade_queue_ms / 1000, hold_s=s.degrade_hold_ms / 1000
         )
         self.margin = deadlines.Margin()
         self.overload = deadlines.Overload(s.degrade_shed_after_ms / 1000)

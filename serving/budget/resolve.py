@@ -91,6 +91,14 @@ class BudgetResolver:
         self.points: list[OperatingPoint] = sorted(
             calibration.operating_points if calibration else [], key=lambda p: p.expected_mflops
         )
+        # Degradation's steps: one point per expected cost, the one a budget of that cost gets
+        # (the last of a tie). A step to a point of the same cost relieved nothing.
+        last = len(self.points) - 1
+        self.ladder = [
+            p
+            for i, p in enumerate(self.points)
+            if i == last or self.points[i + 1].expected_mflops > p.expected_mflops
+        ]
         if default_max_exit is not None and not 1 <= default_max_exit <= self.num_exits:
             raise ServerConfigError(
                 f"default_max_exit {default_max_exit} is outside 1..{self.num_exits}"
@@ -173,7 +181,8 @@ class BudgetResolver:
     def degrade(self, plan: ExitPlan, level: int) -> ExitPlan:
         """``plan`` ``level`` calibrated points cheaper (the cheapest at most).
 
-        The ladder is the calibrated points, cheapest first, with the plan's own place on it:
+        The ladder is the calibrated points, cheapest first, one per expected cost
+        (:attr:`ladder`), with the plan's own place on it:
         its operating point, or, for an anytime plan (an exit cap without a budget, or the last
         exit), just above the points cheaper than its exit. A cap the request set stays.
         """
@@ -187,15 +196,15 @@ class BudgetResolver:
 
     def _degrade(self, plan: ExitPlan, level: int) -> ExitPlan:
         if plan.operating_point is not None:
-            names = [p.name for p in self.points]
-            place = names.index(plan.operating_point)
+            point = next(p for p in self.points if p.name == plan.operating_point)
+            cost = point.expected_mflops
         else:
             cost = self.exit_mflops[plan.max_index]
-            place = sum(p.expected_mflops < cost for p in self.points)
+        place = sum(p.expected_mflops < cost for p in self.ladder)  # the steps cheaper than it
         target = max(0, place - level)
         if target >= place:
             return plan
-        cheaper = self._plan(self.points[target], plan.budget_mflops, plan.max_exit, plan.source)
+        cheaper = self._plan(self.ladder[target], plan.budget_mflops, plan.max_exit, plan.source)
         return dataclasses.replace(cheaper, control=plan.control, degraded_from=plan.name)
 
     def _plan(

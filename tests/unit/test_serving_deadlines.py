@@ -611,6 +611,27 @@ def test_the_degradation_ladder() -> None:
     assert r.degrade(r.resolve(max_exit=2), 1).operating_point == "cheap"
 
 
+def test_the_degradation_ladder_steps_to_a_cheaper_cost_every_level() -> None:
+    # Budgets asked above what the network costs (or close together) calibrate to points of
+    # the same expected cost: "full-a" and "full-b" both serve every image to the last exit.
+    # A level stepped from one to the other and relieved nothing, and the degrader's top level
+    # counted such a step too.
+    cal = Calibration(
+        weights_sha256="0" * 64,
+        heldout_sha256="0" * 64,
+        created="2026-01-01",
+        exit_mflops=[1, 2, 3, 4],
+        operating_points=[_point("cheap", 1.5), _point("full-a", 4.0), _point("full-b", 4.0)],
+        default_operating_point="cheap",
+    )
+    r = BudgetResolver([1, 2, 3, 4], cal)
+    assert [p.name for p in r.ladder] == ["cheap", "full-b"]
+    for start in (r.resolve(budget_mflops=4.0), r.resolve(max_exit=4)):
+        one = r.degrade(start, 1)
+        assert one.operating_point == "cheap", start.name
+    assert r.resolve(budget_mflops=4.0).operating_point == "full-b"  # the later one, as before
+
+
 def test_the_margin_settles_where_the_asked_share_of_answers_is_late() -> None:
     # Answers take 20 ms plus an exponential delay of mean 5 ms that no plan sees; a request
     # planned to be due `margin` before its 50 ms deadline is ready `50 - margin + delay` after
