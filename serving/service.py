@@ -221,7 +221,7 @@ class ModelService:
             shed = cheapest and self.overload.standing()
             if late and (refusal := self._refusal(params, shed)) is not None:
                 raise deadlines.refused(forecast, refusal)
-        plan = self.control.plan(plan, params.budget_control, images)
+        plan = self.control.plan(plan, params.budget_control, images, first_only=limit == 0)
         expires = self._expires(request.arrived, params.timeout_s)
         return Ticket(plan, top_k, request.arrived, expires, deadline, limit, late, strict_by)
 

@@ -74,28 +74,34 @@ class BudgetControl:
             rows = calibration.control
             table = ControlTable([r.mflops for r in rows], [r.threshold_array() for r in rows])
         self._points: dict[str, _PointState] = {}
-        self._plans: dict[tuple[int, bool, int, int], tuple[ExitPlan, ExitPlan]] = {}  # served
+        self._plans: dict[tuple[int, bool, int, int, bool], tuple[ExitPlan, ExitPlan]] = {}
         for p in points:
             ctl = None
             if table is not None and calibration is not None:
                 ctl = BudgetController(p, calibration.exit_mflops, table, settings)
             self._points[p.name] = _PointState(p, ctl, settings.window)
 
-    def plan(self, plan: ExitPlan, allowed: bool | None = None, images: int = 1) -> ExitPlan:
+    def plan(
+        self, plan: ExitPlan, allowed: bool | None = None, images: int = 1, first_only: bool = False
+    ) -> ExitPlan:
         """``plan`` with its point's current thresholds for a request of ``images`` images;
-        ``allowed=False``: the request opts out."""
+        ``allowed=False``: the request opts out; ``first_only``: its deadline lets its images
+        reach exit 1 only, so no threshold decides what they cost."""
         state = self._points.get(plan.operating_point or "")
         ctl = state.controller if state is not None else None
         if allowed is not False and (not self.enabled or ctl is None):
             return plan
         controlled = allowed is not False and ctl is not None and ctl.moved
+        # A turn of the dither only for a request whose cost the thresholds decide. A capped
+        # request never feeds the controller (observe): interleaved with the uncapped ones,
+        # capped requests took the dearer row's turns, and the uncapped got all or none of the
+        # share promised. One held to exit 1 by its deadline (under load, most) took them too,
+        # for images that leave there whatever the row.
+        turn = controlled and plan.max_exit is None and not first_only
         row = CALIBRATED
         if controlled and ctl is not None:
-            # A capped request never feeds the controller (observe), so it takes no turn of
-            # the dither: interleaved with the uncapped ones, capped requests took the dearer
-            # row's turns, and the uncapped got all or none of it, not the share promised.
-            row = ctl.row if plan.max_exit is not None else ctl.next_row(images)
-        key = (id(plan), allowed is False, ctl.epoch if ctl is not None else -1, row)
+            row = ctl.next_row(images) if turn else ctl.row
+        key = (id(plan), allowed is False, ctl.epoch if ctl is not None else -1, row, turn)
         known = self._plans.get(key)
         if known is not None and known[0] is plan:  # the same plan object, not a reused id
             return known[1]
@@ -109,6 +115,7 @@ class BudgetControl:
                 control_mflops=ctl.budget_of(row),
                 control_epoch=ctl.epoch,
                 dearer=row != ctl.row,
+                dithered=turn,
             )
         else:
             served = dataclasses.replace(plan, control_epoch=ctl.epoch if ctl else -1)
@@ -122,8 +129,7 @@ class BudgetControl:
         dither's turn it took is given back, while the settings that gave it still hold."""
         state = self._points.get(plan.operating_point or "")
         ctl = state.controller if state is not None else None
-        took = plan.controlled and plan.max_exit is None  # a capped plan takes no turn
-        if took and ctl is not None and plan.control_epoch == ctl.epoch:
+        if plan.dithered and ctl is not None and plan.control_epoch == ctl.epoch:
             ctl.refund(images, plan.dearer)
 
     def observe(self, plan: ExitPlan, mflops: Sequence[float], traffic: Traffic | None) -> None:

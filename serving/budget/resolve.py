@@ -46,6 +46,7 @@ class ExitPlan:
     control_mflops: float | None = None
     control_epoch: int = -1
     dearer: bool = False  # served the dithered share's row (the next dearer one)
+    dithered: bool = False  # took a turn of the dither (given back if the request fails)
     # Under load (serving.degrade): the plan the request asked for, when it got a cheaper one.
     degraded_from: str | None = None
 

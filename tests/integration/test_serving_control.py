@@ -3,6 +3,7 @@ cost, /metrics and /v1/model show it, a request may opt out, a restart starts ca
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from cli import main
+from serving import deadlines
 from serving.app import create_app
 from serving.settings import Settings
 from tests.serving_helpers import Served, png, served_bundle
@@ -157,3 +159,33 @@ def test_requests_that_fail_after_admission_give_their_dither_turn_back(served: 
         )
         assert q1["budget_control"]["dithered"]["share"] == 0.5
         assert sum(got) == 10, f"{sum(got)} of 20 served requests got the dearer row"
+
+
+def test_deadline_requests_held_to_exit_1_leave_the_dither_to_the_others(served: Served) -> None:
+    # Budget control with deadlines: each request without a deadline follows one whose
+    # deadline admission forecasts exit 1 alone to meet (the work queued ahead, patched in
+    # here). Those leave at exit 1 whatever their thresholds, yet took every other turn of the
+    # dither, and the requests whose exits the thresholds decide got none of the share.
+    point = served.bundle.calibration().point("q1")
+    settings = Settings(bundle=served.path, degrade=False)  # type: ignore[call-arg]
+    good, budget = png(served.test.pixels[0]), {"budget_mflops": str(point.expected_mflops)}
+    with TestClient(create_app(settings, registry=CollectorRegistry())) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        k = service.engine.num_exits
+        service.engine.forecast = lambda images=1, own=True: deadlines.Forecast(
+            time.monotonic(), 0.0, np.array([0.001] + [10.0] * (k - 1)), 0.0
+        )
+        ctl = next(s for s in service.control.states() if s.point.name == "q1").controller
+        ctl.row, ctl.share, ctl._credit = max(0, ctl.table.row_at(ctl.target) - 3), 0.5, 0.0
+        ctl.epoch += 1
+        dearer, got = ctl.budget_of(ctl.row + 1), []
+        image = [("image", ("ok.png", good, "image/png"))]
+        for _ in range(20):
+            r = client.post("/v1/classify", files=image, data={**budget, "deadline_ms": "50"})
+            assert r.status_code == 200, r.text
+            assert [x["exit"] for x in r.json()["results"]] == [1]
+            assert r.json()["operating_point"]["control_mflops"] != dearer
+            r = client.post("/v1/classify", files=image, data=budget)
+            assert r.status_code == 200, r.text
+            got.append(r.json()["operating_point"]["control_mflops"] == dearer)
+        assert sum(got) == 10, f"{sum(got)} of 20 requests without a deadline got the dearer row"

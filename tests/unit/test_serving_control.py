@@ -348,6 +348,39 @@ def test_capped_requests_take_no_turn_of_the_dither() -> None:
     assert ctl._credit == pytest.approx(credit)
 
 
+def test_requests_held_to_exit_1_by_their_deadline_take_no_turn_of_the_dither() -> None:
+    # Under load, a request whose deadline lets it reach exit 1 only (admission's limit 0)
+    # leaves there whatever the thresholds: its turns of the dither went to waste, and the
+    # requests whose exits the thresholds decide got none of the dearer row's share.
+    p = point(5.0)
+    cal = Calibration(
+        weights_sha256="a" * 64,
+        heldout_sha256="b" * 64,
+        created="2024-01-01T00:00:00+00:00",
+        exit_mflops=COSTS.tolist(),
+        operating_points=[p],
+        default_operating_point=p.name,
+        control=control_table(SOLVER, COSTS),
+    )
+    resolver = BudgetResolver(COSTS.tolist(), cal)
+    control = BudgetControl(cal, resolver.points, ControlSettings(), enabled=True)
+    ctl = control.states()[0].controller
+    assert ctl is not None
+    ctl.row, ctl.share = 3, 0.5
+    full = resolver.resolve(budget_mflops=p.expected_mflops)
+    dearer = 0
+    for _ in range(100):
+        held = control.plan(full, first_only=True)
+        assert not held.dearer and not held.dithered
+        served = control.plan(full)
+        assert served.dithered
+        dearer += served.dearer
+    assert dearer == 50
+    credit = ctl._credit
+    control.refund(control.plan(full, first_only=True), 1)  # took no turn: gives none back
+    assert ctl._credit == credit
+
+
 def test_the_dither_shares_images_not_requests(table: ControlTable) -> None:
     # Requests of three images and of one alternate; a quarter of the images is to be served
     # the dearer row. Counted per request, every fourth request took it, always a single
