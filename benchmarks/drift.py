@@ -262,17 +262,17 @@ class _Timed:
         self.control = control
         self.seconds = 0.0
 
-    def plan(self, *args: Any) -> Any:
+    def plan(self, *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         try:
-            return self.control.plan(*args)
+            return self.control.plan(*args, **kwargs)
         finally:
             self.seconds += time.perf_counter() - start
 
-    def observe(self, *args: Any) -> None:
+    def observe(self, *args: Any, **kwargs: Any) -> None:
         start = time.perf_counter()
         try:
-            self.control.observe(*args)
+            self.control.observe(*args, **kwargs)
         finally:
             self.seconds += time.perf_counter() - start
 
