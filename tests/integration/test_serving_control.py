@@ -133,6 +133,15 @@ def test_bundles_calibrated_before_control_serve_open_loop(served: Served, tmp_p
         assert control == {**control, "enabled": False, "available": False}
 
 
+def _half_on_the_dearer_row(service: Any) -> float:
+    """Moves q1's control a few rows cheaper with half the images on the next dearer row (a
+    new epoch); that row's held-out cost, which the answers served it report."""
+    ctl = next(s for s in service.control.states() if s.point.name == "q1").controller
+    ctl.row, ctl.share, ctl._credit = max(0, ctl.table.row_at(ctl.target) - 3), 0.5, 0.0
+    ctl.epoch += 1
+    return float(ctl.budget_of(ctl.row + 1))
+
+
 def test_requests_that_fail_after_admission_give_their_dither_turn_back(served: Served) -> None:
     # A client sends a request with an undecodable image (a 400, found after admission) before
     # each good one; q1 is moved with half the images on the dearer row. The failed requests
@@ -142,10 +151,7 @@ def test_requests_that_fail_after_admission_give_their_dither_turn_back(served: 
     good, budget = png(served.test.pixels[0]), {"budget_mflops": str(point.expected_mflops)}
     with TestClient(create_app(settings, registry=CollectorRegistry())) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
-        ctl = next(s for s in service.control.states() if s.point.name == "q1").controller
-        ctl.row, ctl.share, ctl._credit = max(0, ctl.table.row_at(ctl.target) - 3), 0.5, 0.0
-        ctl.epoch += 1
-        dearer, got = ctl.budget_of(ctl.row + 1), []
+        dearer, got = _half_on_the_dearer_row(service), []
         for _ in range(20):
             bad = [("image", ("bad.png", b"\x89PNG not really", "image/png"))]
             assert client.post("/v1/classify", files=bad, data=budget).status_code == 400
@@ -175,10 +181,7 @@ def test_deadline_requests_held_to_exit_1_leave_the_dither_to_the_others(served:
         service.engine.forecast = lambda images=1, own=True: deadlines.Forecast(
             time.monotonic(), 0.0, np.array([0.001] + [10.0] * (k - 1)), 0.0
         )
-        ctl = next(s for s in service.control.states() if s.point.name == "q1").controller
-        ctl.row, ctl.share, ctl._credit = max(0, ctl.table.row_at(ctl.target) - 3), 0.5, 0.0
-        ctl.epoch += 1
-        dearer, got = ctl.budget_of(ctl.row + 1), []
+        dearer, got = _half_on_the_dearer_row(service), []
         image = [("image", ("ok.png", good, "image/png"))]
         for _ in range(20):
             r = client.post("/v1/classify", files=image, data={**budget, "deadline_ms": "50"})

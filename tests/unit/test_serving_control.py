@@ -308,11 +308,8 @@ def test_the_dither_spreads_the_dearer_row_evenly(table: ControlTable) -> None:
     assert {ctl.next_row() for _ in range(10)} == {3}
 
 
-def test_capped_requests_take_no_turn_of_the_dither() -> None:
-    # A capped request never feeds the controller, so it must not take a turn of the dither:
-    # a client that sent a capped preview before each full request took every dearer-row turn
-    # with the previews, and the full requests, the controlled traffic, got none of the share.
-    rows = control_table(SOLVER, COSTS)
+def _one_point_under_control() -> tuple[OperatingPoint, BudgetResolver, BudgetControl]:
+    """One calibrated point (5 MFLOPs) with a control table, and budget control over it."""
     p = point(5.0)
     cal = Calibration(
         weights_sha256="a" * 64,
@@ -321,10 +318,17 @@ def test_capped_requests_take_no_turn_of_the_dither() -> None:
         exit_mflops=COSTS.tolist(),
         operating_points=[p],
         default_operating_point=p.name,
-        control=rows,
+        control=control_table(SOLVER, COSTS),
     )
     resolver = BudgetResolver(COSTS.tolist(), cal)
-    control = BudgetControl(cal, resolver.points, ControlSettings(), enabled=True)
+    return p, resolver, BudgetControl(cal, resolver.points, ControlSettings(), enabled=True)
+
+
+def test_capped_requests_take_no_turn_of_the_dither() -> None:
+    # A capped request never feeds the controller, so it must not take a turn of the dither:
+    # a client that sent a capped preview before each full request took every dearer-row turn
+    # with the previews, and the full requests, the controlled traffic, got none of the share.
+    p, resolver, control = _one_point_under_control()
     ctl = control.states()[0].controller
     assert ctl is not None
     ctl.row, ctl.share = 3, 0.5  # moved: every other request on the next dearer row
@@ -352,18 +356,7 @@ def test_requests_held_to_exit_1_by_their_deadline_take_no_turn_of_the_dither() 
     # Under load, a request whose deadline lets it reach exit 1 only (admission's limit 0)
     # leaves there whatever the thresholds: its turns of the dither went to waste, and the
     # requests whose exits the thresholds decide got none of the dearer row's share.
-    p = point(5.0)
-    cal = Calibration(
-        weights_sha256="a" * 64,
-        heldout_sha256="b" * 64,
-        created="2024-01-01T00:00:00+00:00",
-        exit_mflops=COSTS.tolist(),
-        operating_points=[p],
-        default_operating_point=p.name,
-        control=control_table(SOLVER, COSTS),
-    )
-    resolver = BudgetResolver(COSTS.tolist(), cal)
-    control = BudgetControl(cal, resolver.points, ControlSettings(), enabled=True)
+    p, resolver, control = _one_point_under_control()
     ctl = control.states()[0].controller
     assert ctl is not None
     ctl.row, ctl.share = 3, 0.5
@@ -408,18 +401,7 @@ def test_model_info_counts_the_adjustments_metrics_counts() -> None:
     # A decision that keeps the held-out cost (the estimate asked again, the same row chosen)
     # counted as an adjustment in /v1/model but in neither direction of
     # exitwise_budget_control_adjustments_total: the two disagreed.
-    p = point(5.0)
-    cal = Calibration(
-        weights_sha256="a" * 64,
-        heldout_sha256="b" * 64,
-        created="2024-01-01T00:00:00+00:00",
-        exit_mflops=COSTS.tolist(),
-        operating_points=[p],
-        default_operating_point=p.name,
-        control=control_table(SOLVER, COSTS),
-    )
-    resolver = BudgetResolver(COSTS.tolist(), cal)
-    control = BudgetControl(cal, resolver.points, ControlSettings(), enabled=True)
+    p, resolver, control = _one_point_under_control()
     state = control.states()[0]
     ctl = state.controller
     assert ctl is not None

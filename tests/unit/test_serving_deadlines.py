@@ -588,16 +588,21 @@ def _point(name: str, mflops: float) -> OperatingPoint:
     return OperatingPoint(name=name, q=1.0, thresholds=[0.9, 0.8, 0.7, None], heldout=result)
 
 
-def test_the_degradation_ladder() -> None:
+def _ladder(*points: OperatingPoint) -> tuple[Calibration, BudgetResolver]:
+    """A calibration of ``points`` on a network of exits costing 1 to 4 MFLOPs, resolved."""
     cal = Calibration(
         weights_sha256="0" * 64,
         heldout_sha256="0" * 64,
         created="2026-01-01",
         exit_mflops=[1, 2, 3, 4],
-        operating_points=[_point("cheap", 1.5), _point("mid", 2.2), _point("dear", 3.1)],
-        default_operating_point="mid",
+        operating_points=list(points),
+        default_operating_point=points[0].name,
     )
-    r = BudgetResolver([1, 2, 3, 4], cal)
+    return cal, BudgetResolver([1, 2, 3, 4], cal)
+
+
+def test_the_degradation_ladder() -> None:
+    cal, r = _ladder(_point("cheap", 1.5), _point("mid", 2.2), _point("dear", 3.1))
     dear = r.resolve(budget_mflops=3.5)
     assert r.degrade(dear, 0) is dear
     one = r.degrade(dear, 1)
@@ -616,15 +621,7 @@ def test_the_degradation_ladder_steps_to_a_cheaper_cost_every_level() -> None:
     # the same expected cost: "full-a" and "full-b" both serve every image to the last exit.
     # A level stepped from one to the other and relieved nothing, and the degrader's top level
     # counted such a step too.
-    cal = Calibration(
-        weights_sha256="0" * 64,
-        heldout_sha256="0" * 64,
-        created="2026-01-01",
-        exit_mflops=[1, 2, 3, 4],
-        operating_points=[_point("cheap", 1.5), _point("full-a", 4.0), _point("full-b", 4.0)],
-        default_operating_point="cheap",
-    )
-    r = BudgetResolver([1, 2, 3, 4], cal)
+    _, r = _ladder(_point("cheap", 1.5), _point("full-a", 4.0), _point("full-b", 4.0))
     for start in (r.resolve(budget_mflops=4.0), r.resolve(max_exit=4)):
         one = r.degrade(start, 1)
         assert one.operating_point == "cheap", start.name
