@@ -41,7 +41,7 @@ def _number(name: str, raw: Any) -> float:
         raise InvalidParameterError(f"{name} must be a number, not {raw!r}")
     try:
         value = float(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # overflow: a JSON integer of 400 digits
         raise InvalidParameterError(f"{name} must be a number, not {raw!r}") from None
     if not math.isfinite(value):
         raise InvalidParameterError(f"{name} must be a finite number, not {raw!r}")

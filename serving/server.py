@@ -184,14 +184,18 @@ def supervise(procs: Sequence[BaseProcess]) -> int:
     step further, so one Ctrl-C forced every worker to exit with its requests in flight. Told
     apart by the signal's origin (``sigtimedwait``'s si_code); where that is unavailable,
     every signal is forwarded."""
-    stopping = False
+    stopping = waiting = False
     received: list[int] = []  # the signals to forward, in order
     sent: dict[int, int] = {}  # per worker's pid: how many of them it was sent
 
-    def record(sig: int, frame: FrameType | None) -> None:  # while they start
+    def record(sig: int, frame: FrameType | None) -> None:
+        # While they start; and, once the signals wait to be taken, one that a thread started
+        # before the mask (torch's) took between two waits. Its origin is unknown here: a
+        # SIGINT while this process is a terminal's foreground group is taken for its Ctrl-C.
         nonlocal stopping
         stopping = True
-        received.append(sig)
+        if not (waiting and sig == signal.SIGINT and _in_terminal_foreground()):
+            received.append(sig)
 
     def tell() -> None:
         # A signal that came while they were starting reaches every worker, not only those
@@ -207,10 +211,18 @@ def supervise(procs: Sequence[BaseProcess]) -> int:
     previous = {s: signal.signal(s, record) for s in SIGNALS}
     mask: set[int | signal.Signals] | None = None
     try:
-        for p in procs:
-            p.start()
+        try:
+            for p in procs:
+                p.start()
+        except BaseException:  # one could not start (no process left, say): none serves on
+            for p in procs:
+                if p.pid is not None and p.exitcode is None:
+                    p.terminate()
+                    p.join()
+            raise
         if wait is not None:  # from here on the signals wait to be taken, origin and all
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+            waiting = True
         failed = False
         while any(p.is_alive() for p in procs):
             tell()
@@ -240,3 +252,13 @@ def supervise(procs: Sequence[BaseProcess]) -> int:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _in_terminal_foreground() -> bool:
+    """Whether this process's group is the foreground group of its terminal (where a Ctrl-C
+    goes), as far as its standard streams tell."""
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            if os.isatty(fd):
+                return os.tcgetpgrp(fd) == os.getpgrp()
+    return False

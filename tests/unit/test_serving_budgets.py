@@ -190,6 +190,10 @@ def test_params_parse_and_merge() -> None:
     ):
         with pytest.raises(InvalidParameterError):
             parse_params(bad)
+    # A JSON integer of 400 digits (v2's parameters) overflowed float(): a 500.
+    for huge in ("budget_mflops", "deadline_ms", "timeout_ms"):
+        with pytest.raises(InvalidParameterError, match="must be a number"):
+            parse_params({huge: 10**400})
     for bad in ({"budget_mflops": "nan"}, {"timeout_ms": "0"}):
         with pytest.raises(InvalidParameterError):
             parse_params(bad)

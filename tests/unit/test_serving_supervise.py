@@ -76,21 +76,27 @@ def test_a_signal_while_the_workers_start_reaches_every_one(tmp_path: Path) -> N
 
 
 @pytest.mark.skipif(not hasattr(signal, "sigtimedwait"), reason="needs sigtimedwait (Linux)")
-def test_a_ctrl_c_in_the_terminal_reaches_each_worker_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("between_waits", [False, True])
+def test_a_ctrl_c_in_the_terminal_reaches_each_worker_once(
+    tmp_path: Path, between_waits: bool
+) -> None:
     # The parent and its workers run in a terminal (a pseudo-terminal here) and the operator
     # presses Ctrl-C once. The terminal sends SIGINT to its whole foreground process group, so
     # each worker got it directly and again forwarded by the parent: a step further, a forced
     # exit abandoning the requests in flight. Signals sent with kill are still forwarded (the
-    # other tests here).
+    # other tests here). Between two of the parent's waits for its signals, another thread of
+    # the parent took the Ctrl-C (its handler, which cannot see where a signal came from, then
+    # forwarded it).
     script = (
         "import sys; sys.path.insert(0, sys.argv[1]); "
         "from tests.unit.supervise_targets import supervise_counters; "
-        "supervise_counters(sys.argv[2], 2)"
+        "supervise_counters(sys.argv[2], 2, hog=sys.argv[3] == '1')"
     )
     root = str(Path(__file__).resolve().parents[2])
     pid, terminal = pty.fork()
     if pid == 0:  # the child: a session of its own, with the pseudo-terminal as its terminal
-        os.execv(sys.executable, [sys.executable, "-c", script, root, str(tmp_path)])
+        hog = "1" if between_waits else "0"
+        os.execv(sys.executable, [sys.executable, "-c", script, root, str(tmp_path), hog])
     try:
         said = b""
         deadline = time.monotonic() + 30
@@ -98,6 +104,8 @@ def test_a_ctrl_c_in_the_terminal_reaches_each_worker_once(tmp_path: Path) -> No
             if select.select([terminal], [], [], 0.5)[0]:
                 said += os.read(terminal, 1024)
         assert b"workers ready" in said, said.decode(errors="replace")
+        if between_waits:
+            time.sleep(0.4)  # the main thread is back from a wait, and waits for the interpreter
         os.write(terminal, b"\x03")  # Ctrl-C
         _, status = os.waitpid(pid, 0)
     finally:
@@ -108,3 +116,26 @@ def test_a_ctrl_c_in_the_terminal_reaches_each_worker_once(tmp_path: Path) -> No
     counts = [int((tmp_path / f"count-{i}").read_text()) for i in range(2)]
     assert counts == [1, 1]
     assert (tmp_path / "code").read_text() == "0"
+
+
+class _FailsToStart(CTX.Process):  # type: ignore[name-defined,misc]
+    """A worker whose start fails, as a fork does with EAGAIN under a limit on processes."""
+
+    def start(self) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+
+def test_a_worker_that_cannot_start_leaves_none_running(tmp_path: Path) -> None:
+    # The first worker started, the second could not: supervise raised with the first still
+    # serving on the shared socket. The command then hung in multiprocessing's exit hook,
+    # joining it; a SIGTERM left it serving on, orphaned.
+    first = CTX.Process(target=wait_for_sigterm, args=(str(tmp_path / "ready"), 0))
+    procs = [first, _FailsToStart(target=wait_for_sigterm, args=(str(tmp_path / "r2"), 0))]
+    try:
+        with pytest.raises(OSError):
+            supervise(procs)
+        assert not first.is_alive()
+    finally:
+        if first.pid is not None and first.exitcode is None:
+            os.kill(first.pid, signal.SIGKILL)
+            first.join(5)
