@@ -29,6 +29,8 @@ from typing import Any
 
 import uvicorn
 
+from exitwise.errors import ExitwiseError
+
 from .lifecycle import Lifecycle
 from .loading import LoadedModel
 from .protocol import StampedHttpToolsProtocol, kernel_tick_s
@@ -164,6 +166,8 @@ def serve_many(settings: Settings) -> int:
     try:
         log.info("starting %d workers on %s:%d", len(procs), settings.host, settings.port)
         return supervise(procs)
+    except OSError as err:  # the system refused a worker (a limit on processes, memory)
+        raise ExitwiseError(f"could not start the server workers: {err}") from None
     finally:
         sock.close()
 

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from exitwise.errors import ExitwiseError
+from serving import server
 from serving.server import supervise
+from serving.settings import Settings
 from tests.unit.supervise_targets import wait_for_sigterm
 
 CTX = multiprocessing.get_context("spawn")
@@ -139,3 +142,19 @@ def test_a_worker_that_cannot_start_leaves_none_running(tmp_path: Path) -> None:
         if first.pid is not None and first.exitcode is None:
             os.kill(first.pid, signal.SIGKILL)
             first.join(5)
+
+
+def test_workers_the_system_refuses_are_one_line_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `exitwise serve --workers 2` where the system refuses a process ended with an OSError
+    # traceback; the command's errors are one readable line (an ExitwiseError).
+    (tmp_path / "manifest.json").write_text("{}")
+
+    def refused(procs: object) -> int:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(server, "supervise", refused)
+    settings = Settings(bundle=tmp_path, workers=2, port=0)  # type: ignore[call-arg]
+    with pytest.raises(ExitwiseError, match=r"could not start the server workers: .*unavailable"):
+        server.serve_many(settings)
