@@ -192,14 +192,17 @@ def supervise(procs: Sequence[BaseProcess]) -> int:
     received: list[int] = []  # the signals to forward, in order
     sent: dict[int, int] = {}  # per worker's pid: how many of them it was sent
 
+    def take(sig: int, from_terminal: bool) -> None:
+        nonlocal stopping
+        stopping = True
+        if not (sig == signal.SIGINT and from_terminal):
+            received.append(sig)
+
     def record(sig: int, frame: FrameType | None) -> None:
         # While they start; and, once the signals wait to be taken, one that a thread started
         # before the mask (torch's) took between two waits. Its origin is unknown here: a
         # SIGINT while this process is a terminal's foreground group is taken for its Ctrl-C.
-        nonlocal stopping
-        stopping = True
-        if not (waiting and sig == signal.SIGINT and _in_terminal_foreground()):
-            received.append(sig)
+        take(sig, waiting and _in_terminal_foreground())
 
     def tell() -> None:
         # A signal that came while they were starting reaches every worker, not only those
@@ -233,9 +236,7 @@ def supervise(procs: Sequence[BaseProcess]) -> int:
             if wait is None:
                 time.sleep(0.2)
             elif (info := wait(SIGNALS, 0.2)) is not None:
-                stopping = True
-                if not (info.si_signo == signal.SIGINT and info.si_code == SI_KERNEL):
-                    received.append(info.si_signo)
+                take(info.si_signo, info.si_code == SI_KERNEL)
                 continue
             for p in procs:
                 if not stopping and p.exitcode is not None:

@@ -3,7 +3,9 @@ cost, /metrics and /v1/model show it, a request may opt out, a restart starts ca
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +135,17 @@ def test_bundles_calibrated_before_control_serve_open_loop(served: Served, tmp_p
         assert control == {**control, "enabled": False, "available": False}
 
 
+@contextlib.contextmanager
+def _q1_client(served: Served) -> Iterator[tuple[TestClient, Any, bytes, dict[str, str]]]:
+    """A server without degradation; its service, a good PNG, and the fields asking q1's
+    budget."""
+    point = served.bundle.calibration().point("q1")
+    settings = Settings(bundle=served.path, degrade=False)  # type: ignore[call-arg]
+    good, budget = png(served.test.pixels[0]), {"budget_mflops": str(point.expected_mflops)}
+    with TestClient(create_app(settings, registry=CollectorRegistry())) as client:
+        yield client, client.app.state.service, good, budget  # type: ignore[attr-defined]
+
+
 def _half_on_the_dearer_row(service: Any) -> float:
     """Moves q1's control a few rows cheaper with half the images on the next dearer row (a
     new epoch); that row's held-out cost, which the answers served it report."""
@@ -146,11 +159,7 @@ def test_requests_that_fail_after_admission_give_their_dither_turn_back(served: 
     # A client sends a request with an undecodable image (a 400, found after admission) before
     # each good one; q1 is moved with half the images on the dearer row. The failed requests
     # took every dearer turn, and none of the 20 served requests got the share /v1/model shows.
-    point = served.bundle.calibration().point("q1")
-    settings = Settings(bundle=served.path, degrade=False)  # type: ignore[call-arg]
-    good, budget = png(served.test.pixels[0]), {"budget_mflops": str(point.expected_mflops)}
-    with TestClient(create_app(settings, registry=CollectorRegistry())) as client:
-        service = client.app.state.service  # type: ignore[attr-defined]
+    with _q1_client(served) as (client, service, good, budget):
         dearer, got = _half_on_the_dearer_row(service), []
         for _ in range(20):
             bad = [("image", ("bad.png", b"\x89PNG not really", "image/png"))]
@@ -172,11 +181,7 @@ def test_deadline_requests_held_to_exit_1_leave_the_dither_to_the_others(served:
     # deadline admission forecasts exit 1 alone to meet (the work queued ahead, patched in
     # here). Those leave at exit 1 whatever their thresholds, yet took every other turn of the
     # dither, and the requests whose exits the thresholds decide got none of the share.
-    point = served.bundle.calibration().point("q1")
-    settings = Settings(bundle=served.path, degrade=False)  # type: ignore[call-arg]
-    good, budget = png(served.test.pixels[0]), {"budget_mflops": str(point.expected_mflops)}
-    with TestClient(create_app(settings, registry=CollectorRegistry())) as client:
-        service = client.app.state.service  # type: ignore[attr-defined]
+    with _q1_client(served) as (client, service, good, budget):
         k = service.engine.num_exits
         service.engine.forecast = lambda images=1, own=True: deadlines.Forecast(
             time.monotonic(), 0.0, np.array([0.001] + [10.0] * (k - 1)), 0.0
