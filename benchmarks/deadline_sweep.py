@@ -101,8 +101,8 @@ def markdown(result: dict[str, Any]) -> str:
 
     header = [
         "load (asked / sent per s)", "deadline_ms", "p50 ms", "p99 ms", "p99.9 ms", "within D",
-        "within D+2 ms", "stopped: confident / cap / deadline", "exits", "accuracy (est.)",
-        "503s",
+        "within D+2 ms", "stopped: confident / cap / deadline / overload", "exits",
+        "accuracy (est.)", "503s",
     ]  # fmt: skip
 
     def pct(v: float | None) -> str:

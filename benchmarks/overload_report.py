@@ -21,7 +21,7 @@ def _pct_cell(v: float | None) -> str:
 
 
 def stops_cell(stops: dict[str, int]) -> str:
-    return " / ".join(str(stops.get(k, 0)) for k in ("confident", "cap", "deadline"))
+    return " / ".join(str(stops.get(k, 0)) for k in ("confident", "cap", "deadline", "overload"))
 
 
 def _refused_cell(total: int, by: dict[str, int]) -> str:
@@ -49,7 +49,7 @@ def markdown(result: dict[str, Any]) -> str:
     header = [
         "offered (asked / sent per s)", "degrade", "policy", "answered/s", "goodput/s",
         "x cheapest", "p50 ms", "p99 ms", "p99.9 ms", f"in time (<= {d:g} ms)",
-        f"answered <= {d + 5:g} ms", "503s", "stopped: confident / cap / deadline",
+        f"answered <= {d + 5:g} ms", "503s", "stopped: confident / cap / deadline / overload",
         "mean MFLOPs", "accuracy (est.)", "cores: server / engine", "listen drops",
         "over 250 ms: answered / refused / server",
     ]  # fmt: skip

@@ -51,7 +51,19 @@ from .errors import (
     NotReadyError,
     QueueFullError,
 )
-from .jobs import CAP, CONFIDENT, DEADLINE, Answer, Job, Outcome, Rows, Slots, Ticket, join
+from .jobs import (
+    CAP,
+    CONFIDENT,
+    DEADLINE,
+    OVERLOAD,
+    Answer,
+    Job,
+    Outcome,
+    Rows,
+    Slots,
+    Ticket,
+    join,
+)
 from .latency import LatencyModel
 from .metrics import Metrics
 from .scheduler import EMPTY, Idle, QueueView, Run, pick
@@ -195,10 +207,12 @@ class Engine:
             along = round(along * survive[i])
         return deadlines.Forecast(now, wait, np.array(own_s), queued)
 
-    def check_room(self, n: int = 1) -> None:
+    def check_room(self, n: int = 1, degrade: bool = False) -> None:
         """A :class:`QueueFullError` (503 with Retry-After) when ``n`` more images would pass
-        the queue bound."""
-        if (queued := sum(self._rows)) + n > self.max_queue_images:
+        the queue bound, and (for a request that allows ``degrade``) answering the degradable
+        rows past exit 1 early would not make room for them (:meth:`_make_room`)."""
+        over = (queued := sum(self._rows)) + n - self.max_queue_images
+        if over > 0 and not (degrade and self._cuttable() >= over):
             raise QueueFullError(
                 f"the queue is full ({queued} of {self.max_queue_images} images waiting); "
                 "retry later"
@@ -237,7 +251,9 @@ class Engine:
         with self._cond:
             if self._stopping:
                 raise NotReadyError("the server is shutting down")
-            self.check_room(n)
+            self.check_room(n, ticket.degrade)
+            if (over := sum(self._rows) + n - self.max_queue_images) > 0:
+                self._make_room(over)
             job_id = next(self._ids)
             job.start = self.slots.allocate(job_id, ticket, n)
             self._jobs[job_id] = job
@@ -249,6 +265,8 @@ class Engine:
                 self._incoming -= 1
             if self._idle:
                 self._cond.notify()
+        if self._done:  # rows answered to make room
+            self._deliver()
         return job
 
     async def infer(
@@ -513,7 +531,7 @@ class Engine:
             with self._cond:
                 self._count(leaving, reason)
                 self._count(s[gone])
-            if self._done:  # only this thread adds to it
+            if self._done:
                 self._deliver()
         return (s[going], state, done) if len(going) else None
 
@@ -534,9 +552,11 @@ class Engine:
             nxt = min(self._rows[stage + 1] + int((~leave).sum()), self.max_batch_size)
             finish = done + self.latency.estimate(stage + 1, nxt)
             leave = leave | deadlines.late(slots.deadline[s], finish)
-        # Top-k for the rows leaving, and for those a deadline may stop later (from here).
+        # Top-k for the rows leaving, and for those a deadline or an overload may stop later
+        # (from here: answered from this exit, waiting for the next stage).
         if slots.topped:
-            due = (leave | np.isfinite(slots.deadline[s])) if timed else leave
+            later = slots.degrade[s] | np.isfinite(slots.deadline[s]) if timed else slots.degrade[s]
+            due = leave | later
             if (wanted := (slots.top_k[s] > 0) & due).any():
                 top = top_k_of(logits, wanted, int(slots.top_k[s][wanted].max()))
                 slots.set_top(s[wanted], *top)
@@ -670,6 +690,41 @@ class Engine:
             self._done.append(job)
         if complete:
             self.slots.free(complete)
+
+    def _cuttable(self) -> int:
+        """Degradable rows waiting for stage 2 or later: the room :meth:`_make_room` can make."""
+        waiting = self.slots.queued
+        return int(np.count_nonzero((waiting > 0) & self.slots.degrade))
+
+    def _make_room(self, need: int) -> None:
+        """Answer ``need`` degradable rows waiting for stage 2 or later from the exit they
+        passed last (reason ``overload``; :meth:`check_room` made sure there are enough): those
+        with the most stages still to run first, the oldest first at a stage.
+
+        A step up in load fills the queue with work admitted before the degrader reached the
+        cheapest point; that work, waiting for its deeper stages, held the queue bound while
+        stage 1 filled, and new requests the cheapest point could serve were refused (most of
+        a 2x overload's 503s, all in its first half second). Each of these rows has an answer
+        already (its request allowed a cheaper one), and every stage it skips is time for the
+        new request's first."""
+        slots = self.slots
+        for stage in range(1, self.num_exits):
+            if need <= 0:
+                return
+            kept: deque[Rows] = deque()
+            for rows in self._queues[stage]:
+                here = slots.queued[rows.slots] == stage
+                cut = np.flatnonzero(here & slots.degrade[rows.slots])[:need]
+                if len(cut):
+                    gone = rows.slots[cut]
+                    slots.queued[gone] = -1
+                    self._rows[stage] -= len(cut)
+                    self._count(gone, np.full(len(cut), OVERLOAD))
+                    need -= len(cut)
+                    rows = rows.pick(np.setdiff1d(np.arange(len(rows)), cut))
+                if len(rows):
+                    kept.append(rows)
+            self._queues[stage] = kept
 
     def _drop(self, job: Job) -> None:
         """The request is over: its rows stop counting as waiting now, and are dropped (and

@@ -31,9 +31,13 @@ from . import deadlines
 from .budget.resolve import ExitPlan
 from .errors import QueueFullError
 
-StopReason = Literal["confident", "cap", "deadline"]
-REASONS: tuple[StopReason, ...] = ("confident", "cap", "deadline")
-CONFIDENT, CAP, DEADLINE = 0, 1, 2
+StopReason = Literal["confident", "cap", "deadline", "overload"]
+REASONS: tuple[StopReason, ...] = ("confident", "cap", "deadline", "overload")
+# ``overload``: a degradable image answered from the exit it had passed to make room in a full
+# queue (:meth:`~serving.engine.Engine.submit`). Deadline and overload stops are the server's
+# doing, not the thresholds': budget control does not learn from them.
+CONFIDENT, CAP, DEADLINE, OVERLOAD = 0, 1, 2, 3
+SERVER_STOPS = (DEADLINE, OVERLOAD)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class Ticket:
     # deadline_policy=strict: deadline_ms itself as a moment (``deadline`` is the due moment,
     # a margin earlier). Refused in the engine once exit 1 can no longer make it.
     strict_by: float = math.inf
+    # The request allows degradation (``degrade``): under overload its images may be answered
+    # from an exit they passed before their plan stops them (reason ``overload``).
+    degrade: bool = False
 
 
 @dataclass(slots=True)  # not frozen: a frozen init cost a microsecond per request
@@ -173,6 +180,7 @@ class Slots:
         self.deadline = np.full(capacity, math.inf)
         self.arrived = np.zeros(capacity)  # when the server first saw its request
         self.strict_by = np.full(capacity, math.inf)  # Ticket.strict_by
+        self.degrade = np.zeros(capacity, dtype=bool)  # Ticket.degrade
         self.top_k = np.zeros(capacity, dtype=np.int64)
         self.live = np.zeros(capacity, dtype=bool)  # its request still wants it
         self.queued = np.full(capacity, -1, dtype=np.int64)  # the stage it waits for, or -1
@@ -213,6 +221,7 @@ class Slots:
         self.deadline[start:end] = deadline
         self.arrived[start:end] = ticket.arrived
         self.strict_by[start:end] = ticket.strict_by
+        self.degrade[start:end] = ticket.degrade
         self.timed += n * math.isfinite(deadline)
         self.topped += n * (ticket.top_k > 0)
         self.top_k[start:end] = ticket.top_k

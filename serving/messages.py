@@ -37,7 +37,7 @@ class Prediction:
     exit: int  # 1-based
     mflops: float  # cumulative cost of that exit
     top: list[tuple[int, str, float]]  # (class id, class name, probability), best first
-    stopped: StopReason = "confident"  # why it left there: confident, cap or deadline
+    stopped: StopReason = "confident"  # confident, cap, deadline or overload
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ Names (prefix ``exitwise_``; histograms in seconds; labels kept low-cardinality)
 - ``inflight_requests``: inference requests being handled; ``queue_depth``: images waiting in
   front of any stage; ``stage_queue_depth{stage}``: rows waiting in front of each stage.
 - ``stage_seconds{stage}``: per stage batch, its time; ``stops_total{reason}``: images answered
-  by why they stopped (``confident``, ``cap``, ``deadline``).
+  by why they stopped (``confident``, ``cap``, ``deadline``, ``overload``).
 - ``degraded_total{operating_point}``: images served at a cheaper point than asked, under load;
   ``degradation_level``: how many points the server steps down now.
 - ``refused_total{reason}``: requests the server refused with a 503: ``queue_full``,
@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from .budget.control import BudgetControl
 
-REASONS = ("confident", "cap", "deadline")  # the stop reasons, in the engine's code order
+REASONS = ("confident", "cap", "deadline", "overload")  # the stop reasons, in the engine's order
 # Why a 503 (the ``refusal`` of serving.errors' refusing errors), every one listed from the start.
 REFUSALS = ("queue_full", "deadline_strict", "deadline_shed", "not_ready")
 
@@ -147,8 +147,9 @@ class Metrics:
         )
         self.stops = Counter(
             "exitwise_stops_total",
-            "Images answered, by why they stopped: confident, cap (max_exit or the last exit) "
-            "or deadline (deadline_ms).",
+            "Images answered, by why they stopped: confident, cap (max_exit or the last exit), "
+            "deadline (deadline_ms) or overload (a degradable image answered early to make room "
+            "in a full queue).",
             ("reason",),
             registry=registry,
         )
@@ -238,7 +239,8 @@ class Metrics:
                     self._bind(index + 1)
                 self._exits[index].inc(count)
                 _observe_many(self.mflops_per_image, exit_mflops[index], count)
-        for reason, count in zip(REASONS, np.bincount(reasons, minlength=3).tolist(), strict=True):
+        counts = np.bincount(reasons, minlength=len(REASONS)).tolist()
+        for reason, count in zip(REASONS, counts, strict=True):
             if count:
                 self._stops[reason].inc(count)
 

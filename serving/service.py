@@ -31,7 +31,7 @@ from .degrade import Degrader
 from .engine import Encoded, Engine
 from .errors import BadRequestError, InvalidParameterError, PayloadTooLargeError
 from .images import decode_images, decode_pixels, tensor_images
-from .jobs import DEADLINE, Outcome, Ticket
+from .jobs import SERVER_STOPS, Outcome, Ticket
 from .live import LiveStats
 from .loading import LoadedModel
 from .messages import ClassifyRequest, ClassifyResult, Prediction
@@ -131,7 +131,7 @@ class ModelService:
         """Refuse a request before its body is read while the engine cannot take even one
         image: it would be refused at admission anyway, and under overload the event loop's
         time per refusal decides how much of the core is left for the answers."""
-        self.engine.check_room()
+        self.engine.check_room(degrade=True)  # may be made for a degradable one
 
     async def receive(self, awaitable: Awaitable[T], arrived: float, doing: str) -> T:
         """Read (part of) a request under the server's timeout: for the routes' body reads."""
@@ -223,7 +223,9 @@ class ModelService:
                 raise deadlines.refused(forecast, refusal)
         plan = self.control.plan(plan, params.budget_control, images, first_only=limit == 0)
         expires = self._expires(request.arrived, params.timeout_s)
-        return Ticket(plan, top_k, request.arrived, expires, deadline, limit, late, strict_by)
+        return Ticket(
+            plan, top_k, request.arrived, expires, deadline, limit, late, strict_by, degrade
+        )
 
     @staticmethod
     def _refusal(params: RequestParams, shed: bool) -> deadlines.Refusal | None:
@@ -305,7 +307,7 @@ class ModelService:
             queue_seconds=outcome.queue_seconds,
             compute_seconds=outcome.compute_seconds,
             deadline_s=request.params.deadline_s,
-            traffic=Traffic(outcome.trace, outcome.exit, outcome.reason == DEADLINE),
+            traffic=Traffic(outcome.trace, outcome.exit, np.isin(outcome.reason, SERVER_STOPS)),
         )
 
     # --- what /v1/model shows ---------------------------------------------------------------------

@@ -53,8 +53,8 @@ class Traffic:
 
     confidence: np.ndarray  # float64 [n, K]: at each exit passed; nan beyond the exit reached
     reached: np.ndarray  # int64 [n]: the last exit (0-based) the image was judged at
-    # bool [n]: a deadline stopped it there, not its thresholds (its cost is not what its
-    # thresholds would have spent). :func:`estimate` needs no flag: an image whose recorded
+    # bool [n]: a deadline or an overload stopped it there, not its thresholds (its cost is not
+    # what its thresholds would have spent). :func:`estimate` needs no flag: an image whose recorded
     # confidences do not stop it is censored whatever stopped it.
     censored: np.ndarray
 

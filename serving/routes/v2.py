@@ -9,7 +9,7 @@ Inputs (exactly one per request):
 Budget in the request's top-level ``parameters``: ``budget_mflops`` and/or ``max_exit``, and
 ``deadline_ms``, ``degrade``, ``budget_control`` as in REST v1. Outputs: ``class_id`` INT64,
 ``class_name`` BYTES, ``confidence`` FP64, ``exit`` INT64 (1-based), ``mflops`` FP64,
-``stop_reason`` BYTES (confident, cap, deadline); the response's ``parameters`` say which
+``stop_reason`` BYTES (confident, cap, deadline, overload); the response's ``parameters`` say which
 operating point was used.
 """
 

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from exitwise.models import State
 from serving.app import create_app
+from serving.jobs import OVERLOAD
 from serving.loading import load_model
 from serving.protocol import TRANSPORT
 from serving.settings import Settings
@@ -461,3 +462,48 @@ def test_a_strict_request_a_stall_makes_late_is_refused_not_answered_late(served
     assert strict_r.headers["Retry-After"] == "1"
     assert "can no longer be met" in strict_r.json()["error"]
     assert 'exitwise_refused_total{reason="deadline_strict"} 1.0' in metrics
+
+
+def test_images_an_overload_stops_are_answered_so_and_do_not_steer_budget_control(
+    served: Served,
+) -> None:
+    # A request allows degradation (the server's default, or its own degrade=true) or not
+    # (degrade=false): the engine is told in the ticket, and may then answer its images from
+    # an exit they passed to make room in a full queue (the engine's tests). Such an image says
+    # so (stopped: overload), and its cost is the server's doing, not the thresholds': budget
+    # control gets it as censored, as it gets a deadline's stops.
+    settings = Settings(bundle=served.path)  # type: ignore[call-arg]
+    app = create_app(settings, registry=CollectorRegistry(), loaded=load_model(settings))
+    point = served.bundle.calibration().point("q1")
+    with TestClient(app) as client:
+        service = app.state.service
+        engine_infer, observe = service.engine.infer, service.control.observe
+        allowed: list[bool] = []
+        traffic: list[Any] = []
+
+        async def infer(ticket: Any, *args: Any, **kwargs: Any) -> Any:
+            allowed.append(ticket.degrade)
+            out = await engine_infer(ticket, *args, **kwargs)
+            if ticket.degrade:
+                out.reason[:] = OVERLOAD  # as a full queue would have answered them
+            return out
+
+        def observing(plan: Any, mflops: Any, seen: Any) -> None:
+            traffic.append(seen)
+            observe(plan, mflops, seen)
+
+        service.engine.infer, service.control.observe = infer, observing
+        answers = []
+        for degrade in (None, "true", "false"):
+            query = {"budget_mflops": point.expected_mflops, "top_k": 2}
+            if degrade is not None:
+                query["degrade"] = degrade
+            r = client.post("/v1/classify", params=query, content=png(served.test.pixels[0]),
+                            headers=PNG)  # fmt: skip
+            assert r.status_code == 200, r.text
+            answers.append(r.json()["results"][0])
+    assert allowed == [True, True, False]
+    assert [a["stopped"] for a in answers[:2]] == ["overload", "overload"]
+    assert answers[2]["stopped"] != "overload" and len(answers[0]["top_k"]) == 2
+    assert [t.censored.tolist() for t in traffic[:2]] == [[True], [True]]
+    assert not traffic[2].censored.any()

@@ -182,6 +182,6 @@ def test_the_deadline_table() -> None:
     table = deadline_sweep.markdown(
         {"capacity_per_s": 50.0, "closed_connections": 16, "rows": rows}
     )
-    assert "| 0.5x (25 / 25) | none | 10.00 | 10.00 | 10.00 | - | - | 0 / 90 / 10 |" in table
+    assert "| 0.5x (25 / 25) | none | 10.00 | 10.00 | 10.00 | - | - | 0 / 90 / 10 / 0 |" in table
     assert "| 0.5x (25 / 25) | 20 | 10.00 | 10.00 | 10.00 | 100.0% | 100.0% |" in table
     assert "1:10 3:90" in table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 
@@ -444,3 +445,61 @@ def test_a_batch_of_requests_is_answered_and_freed_in_one_go() -> None:
     assert slots.live.tolist()[:6] == [False] * 4 + [True] * 2
     assert slots.allocate(3, ticket(plan), 10) == 6  # the ring goes on past the last request
     assert slots.allocate(4, ticket(plan), 4) == 0  # then the four freed slots, together again
+
+
+def test_a_full_queue_answers_degradable_rows_past_exit_1_to_make_room() -> None:
+    # A queue bound of 4. Request a (2 images, degradable, never confident) runs stage 1 while
+    # b (2 images) waits for it, so a's rows go on to wait for stage 2: the queue is full. A
+    # degradable request then gets its room from a's rows: each is answered from exit 1, the
+    # exit it passed (reason overload, its top-k from there), the one waiting longest first.
+    # A request that does not allow degradation is refused, and rows of a request that does
+    # not allow it are never cut.
+    metrics = Metrics(CollectorRegistry())
+    metrics.describe_model("m", "fake", "cpu", "fake-cpu", K)
+    never = _plan([math.inf, math.inf, math.inf])
+    runner = FakeRunner()
+
+    def degradable(plan: ExitPlan, top_k: int = 0) -> Ticket:
+        return dataclasses.replace(ticket(plan, top_k), degrade=True)
+
+    async def main() -> None:
+        engine = Engine(
+            runner, exit_mflops=[1, 2, 3, 4], max_batch_size=2, max_queue_images=4,
+            metrics=metrics,
+        )  # fmt: skip
+        a_images, b_images = _images(2, seed=1), _images(2, seed=2)
+        a = engine.submit(degradable(never, top_k=2), a_images)
+        b = engine.submit(ticket(never), b_images)  # does not allow degradation
+        stage, parts = engine._next()  # the worker's first batch, run here: a at stage 1
+        assert stage == 0 and [p.job for p in parts] == [a]
+        engine._run(stage, parts)
+        assert engine.queue_rows() == [2, 2, 0, 0]
+        with pytest.raises(QueueFullError, match="4 of 4"):
+            engine.submit(ticket(never), _images(1))
+        engine.check_room(1, degrade=True)  # what the route asks before reading a body
+        c = engine.submit(degradable(never), _images(1, seed=3))
+        assert engine.queue_rows() == [3, 1, 0, 0] and not a.future.done()
+        d = engine.submit(degradable(never), _images(1, seed=4))
+        assert engine.queue_rows() == [4, 0, 0, 0]
+        out = await a.future
+        assert out.exit.tolist() == [0, 0] and out.reasons() == ["overload"] * 2
+        conf, pred = _all_confidences(a_images)
+        assert out.class_id.tolist() == pred[:, 0].tolist()
+        assert out.top_probs[:, 0].tolist() == pytest.approx(conf[:, 0].tolist())
+        # Stage 1 is full of rows that passed no exit: nothing left to cut.
+        with pytest.raises(QueueFullError):
+            engine.submit(degradable(never), _images(1))
+        with pytest.raises(QueueFullError):
+            engine.check_room(1, degrade=True)
+        engine.start()
+        try:
+            for job in (b, c, d):
+                assert (await job.future).reasons() == ["cap"] * job.n
+        finally:
+            engine.stop()
+        assert not engine.slots._used.any()
+
+    _run(main())
+    get = metrics.registry.get_sample_value
+    assert get("exitwise_stops_total", {"reason": "overload"}) == 2
+    assert get("exitwise_exits_total", {"exit": "1"}) == 2
