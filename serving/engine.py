@@ -464,21 +464,36 @@ class Engine:
                 swept = True
         for stage in range(1, self.num_exits):
             finish = now + self.latency.estimate(stage, 1)
-            if soonest[stage] >= finish:
-                continue
-            kept: deque[Rows] = deque()
-            for rows in map(self._live, self._queues[stage]):
-                if (late := deadlines.late(self.slots.deadline[rows.slots], finish)).any():
-                    gone = rows.slots[late]
-                    self.slots.queued[gone] = -1
-                    self._rows[stage] -= len(gone)
-                    self._count(gone, np.full(len(gone), DEADLINE))
-                    rows = rows.pick(np.flatnonzero(~late))
-                    swept = True
-                if len(rows):
-                    kept.append(rows)
-            self._queues[stage] = kept
+            if soonest[stage] < finish:
+                late = lambda s, by=finish: deadlines.late(self.slots.deadline[s], by)  # noqa: E731
+                swept |= self._answer_waiting(stage, late, DEADLINE) > 0
         return swept
+
+    def _answer_waiting(
+        self,
+        stage: int,
+        marked: Callable[[np.ndarray], np.ndarray],
+        reason: int,
+        most: int | None = None,
+    ) -> int:
+        """Answer the rows waiting for ``stage`` (past exit 1) that ``marked`` picks (a mask
+        over slots), at most ``most`` in the order they wait, from the exit they passed last
+        with ``reason``; how many."""
+        kept: deque[Rows] = deque()
+        answered = 0
+        for rows in map(self._live, self._queues[stage]):
+            room = None if most is None else most - answered
+            if len(picked := np.flatnonzero(marked(rows.slots))[:room]):
+                gone = rows.slots[picked]
+                self.slots.queued[gone] = -1
+                self._rows[stage] -= len(gone)
+                self._count(gone, np.full(len(gone), reason))
+                answered += len(gone)
+                rows = rows.pick(np.setdiff1d(np.arange(len(rows)), picked))
+            if len(rows):
+                kept.append(rows)
+        self._queues[stage] = kept
+        return answered
 
     def _run(self, stage: int, parts: list[Rows]) -> None:
         """Run ``parts`` through ``stage``, and straight on through the next stages while the
@@ -707,24 +722,10 @@ class Engine:
         a 2x overload's 503s, all in its first half second). Each of these rows has an answer
         already (its request allowed a cheaper one), and every stage it skips is time for the
         new request's first."""
-        slots = self.slots
+        degradable = lambda s: self.slots.degrade[s]  # noqa: E731
         for stage in range(1, self.num_exits):
-            if need <= 0:
-                return
-            kept: deque[Rows] = deque()
-            for rows in self._queues[stage]:
-                here = slots.queued[rows.slots] == stage
-                cut = np.flatnonzero(here & slots.degrade[rows.slots])[:need]
-                if len(cut):
-                    gone = rows.slots[cut]
-                    slots.queued[gone] = -1
-                    self._rows[stage] -= len(cut)
-                    self._count(gone, np.full(len(cut), OVERLOAD))
-                    need -= len(cut)
-                    rows = rows.pick(np.setdiff1d(np.arange(len(rows)), cut))
-                if len(rows):
-                    kept.append(rows)
-            self._queues[stage] = kept
+            if need > 0:
+                need -= self._answer_waiting(stage, degradable, OVERLOAD, need)
 
     def _drop(self, job: Job) -> None:
         """The request is over: its rows stop counting as waiting now, and are dropped (and

@@ -24,6 +24,7 @@ const STOP_REASONS = {
   confident: "confident enough at this exit for the operating point",
   cap: "the exit cap (max_exit) or the network's last exit",
   deadline: "the next stage would not have finished before deadline_ms",
+  overload: "answered from the exit it had passed to make room in the server's full queue",
 };
 
 const state = {
