@@ -166,9 +166,8 @@ def merge_fields(
 
 
 def _same(name: str, a: str, b: str) -> bool:
-    """Whether two values of parameter ``name`` say the same: parsed, when both parse ("1.5"
-    and "1.50", "on" and "true"), else as written (the bad one is refused when parsed)."""
-    try:
-        return parse_params({name: a}) == parse_params({name: b})
-    except InvalidParameterError:
-        return a == b
+    """Whether two values of parameter ``name`` say the same, parsed ("1.5" and "1.50", "on" and
+    "true"). A value that does not parse is refused for what is wrong with it: compared as
+    written, ``deadline_ms=-5`` in the query and ``-5.0`` in the form were "given twice with
+    different values", which hid the mistake."""
+    return parse_params({name: a}) == parse_params({name: b})

@@ -176,8 +176,11 @@ def test_params_parse_and_merge() -> None:
     assert parse_params(merge_fields([("degrade", "on")], [("degrade", "true")])).degrade
     assert parse_params({"max_exit": "2.0", "top_k": " 3e0 "}).max_exit == 2
     assert parse_params({"top_k": "3e0"}).top_k == 3
-    with pytest.raises(InvalidParameterError, match="twice"):
+    # A bad value given twice, or beside a good one, is refused for what is wrong with it.
+    with pytest.raises(InvalidParameterError, match="must be a number, not 'abc'"):
         merge_fields([("budget_mflops", "1.5")], [("budget_mflops", "abc")])
+    with pytest.raises(InvalidParameterError, match="must be positive, not '-5'"):
+        merge_fields([("deadline_ms", "-5")], [("deadline_ms", "-5.0")])
     # An empty value is absent, as parse_params says: not a second, different one.
     assert merge_fields([("max_exit", ""), ("max_exit", "2")], [("top_k", " ")]) == {
         "max_exit": "2"
