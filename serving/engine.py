@@ -4,7 +4,9 @@ A request's life here:
 
 - **Admit** (:meth:`Engine.submit`, on the event loop): its :class:`~serving.jobs.Ticket` gets a
   run of slots (thresholds, caps, deadline per image) and its images join stage 1's queue; a
-  full engine refuses at once (503 with Retry-After).
+  full engine refuses at once (503 with Retry-After), unless the request allows degradation and
+  rows of such requests wait for stage 2 or later: as many are answered from the exit they
+  passed (stop reason ``overload``) to make room.
 - **Queue per stage**: the worker asks the scheduler (:func:`serving.scheduler.pick`) which
   stage to run and takes up to ``max_batch_size`` rows from any requests and budgets (the
   deadline rules of :mod:`serving.deadlines` decide the order when not all fit).
@@ -252,10 +254,10 @@ class Engine:
             if self._stopping:
                 raise NotReadyError("the server is shutting down")
             self.check_room(n, ticket.degrade)
+            job_id = next(self._ids)
+            job.start = self.slots.allocate(job_id, ticket, n)  # may refuse: before any cut
             if (over := sum(self._rows) + n - self.max_queue_images) > 0:
                 self._make_room(over)
-            job_id = next(self._ids)
-            job.start = self.slots.allocate(job_id, ticket, n)
             self._jobs[job_id] = job
             state = [] if blobs is not None else [images]
             slots = np.arange(job.start, job.start + n)
@@ -518,25 +520,28 @@ class Engine:
         s, state = rows.slots, rows.state
         timed = bool(self.slots.timed) and bool(np.isfinite(self.slots.deadline[s]).any())
         while (out := self._stage(stage, s, state, timed)) is not None:
-            s, state, done = out
+            s, state, done, queue = out
             stage += 1
-            if timed or self._incoming or any(self._rows):
+            if queue:
                 with self._cond:
                     self._push(stage, Rows(s, state, done))
                 return
 
     def _stage(
         self, stage: int, s: np.ndarray, state: Any, timed: bool
-    ) -> tuple[np.ndarray, Any, float] | None:
-        """One stage batch: run, judge, answer who stops; the survivors' slots and state and
-        when they left the stage, or None (nobody goes on)."""
+    ) -> tuple[np.ndarray, Any, float, bool] | None:
+        """One stage batch: run, judge, answer who stops; the survivors' slots and state, when
+        they left the stage and whether they join the next stage's queue (else they run on at
+        once), or None (nobody goes on)."""
         n, start = len(s), time.monotonic()
         self._running = (stage, n, start, self.latency.estimate(stage, n))
         try:
             # Everything up to the counting: a fault anywhere here (the network, or a bug in
             # the bookkeeping) fails these requests; past this block rows would be left to
             # their timeout, their slots never freed.
-            leaving, reason, gone, going, state, done = self._judge(stage, s, state, timed, start)
+            leaving, reason, gone, going, state, done, queue = self._judge(
+                stage, s, state, timed, start
+            )
         except Exception:
             log.exception("stage %d failed on a batch of %d rows", stage + 1, n)
             with self._cond:
@@ -548,14 +553,15 @@ class Engine:
                 self._count(s[gone])
             if self._done:
                 self._deliver()
-        return (s[going], state, done) if len(going) else None
+        return (s[going], state, done, queue) if len(going) else None
 
     def _judge(
         self, stage: int, s: np.ndarray, state: Any, timed: bool, start: float
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, Any, float]:
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, Any, float, bool]:
         """Run ``stage`` on rows ``s`` and judge them: who leaves and why (their results in
-        their slots), whose request went away, who goes on (with their state), and when the
-        stage ended; its latency, survival share and metrics recorded."""
+        their slots), whose request went away, who goes on (with their state), when the stage
+        ended, and whether the survivors join a queue; its latency, survival share and metrics
+        recorded."""
         n, slots, k = len(s), self.slots, self.num_exits
         state = self.runner.initial_state(state[0]) if stage == 0 else state
         state, logits = self.runner.run_stage(stage, state)
@@ -567,11 +573,16 @@ class Engine:
             nxt = min(self._rows[stage + 1] + int((~leave).sum()), self.max_batch_size)
             finish = done + self.latency.estimate(stage + 1, nxt)
             leave = leave | deadlines.late(slots.deadline[s], finish)
-        # Top-k for the rows leaving, and for those a deadline or an overload may stop later
-        # (from here: answered from this exit, waiting for the next stage).
+        # The survivors queue for the next stage when it has rows or more are on their way
+        # (deadline rows always: the queues apply its rules), else run on at once. Decided once
+        # here: a queued row may be answered from this exit later, by its deadline or to make
+        # room in a full queue (if degradable), so it needs its top-k from here; the rows of a
+        # request running alone do not pay for one at every stage.
+        queue = timed or bool(self._incoming) or any(self._rows)
         if slots.topped:
-            later = slots.degrade[s] | np.isfinite(slots.deadline[s]) if timed else slots.degrade[s]
-            due = leave | later
+            due = leave
+            if queue:
+                due = due | slots.degrade[s] | np.isfinite(slots.deadline[s])
             if (wanted := (slots.top_k[s] > 0) & due).any():
                 top = top_k_of(logits, wanted, int(slots.top_k[s][wanted].max()))
                 slots.set_top(s[wanted], *top)
@@ -602,7 +613,7 @@ class Engine:
                 waits.append(start - job.enqueued)
         if self.metrics is not None:
             self.metrics.record_stage(stage, n, done - start, waits)
-        return leaving, reason, gone, going, state, done
+        return leaving, reason, gone, going, state, done, queue
 
     def _decode(self, parts: list[Rows]) -> list[Rows]:
         """Decode stage 1's encoded images and normalise all their pixels in one call; a
@@ -718,10 +729,9 @@ class Engine:
 
         A step up in load fills the queue with work admitted before the degrader reached the
         cheapest point; that work, waiting for its deeper stages, held the queue bound while
-        stage 1 filled, and new requests the cheapest point could serve were refused (most of
-        a 2x overload's 503s, all in its first half second). Each of these rows has an answer
-        already (its request allowed a cheaper one), and every stage it skips is time for the
-        new request's first."""
+        stage 1 filled, and new requests the cheapest point could serve were refused. Each of
+        these rows has an answer already (its request allowed a cheaper one), and every stage it
+        skips is time for the new request's first."""
         degradable = lambda s: self.slots.degrade[s]  # noqa: E731
         for stage in range(1, self.num_exits):
             if need > 0:

@@ -96,7 +96,8 @@ class Settings(BaseSettings):
     degrade: bool = Field(
         default=True,
         description="Requests may be served at cheaper operating points while the forecast wait "
-        "is long (a request's degrade=false opts out).",
+        "is long, and answered from an exit they passed to make room in a full queue (a "
+        "request's degrade=false opts out).",
     )
     degrade_queue_ms: float = Field(
         default=50.0,

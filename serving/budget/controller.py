@@ -31,7 +31,8 @@ traffic lowers it. A :class:`BudgetController` per point does three things:
 
 Images served with thresholds from before a move (admitted earlier, answered later) still tell
 what the traffic is like, but do not count for the detection of the next change. Images stopped
-by a deadline are censored: their cost says nothing of the thresholds (see ``table.py``).
+by a deadline, or answered early to make room in a full queue (``overload``), are censored: their
+cost says nothing of the thresholds (see ``table.py``).
 """
 
 from __future__ import annotations

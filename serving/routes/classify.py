@@ -97,7 +97,8 @@ _PARAMS = [
      "description": "Answer within this time, as well as possible: each image from the deepest "
                     "exit it completes in time (its `stopped` says `deadline`)."},
     {"name": "degrade", "in": "query", "schema": {"type": "boolean"},
-     "description": "Under load, may be served at a cheaper operating point (default: the "
+     "description": "Under load, may be served at a cheaper operating point, and answered "
+                    "from an exit it passed to make room in a full queue (default: the "
                     "server's setting)."},
     {"name": "budget_control", "in": "query", "schema": {"type": "string", "enum": ["on", "off"]},
      "description": "off: the calibrated thresholds even while budget control has moved them."},

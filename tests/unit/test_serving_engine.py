@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import math
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -503,3 +504,106 @@ def test_a_full_queue_answers_degradable_rows_past_exit_1_to_make_room() -> None
     get = metrics.registry.get_sample_value
     assert get("exitwise_stops_total", {"reason": "overload"}) == 2
     assert get("exitwise_exits_total", {"exit": "1"}) == 2
+
+
+def test_a_cut_row_answers_from_the_deepest_exit_it_passed_and_others_rows_stay() -> None:
+    # a (degradable) and b (not) both pass exits 1 and 2 and wait for stage 3 in a full queue.
+    # A degradable request needing one image's room cuts a: answered from exit 2, its class
+    # and top-k from there; b's row stays, whatever room is asked.
+    never = _plan([math.inf, math.inf, math.inf])
+
+    async def main() -> None:
+        engine = Engine(
+            FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=4, max_queue_images=4
+        )
+        xa, xb = _images(1, seed=1), _images(1, seed=2)
+        a = engine.submit(dataclasses.replace(ticket(never, 2), degrade=True), xa)
+        b = engine.submit(ticket(never, 2), xb)
+        for stage in range(2):
+            parts = engine._take(stage, time.monotonic(), math.inf)
+            engine._incoming = 1  # more on their way: the survivors queue, not run on
+            engine._run(stage, parts)
+        engine._incoming = 0
+        assert engine.queue_rows() == [0, 0, 2, 0]
+        engine.submit(dataclasses.replace(ticket(never), degrade=True), _images(2, seed=3))
+        engine.submit(dataclasses.replace(ticket(never), degrade=True), _images(1, seed=4))
+        assert engine.queue_rows() == [3, 0, 1, 0]
+        out = await a.future
+        conf, pred = _all_confidences(xa)
+        assert out.reasons() == ["overload"] and out.exit.tolist() == [1]
+        assert out.class_id.tolist() == [pred[0, 1]] and out.top_ids[0, 0] == pred[0, 1]
+        assert out.top_probs[0, 0] == pytest.approx(conf[0, 1])
+        with pytest.raises(QueueFullError):  # b's row is all that waits past exit 1
+            engine.submit(dataclasses.replace(ticket(never), degrade=True), _images(1))
+        assert not b.future.done()
+        engine.start()
+        try:
+            assert (await b.future).reasons() == ["cap"]
+        finally:
+            engine.stop()
+
+    _run(main())
+
+
+def test_no_row_is_cut_for_a_request_refused_for_want_of_slots() -> None:
+    # Requests whose clients went away hold their slots until the worker meets their rows.
+    # With every slot held, a degradable request finding the queue full is refused before
+    # anything is cut: the cut would have bought nothing.
+    never = _plan([math.inf, math.inf, math.inf])
+
+    async def main() -> None:
+        engine = Engine(
+            FakeRunner(), exit_mflops=[1, 2, 3, 4], max_batch_size=2, max_queue_images=4
+        )
+        assert engine.slots.capacity == 16
+        a = engine.submit(dataclasses.replace(ticket(never), degrade=True), _images(2, seed=1))
+        for _ in range(6):  # 12 slots held by requests that went away
+            engine.cancel(engine.submit(ticket(never), _images(2)), RuntimeError("gone"))
+        b = engine.submit(ticket(never), _images(2, seed=2))
+        stage, parts = engine._next()
+        engine._run(stage, parts)
+        assert engine.queue_rows() == [2, 2, 0, 0] and engine.slots._used.all()
+        with pytest.raises(QueueFullError, match="holding too many images"):
+            engine.submit(dataclasses.replace(ticket(never), degrade=True), _images(1, seed=3))
+        assert engine.queue_rows() == [2, 2, 0, 0]
+        engine.start()
+        try:
+            assert (await a.future).reasons() == ["cap", "cap"]
+            await b.future
+        finally:
+            engine.stop()
+
+    _run(main())
+
+
+def test_a_request_running_alone_gets_its_top_k_once_not_at_every_stage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Rows that wait in a queue may be answered there from the exit they passed (a deadline,
+    # a full queue), so their top-k is taken at every stage; rows that run on at once, alone in
+    # the engine, cannot be, and take theirs where they leave only.
+    import serving.engine as engine_module
+
+    calls: list[int] = []
+    real = engine_module.top_k_of
+
+    def counting(logits: torch.Tensor, wanted: np.ndarray, k: int) -> Any:
+        calls.append(int(wanted.sum()))
+        return real(logits, wanted, k)
+
+    monkeypatch.setattr(engine_module, "top_k_of", counting)
+    never = _plan([math.inf, math.inf, math.inf])
+
+    async def main() -> Outcome:
+        engine = Engine(FakeRunner(), exit_mflops=[1, 2, 3, 4])
+        engine.start()
+        try:
+            return await engine.infer(
+                dataclasses.replace(ticket(never, 2), degrade=True), _images(3)
+            )
+        finally:
+            engine.stop()
+
+    out = _run(main())
+    assert out.exit.tolist() == [K - 1] * 3 and out.top_ids.shape == (3, 2)
+    assert calls == [3]
