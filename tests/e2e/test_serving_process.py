@@ -219,22 +219,38 @@ def small(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def test_queue_overflow_is_503_not_a_hang(small: ServerProcess, served: Served) -> None:
+    # Requests that do not allow degradation get their whole plan or a 503. Those that allow
+    # it (the default) may also find room made for them: images of earlier ones, waiting for a
+    # deeper stage, answered from the exit they passed (stopped: overload), never any other.
     files = [("f", (f"{i}.png", png(served.test.pixels[i]), "image/png")) for i in range(8)]
 
-    async def main() -> list[httpx.Response]:
+    async def main(query: str) -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=small.url, timeout=30) as client:
             return await asyncio.gather(
-                *(client.post("/v1/classify?max_exit=4", files=files) for _ in range(40))
+                *(client.post(f"/v1/classify?{query}", files=files) for _ in range(40))
             )
 
-    answers = asyncio.run(main())
+    answers = asyncio.run(main("max_exit=4&degrade=false"))
     statuses = [r.status_code for r in answers]
     assert set(statuses) <= {200, 503}, statuses
     assert 503 in statuses and 200 in statuses
     refused = next(r for r in answers if r.status_code == 503)
     assert refused.headers["retry-after"] == "1" and "queue is full" in refused.json()["error"]
-    ok = next(r for r in answers if r.status_code == 200)
-    assert [x["exit"] for x in ok.json()["results"]] == [4] * 8
+    for ok in (r for r in answers if r.status_code == 200):
+        assert [x["exit"] for x in ok.json()["results"]] == [4] * 8
+    degradable = asyncio.run(main("max_exit=4&top_k=2"))
+    assert {r.status_code for r in degradable} <= {200, 503}
+    stops = []
+    for ok in (r for r in degradable if r.status_code == 200):
+        cheaper = ok.json()["operating_point"]["degraded_from"] is not None
+        for x in ok.json()["results"]:
+            stops.append(x["stopped"])
+            assert (
+                (x["exit"], x["stopped"]) == (4, "cap")
+                or (x["exit"] < 4 and len(x["top_k"]) == 2 and x["stopped"] == "overload")
+                or (cheaper and x["stopped"] == "confident")
+            ), x
+    assert "overload" in stops  # 40 requests of 8 images at a queue of 8: room is made
     r = httpx.post(f"{small.url}/v1/classify?max_exit=2", files=files, timeout=30)
     assert r.status_code == 200
 
