@@ -79,6 +79,12 @@ def _switch(name: str, raw: Any) -> bool:
     return value
 
 
+def declines(raw: str | None) -> bool:
+    """Whether a ``degrade`` value says no, for a check made before the parameters are read
+    (a value that does not parse says nothing here: it is refused when they are)."""
+    return raw is not None and _SWITCH.get(raw.strip().lower()) is False
+
+
 def parse_params(
     values: Mapping[str, Any], timeout_key: str = "timeout_ms", timeout_per_s: float = 1e3
 ) -> RequestParams:

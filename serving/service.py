@@ -127,11 +127,13 @@ class ModelService:
 
     # --- the data plane ------------------------------------------------------------------------
 
-    def check_room(self) -> None:
+    def check_room(self, degrade: bool = True) -> None:
         """Refuse a request before its body is read while the engine cannot take even one
-        image: it would be refused at admission anyway, and under overload the event loop's
-        time per refusal decides how much of the core is left for the answers."""
-        self.engine.check_room(degrade=True)  # may be made for a degradable one
+        image, nor (``degrade``: the request may allow degradation, as far as can be told
+        before its parameters are read) make room for one: it would be refused at admission
+        anyway, and under overload the event loop's time per refusal decides how much of the
+        core is left for the answers."""
+        self.engine.check_room(degrade=degrade)
 
     async def receive(self, awaitable: Awaitable[T], arrived: float, doing: str) -> T:
         """Read (part of) a request under the server's timeout: for the routes' body reads."""

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..deps import arrival_of, authorize, disconnected, left, service_of
 from ..errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from ..messages import ClassifyRequest, ClassifyResult
-from ..params import merge_fields, parse_params
+from ..params import declines, merge_fields, parse_params
 
 router = APIRouter(tags=["v1"])
 
@@ -127,7 +127,8 @@ async def classify(request: Request) -> JSONResponse:
     started = arrival_of(request)
     authorize(request)
     service = service_of(request)
-    service.check_room()
+    # A degrade=false in the query is known now; in the form, only once the body is read.
+    service.check_room(not declines(request.query_params.get("degrade")))
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     form_fields: list[tuple[str, str]] = []
     filenames: list[str] | None = None

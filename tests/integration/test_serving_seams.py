@@ -507,3 +507,33 @@ def test_images_an_overload_stops_are_answered_so_and_do_not_steer_budget_contro
     assert answers[2]["stopped"] != "overload" and len(answers[0]["top_k"]) == 2
     assert [t.censored.tolist() for t in traffic[:2]] == [[True], [True]]
     assert not traffic[2].censored.any()
+
+
+def test_the_check_before_the_body_knows_a_degrade_false_in_the_query(served: Served) -> None:
+    # Before the body is read the route asks whether the engine has room, or could make it by
+    # cutting degradable rows. A request that declines degradation in its query cannot have
+    # such room made for it: it is refused then (the cheap 503), not after its body is read.
+    # Elsewhere (the form, v2's JSON) the check assumes it may: the parameters come later. A
+    # value that does not parse says nothing here (its 422 comes with the parameters).
+    settings = Settings(bundle=served.path)  # type: ignore[call-arg]
+    app = create_app(settings, registry=CollectorRegistry(), loaded=load_model(settings))
+    body = png(served.test.pixels[0])
+    with TestClient(app) as client:
+        service = app.state.service
+        asked: list[bool] = []
+        check = service.check_room
+
+        def checking(degrade: bool = True) -> None:
+            asked.append(degrade)
+            check(degrade)
+
+        service.check_room = checking
+        codes = [
+            client.post(f"/v1/classify?{query}", content=body, headers=PNG).status_code
+            for query in ("", "degrade=false", "degrade=OFF", "degrade=true", "degrade=maybe")
+        ]
+        form = {"degrade": "false"}
+        files = [("image", ("0.png", body, "image/png"))]
+        codes.append(client.post("/v1/classify", files=files, data=form).status_code)
+    assert asked == [True, False, False, True, True, True]
+    assert codes == [200, 200, 200, 200, 422, 200]
