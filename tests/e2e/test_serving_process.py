@@ -238,19 +238,24 @@ def test_queue_overflow_is_503_not_a_hang(small: ServerProcess, served: Served) 
     assert refused.headers["retry-after"] == "1" and "queue is full" in refused.json()["error"]
     for ok in (r for r in answers if r.status_code == 200):
         assert [x["exit"] for x in ok.json()["results"]] == [4] * 8
-    degradable = asyncio.run(main("max_exit=4&top_k=2"))
-    assert {r.status_code for r in degradable} <= {200, 503}
-    stops = []
-    for ok in (r for r in degradable if r.status_code == 200):
-        cheaper = ok.json()["operating_point"]["degraded_from"] is not None
-        for x in ok.json()["results"]:
-            stops.append(x["stopped"])
-            assert (
-                (x["exit"], x["stopped"]) == (4, "cap")
-                or (x["exit"] < 4 and len(x["top_k"]) == 2 and x["stopped"] == "overload")
-                or (cheaper and x["stopped"] == "confident")
-            ), x
-    assert "overload" in stops  # 40 requests of 8 images at a queue of 8: room is made
+    stops: list[str] = []
+    # Room is made when a burst finds earlier requests' rows past exit 1; a burst read whole
+    # before the first batch ran (a slow machine) would find none, so up to three bursts.
+    for _ in range(3):
+        degradable = asyncio.run(main("max_exit=4&top_k=2"))
+        assert {r.status_code for r in degradable} <= {200, 503}
+        for ok in (r for r in degradable if r.status_code == 200):
+            cheaper = ok.json()["operating_point"]["degraded_from"] is not None
+            for x in ok.json()["results"]:
+                stops.append(x["stopped"])
+                assert (
+                    (x["exit"], x["stopped"]) == (4, "cap")
+                    or (x["exit"] < 4 and len(x["top_k"]) == 2 and x["stopped"] == "overload")
+                    or (cheaper and x["stopped"] == "confident")
+                ), x
+        if "overload" in stops:
+            break
+    assert "overload" in stops
     r = httpx.post(f"{small.url}/v1/classify?max_exit=2", files=files, timeout=30)
     assert r.status_code == 200
 
