@@ -209,16 +209,18 @@ class Engine:
             along = round(along * survive[i])
         return deadlines.Forecast(now, wait, np.array(own_s), queued)
 
-    def check_room(self, n: int = 1, degrade: bool = False) -> None:
+    def check_room(self, n: int = 1, degrade: bool = False) -> int:
         """A :class:`QueueFullError` (503 with Retry-After) when ``n`` more images would pass
         the queue bound, and (for a request that allows ``degrade``) answering the degradable
-        rows past exit 1 early would not make room for them (:meth:`_make_room`)."""
+        rows past exit 1 early would not make room for them; else how many of those rows must
+        be answered (:meth:`_make_room`)."""
         over = (queued := sum(self._rows)) + n - self.max_queue_images
         if over > 0 and not (degrade and self._cuttable() >= over):
             raise QueueFullError(
                 f"the queue is full ({queued} of {self.max_queue_images} images waiting); "
                 "retry later"
             )
+        return max(0, over)
 
     @contextlib.contextmanager
     def expecting(self) -> Iterator[Arrival]:
@@ -253,11 +255,11 @@ class Engine:
         with self._cond:
             if self._stopping:
                 raise NotReadyError("the server is shutting down")
-            self.check_room(n, ticket.degrade)
+            cut = self.check_room(n, ticket.degrade)
             job_id = next(self._ids)
             job.start = self.slots.allocate(job_id, ticket, n)  # may refuse: before any cut
-            if (over := sum(self._rows) + n - self.max_queue_images) > 0:
-                self._make_room(over)
+            if cut:
+                self._make_room(cut)
             self._jobs[job_id] = job
             state = [] if blobs is not None else [images]
             slots = np.arange(job.start, job.start + n)
